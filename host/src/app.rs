@@ -1,0 +1,187 @@
+//! Wiring: builds every part from a validated [`Config`], runs the listeners and
+//! background tasks, and performs the graceful shutdown sequence: stop
+//! accepting, let in-flight requests finish up to the grace period, drain the
+//! usage queue, final durable commit.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, InstanceMode};
+use crate::keys::KeyCache;
+use crate::metrics::Metrics;
+use crate::plugins::engine::{InstanceSettings, PolicyEngine};
+use crate::plugins::loader::Loader;
+use crate::plugins::{PluginError, Policies};
+use crate::relay::channels::Channels;
+use crate::relay::upstream::{self, UpstreamClient};
+use crate::store::writer::{UsageWriter, WriterSettings};
+use crate::store::{self, Store};
+
+/// The body type of every response.
+pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Boxes any infallible body.
+pub fn boxed<B>(body: B) -> ResponseBody
+where
+    B: http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
+{
+    UnsyncBoxBody::new(body)
+}
+
+/// Everything a request handler needs.
+pub struct AppState {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Key lookups and live quota.
+    pub keys: Arc<KeyCache>,
+    /// Policy runner.
+    pub policies: Arc<Policies>,
+    /// Plugin loader.
+    pub loader: Arc<Loader>,
+    /// Upstream channels.
+    pub channels: Channels,
+    /// Upstream HTTP client.
+    pub upstream: UpstreamClient,
+    /// Usage batch writer.
+    pub writer: UsageWriter,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Tracks every spawned task so shutdown can drain them.
+    pub tracker: TaskTracker,
+    /// Cancelled when shutdown begins.
+    pub shutdown: CancellationToken,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Store problem.
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    /// Plugin problem.
+    #[error("plugins: {0}")]
+    Plugins(#[from] PluginError),
+    /// Upstream client problem.
+    #[error("upstream: {0}")]
+    Upstream(String),
+    /// Listener problem.
+    #[error("listen {addr}: {error}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        error: std::io::Error,
+    },
+}
+
+/// Instance limits from the config.
+pub fn instance_settings(config: &Config) -> InstanceSettings {
+    let p = &config.plugins;
+    InstanceSettings {
+        memory_limit: p.memory_limit,
+        call_timeout: p.call_timeout,
+        init_timeout: (p.call_timeout * 50).max(Duration::from_secs(1)),
+        max_idle: if p.instance_mode == InstanceMode::Fresh { 0 } else { p.max_idle_instances },
+        max_uses: if p.instance_mode == InstanceMode::Fresh { 1 } else { p.instance_max_uses },
+    }
+}
+
+impl AppState {
+    /// Opens the store, loads plugins, and starts the writer and background tasks.
+    ///
+    /// # Errors
+    /// Any start-up failure.
+    pub async fn build(config: Config) -> Result<Arc<Self>, StartError> {
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::default());
+        let store = store::open(config.store.backend, &config.store.path)?;
+        let keys = Arc::new(KeyCache::new(store.clone(), config.cache.key_ttl, config.cache.capacity, metrics.clone())?);
+        let engine = Arc::new(PolicyEngine::new(instance_settings(&config), config.plugins.cache_dir.clone())?);
+        let policies = Arc::new(Policies::new(config.plugins.on_failure.clone(), metrics.clone()));
+        let loader = Loader::start(engine, policies.clone(), config.plugins.clone()).await?;
+        let upstream = upstream::client(config.upstream.connect_timeout, config.upstream.ca_file.as_deref()).map_err(StartError::Upstream)?;
+        let committed = keys.clone();
+        let writer = UsageWriter::start(
+            store.clone(),
+            WriterSettings {
+                batch_size: config.store.batch_size,
+                flush_interval: config.store.flush_interval,
+                capacity: config.store.queue_capacity,
+                backpressure_wait: config.store.backpressure_wait,
+            },
+            metrics.clone(),
+            Arc::new(move |charges| committed.committed(charges)),
+        );
+        let state = Arc::new(Self {
+            channels: Channels::new(&config.channels),
+            config,
+            store,
+            keys,
+            policies,
+            loader,
+            upstream,
+            writer,
+            metrics,
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        });
+        state.loader.watch(&state.tracker, state.shutdown.clone())?;
+        crate::background::spawn_all(&state);
+        Ok(state)
+    }
+}
+
+/// The bound addresses of a running gateway.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Bound {
+    /// Client-facing listener.
+    pub proxy: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+}
+
+/// Runs the gateway until `stop` is cancelled, then shuts down gracefully.
+/// `ready` receives the bound addresses once both listeners accept.
+///
+/// # Errors
+/// Any start-up failure.
+pub async fn run(config: Config, stop: CancellationToken, ready: impl FnOnce(Bound)) -> Result<(), StartError> {
+    let state = AppState::build(config).await?;
+    let bind = |addr: SocketAddr| async move { tokio::net::TcpListener::bind(addr).await.map_err(|error| StartError::Listen { addr, error }) };
+    let proxy = bind(state.config.server.listen).await?;
+    let admin = bind(state.config.admin.listen).await?;
+    let bound = Bound {
+        proxy: proxy.local_addr().map_err(|error| StartError::Listen { addr: state.config.server.listen, error })?,
+        admin: admin.local_addr().map_err(|error| StartError::Listen { addr: state.config.admin.listen, error })?,
+    };
+    let connections = TaskTracker::new();
+    let proxy_task = tokio::spawn(crate::server::serve(proxy, state.clone(), connections.clone(), crate::server::Role::Proxy));
+    let admin_task = tokio::spawn(crate::server::serve(admin, state.clone(), connections.clone(), crate::server::Role::Admin));
+    tracing::info!(proxy = %bound.proxy, admin = %bound.admin, backend = state.store.backend(), "sluice listening");
+    ready(bound);
+    stop.cancelled().await;
+
+    tracing::info!(grace_ms = state.config.server.shutdown_grace.as_millis() as u64, "shutting down: no new connections");
+    state.shutdown.cancel();
+    let _ = tokio::join!(proxy_task, admin_task);
+    connections.close();
+    if tokio::time::timeout(state.config.server.shutdown_grace, connections.wait()).await.is_err() {
+        tracing::warn!("grace period over; cutting remaining connections (their streams are recorded as partial)");
+    }
+    // Connection tasks that outlived the grace period are aborted by the server
+    // (see server::serve); their bodies' drop guards have queued accounting tasks.
+    state.tracker.close();
+    state.tracker.wait().await;
+    state.writer.close().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Prometheus metrics: one registry, every family the gateway reports, and the
+//! text encoder served at `/metrics` on the admin listener.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a finished client request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Model asked for.
+    pub model: String,
+    /// Channel that served it ("" if none).
+    pub channel: String,
+    /// HTTP status.
+    pub status: u16,
+}
+
+/// Labels naming an endpoint.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Endpoint name.
+    pub endpoint: String,
+}
+
+/// Labels naming a channel and a failure kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    /// Channel id.
+    pub channel: String,
+    /// Failure kind (`connect`, `status_5xx`, `timeout`, ...).
+    pub kind: String,
+}
+
+/// Labels naming a channel.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    /// Channel id.
+    pub channel: String,
+}
+
+/// Labels naming a plugin.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// Policy kind.
+    pub kind: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Finished client requests.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time to response headers, seconds.
+    pub latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    /// Time to first token for streams, seconds.
+    pub ttft: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    /// Failed upstream attempts.
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    /// Attempts beyond the first.
+    pub upstream_retries: Counter,
+    /// Tokens relayed (prompt + completion).
+    pub tokens: Family<ChannelLabels, Counter>,
+    /// Policy call duration, seconds.
+    pub policy_seconds: Family<PluginLabels, Histogram, fn() -> Histogram>,
+    /// Policy calls.
+    pub policy_calls: Family<PluginLabels, Counter>,
+    /// Policy failures (trap, deadline, memory, bad output).
+    pub policy_failures: Family<PluginLabels, Counter>,
+    /// Key lookups answered by the cache.
+    pub key_cache_hits: Counter,
+    /// Key lookups that went to the store.
+    pub key_cache_misses: Counter,
+    /// Entries waiting in the writer queue.
+    pub writer_queue_depth: Gauge,
+    /// Commit duration, seconds.
+    pub writer_flush_seconds: Histogram,
+    /// Records committed.
+    pub records_written: Counter,
+    /// Records that could not be kept (queue full, writer closed, abandoned batch).
+    pub records_dropped: Counter,
+    /// Submits that had to wait for queue space.
+    pub writer_backpressure: Counter,
+    /// Failed commits (each retried).
+    pub writer_commit_errors: Counter,
+    /// 1 while a channel is healthy.
+    pub channel_healthy: Family<ChannelLabels, Gauge>,
+    /// Requests in flight per channel.
+    pub channel_in_flight: Family<ChannelLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let m = Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            ttft: Family::new_with_constructor(latency_histogram),
+            upstream_errors: Family::default(),
+            upstream_retries: Counter::default(),
+            tokens: Family::default(),
+            policy_seconds: Family::new_with_constructor(latency_histogram),
+            policy_calls: Family::default(),
+            policy_failures: Family::default(),
+            key_cache_hits: Counter::default(),
+            key_cache_misses: Counter::default(),
+            writer_queue_depth: Gauge::default(),
+            writer_flush_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            records_written: Counter::default(),
+            records_dropped: Counter::default(),
+            writer_backpressure: Counter::default(),
+            writer_commit_errors: Counter::default(),
+            channel_healthy: Family::default(),
+            channel_in_flight: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "Finished client requests", m.requests.clone());
+        registry.register("request_latency_seconds", "Time to response headers", m.latency.clone());
+        registry.register("ttft_seconds", "Time to first streamed token", m.ttft.clone());
+        registry.register("upstream_errors", "Failed upstream attempts", m.upstream_errors.clone());
+        registry.register("upstream_retries", "Upstream attempts beyond the first", m.upstream_retries.clone());
+        registry.register("tokens", "Tokens relayed", m.tokens.clone());
+        registry.register("policy_call_seconds", "Policy plugin call duration", m.policy_seconds.clone());
+        registry.register("policy_calls", "Policy plugin calls", m.policy_calls.clone());
+        registry.register("policy_failures", "Policy plugin failures", m.policy_failures.clone());
+        registry.register("key_cache_hits", "Key lookups served by the cache", m.key_cache_hits.clone());
+        registry.register("key_cache_misses", "Key lookups that read the store", m.key_cache_misses.clone());
+        registry.register("writer_queue_depth", "Usage entries waiting to be written", m.writer_queue_depth.clone());
+        registry.register("writer_flush_seconds", "Usage batch commit duration", m.writer_flush_seconds.clone());
+        registry.register("usage_records_written", "Usage records committed", m.records_written.clone());
+        registry.register("usage_records_dropped", "Usage records that could not be kept", m.records_dropped.clone());
+        registry.register("writer_backpressure", "Submits that waited for queue space", m.writer_backpressure.clone());
+        registry.register("writer_commit_errors", "Failed usage commits", m.writer_commit_errors.clone());
+        registry.register("channel_healthy", "1 while the channel is healthy", m.channel_healthy.clone());
+        registry.register("channel_in_flight", "Requests in flight per channel", m.channel_in_flight.clone());
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}

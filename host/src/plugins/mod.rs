@@ -1,0 +1,307 @@
+//! The policy platform: auth, routing and log-shaping as WebAssembly components.
+//!
+//! Composition (documented in the README): the embedded key auth runs first
+//! unless disabled, then folder auth plugins in file-name order, and the first
+//! deny ends the request; one router (the last folder router by file name,
+//! else the embedded one); folder shapers in file-name order, then the embedded
+//! redactor unless disabled. Failures are the host's business: auth fails
+//! closed (503), routing falls back to the native priority/weight router,
+//! shaping falls back to the host-redacted record — each overridable per
+//! plugin, each counted and logged with the plugin's name.
+
+pub mod bindings;
+pub mod engine;
+pub mod host_state;
+pub mod instance;
+pub mod loader;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use crate::config::FailureMode;
+use crate::error::ApiError;
+use crate::metrics::{Metrics, PluginLabels};
+use crate::store::UsageRecord;
+use bindings::auth::exports::sluice::policy::auth::Decision;
+use bindings::types;
+pub use instance::{Plugin, PluginInfo};
+
+/// The three policy kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// Decides whether a request may proceed.
+    Auth,
+    /// Orders the channels to try.
+    Router,
+    /// Rewrites or drops the usage log record.
+    Shaper,
+}
+
+impl PolicyKind {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auth => "auth",
+            Self::Router => "router",
+            Self::Shaper => "shaper",
+        }
+    }
+}
+
+/// Why a plugin could not be loaded or called.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The engine could not be set up.
+    #[error("engine: {0}")]
+    Engine(String),
+    /// Not a valid component (corrupt, truncated, a core module, ...).
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    /// A component that exports no Sluice policy.
+    #[error("exports no sluice:policy interface (it exports {exports}); build it against the auth-policy, router-policy or shaper-policy world")]
+    WrongWorld {
+        /// What it does export.
+        exports: String,
+    },
+    /// Built against another major version of the WIT package.
+    #[error("built against {found}, but this host implements {supported}")]
+    IncompatibleVersion {
+        /// The plugin's version.
+        found: String,
+        /// The host's version.
+        supported: String,
+    },
+    /// Imports the host does not provide.
+    #[error("cannot link: {0}")]
+    Link(String),
+    /// `init` returned an error.
+    #[error("init failed: {0}")]
+    Init(String),
+    /// The guest trapped.
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The call outlived its deadline.
+    #[error("exceeded its call deadline")]
+    Deadline,
+    /// The guest hit its memory limit.
+    #[error("exceeded its memory limit: {0}")]
+    Memory(String),
+    /// A call of one kind reached a plugin of another (a host bug).
+    #[error("policy kind mismatch")]
+    WrongKind,
+    /// Reading the plugin's files failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The plugins in force for one request; in-flight requests keep the set they
+/// started with while a reload swaps in the next.
+#[derive(Default)]
+pub struct PolicySet {
+    /// Auth chain, in order.
+    pub auth: Vec<Arc<Plugin>>,
+    /// The router, if any (else the native fallback).
+    pub router: Option<Arc<Plugin>>,
+    /// Shaper chain, in order.
+    pub shapers: Vec<Arc<Plugin>>,
+}
+
+/// What the host does after a plugin failure, resolved per plugin.
+fn failure_mode(overrides: &BTreeMap<String, FailureMode>, name: &str) -> FailureMode {
+    overrides.get(name).copied().unwrap_or(FailureMode::Default)
+}
+
+/// The policy runner: the current set plus failure handling and metrics.
+pub struct Policies {
+    current: ArcSwap<PolicySet>,
+    on_failure: BTreeMap<String, FailureMode>,
+    metrics: Arc<Metrics>,
+}
+
+impl Policies {
+    /// A runner with an empty set (filled by the loader).
+    pub fn new(on_failure: BTreeMap<String, FailureMode>, metrics: Arc<Metrics>) -> Self {
+        Self { current: ArcSwap::from_pointee(PolicySet::default()), on_failure, metrics }
+    }
+
+    /// The set in force now.
+    pub fn snapshot(&self) -> Arc<PolicySet> {
+        self.current.load_full()
+    }
+
+    /// Swaps in a new set atomically.
+    pub fn install(&self, set: PolicySet) {
+        self.current.store(Arc::new(set));
+    }
+
+    fn observe(&self, plugin: &Plugin, started: Instant, failed: Option<&PluginError>) {
+        let labels = PluginLabels { plugin: plugin.info.name.clone(), kind: plugin.info.kind.as_str().into() };
+        self.metrics.policy_calls.get_or_create(&labels).inc();
+        self.metrics.policy_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+        if let Some(e) = failed {
+            self.metrics.policy_failures.get_or_create(&labels).inc();
+            tracing::error!(plugin = %plugin.info.name, kind = plugin.info.kind.as_str(), error = %e, "policy plugin failed");
+        }
+    }
+
+    /// Runs the auth chain; returns the labels the plugins attached.
+    ///
+    /// # Errors
+    /// The first denial, or a policy failure when a failing plugin fails closed.
+    pub async fn authorize(&self, set: &PolicySet, req: &types::RequestInfo, key: Option<&types::KeyInfo>) -> Result<Vec<types::Label>, ApiError> {
+        let mut labels = Vec::new();
+        for plugin in &set.auth {
+            let started = Instant::now();
+            let outcome = plugin.authorize(req, key).await;
+            self.observe(plugin, started, outcome.as_ref().err());
+            match outcome {
+                Ok(Decision::Allow(mut more)) => labels.append(&mut more),
+                Ok(Decision::Deny(d)) => return Err(denial(d)),
+                Err(_) if failure_mode(&self.on_failure, &plugin.info.name) == FailureMode::Skip => {}
+                Err(_) => return Err(ApiError::PolicyFailure { plugin: plugin.info.name.clone() }),
+            }
+        }
+        Ok(labels)
+    }
+
+    /// Asks the router for a plan; `None` means "use the native router" (no
+    /// router plugin, or it failed).
+    ///
+    /// # Errors
+    /// The router's own refusal.
+    pub async fn route(&self, set: &PolicySet, req: &types::RequestInfo, candidates: &[types::Channel]) -> Result<Option<Vec<types::RouteStep>>, ApiError> {
+        let Some(plugin) = &set.router else { return Ok(None) };
+        let started = Instant::now();
+        let outcome = plugin.route(req, candidates).await;
+        self.observe(plugin, started, outcome.as_ref().err());
+        match outcome {
+            Ok(Ok(plan)) => Ok(Some(plan)),
+            Ok(Err(d)) => Err(denial(d)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Runs the shaper chain. `None`: a shaper dropped the log record. On a
+    /// failure the host-redacted record is used from that point on.
+    pub async fn shape(&self, set: &PolicySet, record: UsageRecord) -> Option<UsageRecord> {
+        let accounting = record.clone();
+        let mut current = to_wit_record(&record);
+        for plugin in &set.shapers {
+            let started = Instant::now();
+            let outcome = plugin.shape(&current).await;
+            self.observe(plugin, started, outcome.as_ref().err());
+            match outcome {
+                Ok(Some(next)) => current = next,
+                Ok(None) => return None,
+                Err(_) => return Some(host_redacted(accounting)),
+            }
+        }
+        Some(from_wit_record(current, &accounting))
+    }
+
+    /// Adds a response's tokens to every auth plugin's `tpm:<key id>` counter.
+    pub fn charge_tokens(&self, key_id: &str, tokens: u32) {
+        let key = format!("tpm:{key_id}");
+        for plugin in &self.current.load().auth {
+            plugin.shared.counter_add(&key, i64::from(tokens), 60_000);
+        }
+    }
+}
+
+fn denial(d: types::Denial) -> ApiError {
+    ApiError::Denied {
+        status: http::StatusCode::from_u16(d.status).ok().filter(|s| s.is_client_error() || s.is_server_error()).unwrap_or(http::StatusCode::FORBIDDEN),
+        code: d.code,
+        message: d.message,
+        retry_after_s: d.retry_after_s,
+    }
+}
+
+/// The record a failed shaper leaves: no content, no plugin labels.
+pub fn host_redacted(mut record: UsageRecord) -> UsageRecord {
+    record.prompt = None;
+    record.completion = None;
+    record.labels.clear();
+    record
+}
+
+/// Converts a host key into the policy view, with its live remaining quota.
+pub fn key_info(key: &crate::keys::LiveKey) -> types::KeyInfo {
+    let r = &key.record;
+    types::KeyInfo {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        owner: r.owner.clone(),
+        prefix: r.prefix.clone(),
+        status: match r.status {
+            crate::store::KeyStatus::Active => types::KeyStatus::Active,
+            crate::store::KeyStatus::Disabled => types::KeyStatus::Disabled,
+            crate::store::KeyStatus::Revoked => types::KeyStatus::Revoked,
+        },
+        expires_at_ms: r.expires_at_ms,
+        models: r.models.clone(),
+        networks: r.networks.clone(),
+        quota_remaining: key.remaining(),
+        rpm_limit: r.rpm_limit,
+        tpm_limit: r.tpm_limit,
+    }
+}
+
+fn to_wit_record(r: &UsageRecord) -> types::UsageRecord {
+    types::UsageRecord {
+        request_id: r.request_id.clone(),
+        time_ms: r.time_ms,
+        key_id: r.key_id.clone(),
+        key_prefix: r.key_prefix.clone(),
+        endpoint: r.endpoint.clone(),
+        model: r.model.clone(),
+        upstream_model: r.upstream_model.clone(),
+        channel_id: r.channel_id.clone(),
+        status: r.status,
+        error_kind: r.error_kind.clone(),
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        cost: r.cost,
+        latency_ms: r.latency_ms,
+        ttft_ms: r.ttft_ms,
+        stream: r.stream,
+        partial: r.partial,
+        client_ip: r.client_ip.clone(),
+        labels: r.labels.iter().map(|(name, value)| types::Label { name: name.clone(), value: value.clone() }).collect(),
+        prompt: r.prompt.clone(),
+        completion: r.completion.clone(),
+    }
+}
+
+/// Takes a shaped record back; accounting fields (ids, tokens, cost, status)
+/// always come from the host's own record.
+fn from_wit_record(s: types::UsageRecord, accounting: &UsageRecord) -> UsageRecord {
+    UsageRecord {
+        seq: 0,
+        request_id: accounting.request_id.clone(),
+        time_ms: accounting.time_ms,
+        key_id: accounting.key_id.clone(),
+        key_prefix: s.key_prefix,
+        endpoint: accounting.endpoint.clone(),
+        model: accounting.model.clone(),
+        upstream_model: s.upstream_model,
+        channel_id: accounting.channel_id.clone(),
+        status: accounting.status,
+        error_kind: s.error_kind,
+        prompt_tokens: accounting.prompt_tokens,
+        completion_tokens: accounting.completion_tokens,
+        cost: accounting.cost,
+        latency_ms: s.latency_ms,
+        ttft_ms: s.ttft_ms,
+        stream: accounting.stream,
+        partial: accounting.partial,
+        client_ip: s.client_ip,
+        labels: s.labels.into_iter().map(|l| (l.name, l.value)).collect(),
+        prompt: s.prompt,
+        completion: s.completion,
+    }
+}

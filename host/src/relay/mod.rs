@@ -1,0 +1,382 @@
+//! The relay: from a parsed, authorized request to the upstream and back. Plans
+//! channels (router policy, else native), retries and fails over only before the
+//! first byte reaches the client, rewrites the body only when it must (model
+//! rename, asking the upstream for usage), and hands streams to [`stream`].
+
+pub mod channels;
+pub mod sse;
+pub mod stream;
+pub mod upstream;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+
+use crate::app::{AppState, ResponseBody, boxed};
+use crate::error::ApiError;
+use crate::metrics::UpstreamErrorLabels;
+use crate::plugins::bindings::types;
+use crate::usage::{self, Draft, Outcome};
+use channels::Channel;
+
+/// Largest non-streamed upstream response the relay buffers.
+const MAX_UPSTREAM_BODY: usize = 64 << 20;
+
+/// Request headers never forwarded upstream (hop-by-hop, credentials, framing).
+const NOT_FORWARDED: &[&str] = &[
+    "host", "connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate", "te", "trailer",
+    "transfer-encoding", "upgrade", "authorization", "x-api-key", "cookie", "content-length", "accept-encoding", "http2-settings",
+];
+
+/// Response headers never passed back (hop-by-hop and framing).
+const NOT_RETURNED: &[&str] = &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "set-cookie"];
+
+/// The fields the relay reads from a JSON request body.
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(serde::Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// A validated request body.
+pub struct Parsed {
+    /// The original bytes.
+    pub body: Bytes,
+    /// The model asked for.
+    pub model: String,
+    /// Streamed?
+    pub stream: bool,
+    /// Whether `stream_options` is present at all.
+    has_stream_options: bool,
+    /// Whether the client asked for the usage chunk.
+    pub include_usage: bool,
+}
+
+/// Reads a bounded request body.
+///
+/// # Errors
+/// 413 when it exceeds `limit`, 400 when it cannot be read.
+pub async fn read_body(body: hyper::body::Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::Client {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "request_too_large",
+            param: None,
+            message: format!("The request body exceeds the gateway's limit of {limit} bytes."),
+        }),
+        Err(e) => Err(ApiError::bad_request(format!("The request body could not be read: {e}"), None)),
+    }
+}
+
+/// Parses the fields the gateway needs without re-serialising the body.
+///
+/// # Errors
+/// 400 for malformed JSON, a non-object body, or ill-typed fields.
+pub fn parse(body: Bytes) -> Result<Parsed, ApiError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "We could not parse the JSON body of your request. The body must be a JSON object.",
+            None,
+        ));
+    }
+    let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("We could not parse the JSON body of your request: {e}"), None)
+    })?;
+    let model = match peek.model {
+        Some(m) if !m.is_empty() => m.into_owned(),
+        _ => return Err(ApiError::bad_request("you must provide a model parameter", Some("model"))),
+    };
+    let include_usage = peek.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    Ok(Parsed { model, stream: peek.stream.unwrap_or(false), has_stream_options: peek.stream_options.is_some(), include_usage, body })
+}
+
+/// The body to send upstream: the original bytes unless the model is renamed or
+/// a stream must ask for usage.
+fn upstream_body(parsed: &Parsed, upstream_model: &str) -> Result<Bytes, ApiError> {
+    let rename = upstream_model != parsed.model;
+    let need_usage = parsed.stream && !parsed.include_usage;
+    if !rename && !need_usage {
+        return Ok(parsed.body.clone());
+    }
+    if !rename && !parsed.has_stream_options {
+        // Fast path: splice the option in after the opening brace.
+        let at = parsed.body.iter().position(|b| *b == b'{').unwrap_or(0) + 1;
+        let mut out = Vec::with_capacity(parsed.body.len() + 48);
+        out.extend_from_slice(&parsed.body[..at]);
+        out.extend_from_slice(b"\"stream_options\":{\"include_usage\":true},");
+        out.extend_from_slice(&parsed.body[at..]);
+        return Ok(Bytes::from(out));
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(&parsed.body).map_err(|e| ApiError::bad_request(e.to_string(), None))?;
+    if rename {
+        value["model"] = serde_json::Value::String(upstream_model.into());
+    }
+    if need_usage {
+        value["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
+    }
+    serde_json::to_vec(&value).map(Bytes::from).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// The candidates for a model, as policies see them.
+pub fn candidates(state: &AppState, model: &str) -> Vec<types::Channel> {
+    state
+        .channels
+        .serving(model)
+        .map(|c| {
+            let view = c.view();
+            types::Channel {
+                id: c.config.id.clone(),
+                provider: c.config.provider.as_str().into(),
+                priority: c.config.priority,
+                weight: c.config.weight,
+                upstream_model: c.config.upstream_model(model).into(),
+                healthy: view.healthy,
+                in_flight: view.in_flight,
+                max_in_flight: c.config.max_in_flight,
+                latency_ewma_ms: view.latency_ewma_ms,
+                error_permille: view.error_permille,
+            }
+        })
+        .collect()
+}
+
+/// The ordered plan: `(channel, upstream model)` pairs.
+async fn plan(state: &AppState, draft: &Draft, req: &types::RequestInfo) -> Result<Vec<(Arc<Channel>, String)>, ApiError> {
+    let offered = candidates(state, &draft.model);
+    if offered.is_empty() {
+        return Err(ApiError::Client {
+            status: StatusCode::NOT_FOUND,
+            code: "model_not_found",
+            param: Some("model"),
+            message: format!("The model `{}` does not exist or you do not have access to it.", draft.model),
+        });
+    }
+    let steps: Vec<(Arc<Channel>, String)> = match state.policies.route(&draft.policies, req, &offered).await? {
+        Some(steps) => steps
+            .into_iter()
+            .filter_map(|s| state.channels.get(&s.channel_id).filter(|c| c.config.models.contains(&draft.model)).map(|c| (c.clone(), s.upstream_model)))
+            .collect(),
+        None => channels::native_plan(state.channels.serving(&draft.model))
+            .into_iter()
+            .map(|c| {
+                let upstream = c.config.upstream_model(&draft.model).to_string();
+                (c, upstream)
+            })
+            .collect(),
+    };
+    if steps.is_empty() {
+        return Err(ApiError::Upstream {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "no_healthy_channel",
+            message: format!("No healthy upstream channel can serve model `{}` right now.", draft.model),
+        });
+    }
+    Ok(steps)
+}
+
+/// Why one attempt failed.
+struct AttemptFailure {
+    kind: &'static str,
+    error: ApiError,
+}
+
+fn attempt_failure(kind: &'static str, status: StatusCode, message: String) -> AttemptFailure {
+    AttemptFailure { kind, error: ApiError::Upstream { status, code: kind, message } }
+}
+
+fn build_request(channel: &Channel, endpoint_path: &str, body: Bytes, headers: &HeaderMap, request_id: &str) -> Result<Request<Full<Bytes>>, ApiError> {
+    let base = &channel.config.base_url;
+    let uri = format!("{}{}", base.to_string().trim_end_matches('/'), endpoint_path);
+    let mut builder = Request::post(uri);
+    for (name, value) in headers {
+        if !NOT_FORWARDED.contains(&name.as_str()) {
+            builder = builder.header(name, value);
+        }
+    }
+    builder = builder
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT_ENCODING, "identity")
+        .header("x-request-id", request_id);
+    if let Some(key) = &channel.config.api_key {
+        let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| ApiError::Internal(format!("channel {} has an unusable api key", channel.config.id)))?;
+        value.set_sensitive(true);
+        builder = builder.header(header::AUTHORIZATION, value);
+    }
+    builder.body(Full::new(body)).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Relays one parsed request through its plan.
+///
+/// # Errors
+/// Routing refusals, or the last upstream failure when every attempt failed.
+pub async fn relay(
+    state: &Arc<AppState>,
+    mut draft: Draft,
+    parsed: Parsed,
+    req: &types::RequestInfo,
+    endpoint_path: &str,
+    headers: &HeaderMap,
+    timing: &mut Vec<(&'static str, Duration)>,
+) -> Result<Response<ResponseBody>, (ApiError, Draft)> {
+    let routed = Instant::now();
+    let steps = match plan(state, &draft, req).await {
+        Ok(steps) => steps,
+        Err(e) => return Err((e, draft)),
+    };
+    timing.push(("route", routed.elapsed()));
+    let cfg = &state.config.upstream;
+    let mut last: Option<AttemptFailure> = None;
+    for (attempt, (channel, upstream_model)) in steps.into_iter().take(cfg.max_attempts).enumerate() {
+        if attempt > 0 {
+            state.metrics.upstream_retries.inc();
+        }
+        if !channel.has_capacity() {
+            last = Some(attempt_failure("channel_busy", StatusCode::SERVICE_UNAVAILABLE, format!("Channel {} is at its concurrency limit.", channel.config.id)));
+            continue;
+        }
+        let body = match upstream_body(&parsed, &upstream_model) {
+            Ok(body) => body,
+            Err(e) => return Err((e, draft)),
+        };
+        let request = match build_request(&channel, endpoint_path, body, headers, &draft.request_id) {
+            Ok(r) => r,
+            Err(e) => return Err((e, draft)),
+        };
+        let in_flight = channel.enter(&state.metrics);
+        let sent = Instant::now();
+        let failure = match tokio::time::timeout(cfg.first_byte_timeout, state.upstream.request(request)).await {
+            Err(_) => attempt_failure("upstream_timeout", StatusCode::GATEWAY_TIMEOUT, "The upstream did not answer in time.".into()),
+            Ok(Err(e)) => {
+                tracing::warn!(channel = %channel.config.id, error = %e, "upstream request failed");
+                attempt_failure("upstream_unavailable", StatusCode::BAD_GATEWAY, "The upstream could not be reached.".into())
+            }
+            Ok(Ok(response)) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                attempt_failure("upstream_overloaded", StatusCode::SERVICE_UNAVAILABLE, "The upstream is rate limiting the gateway.".into())
+            }
+            Ok(Ok(response)) if response.status().is_server_error() => attempt_failure(
+                "upstream_error",
+                StatusCode::BAD_GATEWAY,
+                format!("The upstream failed with status {}.", response.status().as_u16()),
+            ),
+            Ok(Ok(response)) => {
+                channel.succeeded(sent.elapsed());
+                timing.push(("upstream", sent.elapsed()));
+                draft.channel_id.clone_from(&channel.config.id);
+                draft.upstream_model = upstream_model;
+                return Ok(respond(state, draft, &parsed, response, in_flight).await);
+            }
+        };
+        drop(in_flight);
+        state.metrics.upstream_errors.get_or_create(&UpstreamErrorLabels { channel: channel.config.id.clone(), kind: failure.kind.into() }).inc();
+        channel.failed(cfg.failures_to_cooldown, cfg.cooldown);
+        draft.channel_id.clone_from(&channel.config.id);
+        last = Some(failure);
+    }
+    let error = last.map_or_else(|| ApiError::Internal("empty plan".into()), |f| f.error);
+    Err((error, draft))
+}
+
+/// Builds the client response from a committed upstream response.
+async fn respond(
+    state: &Arc<AppState>,
+    draft: Draft,
+    parsed: &Parsed,
+    response: Response<hyper::body::Incoming>,
+    in_flight: channels::InFlight,
+) -> Response<ResponseBody> {
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let mut headers = parts.headers;
+    for name in NOT_RETURNED {
+        headers.remove(*name);
+    }
+    let is_sse = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+    if parsed.stream && status.is_success() && is_sse {
+        let body = stream::RelayStream::new(body, state.clone(), draft, in_flight, parsed.include_usage, status.as_u16());
+        let mut out = Response::new(boxed(body));
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        return out;
+    }
+    let collected = Limited::new(body, MAX_UPSTREAM_BODY).collect().await;
+    drop(in_flight);
+    let mut outcome = Outcome { status: status.as_u16(), ..Outcome::default() };
+    let bytes = match collected {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream body failed");
+            outcome.partial = true;
+            outcome.error_kind = Some("upstream_stream_error".into());
+            let error = ApiError::Upstream { status: StatusCode::BAD_GATEWAY, code: "upstream_stream_error", message: "The upstream response was cut short.".into() };
+            usage::finish(state, draft, outcome);
+            return error.into_response().map(boxed);
+        }
+    };
+    #[derive(serde::Deserialize)]
+    struct Body {
+        usage: Option<sse::Usage>,
+    }
+    outcome.usage = serde_json::from_slice::<Body>(&bytes).ok().and_then(|b| b.usage);
+    if !status.is_success() {
+        outcome.error_kind = Some(format!("upstream_status_{}", status.as_u16()));
+    }
+    if state.config.log.content {
+        outcome.completion = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["choices"][0]["message"]["content"].as_str().or_else(|| v["choices"][0]["text"].as_str()).map(String::from));
+    }
+    usage::finish(state, draft, outcome);
+    let mut out = Response::new(boxed(Full::new(bytes)));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(body: &'static str) -> Result<Parsed, ApiError> {
+        parse(Bytes::from_static(body.as_bytes()))
+    }
+
+    #[test]
+    fn rejects_bad_bodies() {
+        assert!(matches!(parsed("[1]"), Err(ApiError::Client { status, .. }) if status == StatusCode::BAD_REQUEST));
+        assert!(matches!(parsed("{\"model\": 3}"), Err(ApiError::Client { .. })));
+        assert!(matches!(parsed("{\"model\": \"m\", \"stream\": \"yes\"}"), Err(ApiError::Client { .. })));
+        assert!(matches!(parsed("{\"messages\": []}"), Err(ApiError::Client { param: Some("model"), .. })));
+        assert!(matches!(parsed("{\"model\": \"m\""), Err(ApiError::Client { .. })));
+    }
+
+    #[test]
+    fn rewrites_only_when_needed() -> Result<(), ApiError> {
+        let plain = parsed("{\"model\":\"m\",\"stream\":false}")?;
+        assert_eq!(upstream_body(&plain, "m")?, plain.body);
+        let stream = parsed(" {\"model\":\"m\",\"stream\":true}")?;
+        let spliced: serde_json::Value = serde_json::from_slice(&upstream_body(&stream, "m")?).map_err(|e| ApiError::Internal(e.to_string()))?;
+        assert_eq!(spliced["stream_options"]["include_usage"], true);
+        assert_eq!(spliced["model"], "m");
+        let renamed: serde_json::Value = serde_json::from_slice(&upstream_body(&stream, "up")?).map_err(|e| ApiError::Internal(e.to_string()))?;
+        assert_eq!(renamed["model"], "up");
+        assert_eq!(renamed["stream_options"]["include_usage"], true);
+        let asked = parsed("{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}")?;
+        assert_eq!(upstream_body(&asked, "m")?, asked.body);
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! A small SSE framer for the streaming relay: splits upstream bytes into whole
+//! events (each ending in a blank line) with no cap below [`MAX_EVENT_BYTES`],
+//! so a 1 MiB event relays intact; and a cheap reader of the `usage` object.
+//! Fuzzed by `fuzz/fuzz_targets/sse.rs`.
+
+use bytes::{Bytes, BytesMut};
+
+/// Largest single event accepted before the stream is failed (memory guard).
+pub const MAX_EVENT_BYTES: usize = 32 << 20;
+
+/// Splits a byte stream into SSE events.
+#[derive(Debug, Default)]
+pub struct SseFramer {
+    buf: BytesMut,
+    /// Bytes of `buf` already searched for a delimiter (minus an overlap).
+    searched: usize,
+}
+
+/// The framer's buffer outgrew [`MAX_EVENT_BYTES`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct EventTooLarge;
+
+impl SseFramer {
+    /// Feeds `chunk` and appends every completed event (delimiter included) to `out`.
+    ///
+    /// # Errors
+    /// When an unfinished event exceeds [`MAX_EVENT_BYTES`].
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<Bytes>) -> Result<(), EventTooLarge> {
+        self.buf.extend_from_slice(chunk);
+        while let Some(end) = find_event_end(&self.buf[self.searched..]).map(|e| e + self.searched) {
+            out.push(self.buf.split_to(end).freeze());
+            self.searched = 0;
+        }
+        self.searched = self.buf.len().saturating_sub(3);
+        if self.buf.len() > MAX_EVENT_BYTES { Err(EventTooLarge) } else { Ok(()) }
+    }
+
+    /// Whatever is left when the upstream ends (an unterminated last event).
+    pub fn finish(&mut self) -> Option<Bytes> {
+        self.searched = 0;
+        let rest = self.buf.split().freeze();
+        (!rest.iter().all(u8::is_ascii_whitespace)).then_some(rest)
+    }
+}
+
+/// The index just past the first blank-line delimiter (`\n\n`, `\r\n\r\n`, `\r\r`).
+fn find_event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i + 1 < buf.len() {
+        match (buf[i], buf[i + 1]) {
+            (b'\n', b'\n') | (b'\r', b'\r') => return Some(i + 2),
+            (b'\r', b'\n') if buf.get(i + 2..i + 4) == Some(b"\r\n") => return Some(i + 4),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Token counts reported by an upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    #[serde(default)]
+    pub prompt_tokens: u32,
+    /// Completion tokens.
+    #[serde(default)]
+    pub completion_tokens: u32,
+}
+
+/// What one event means to the relay.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EventInfo {
+    /// The event is the `[DONE]` marker.
+    pub done: bool,
+    /// The event carries a usage object.
+    pub usage: Option<Usage>,
+    /// The event is the usage-only chunk (`choices: []`) added for accounting.
+    pub usage_only: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkPeek {
+    #[serde(default)]
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+/// The concatenated `data:` payload of an event.
+fn data_of(event: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+        }
+    }
+    data
+}
+
+/// Reads an event. JSON is parsed only when the event mentions `"usage"` with a
+/// non-null value, so ordinary token chunks cost a byte scan.
+pub fn inspect(event: &[u8]) -> EventInfo {
+    let Some(at) = memfind(event, b"\"usage\"") else {
+        return EventInfo { done: memfind(event, b"[DONE]").is_some() && data_of(event).trim_ascii() == b"[DONE]", ..EventInfo::default() };
+    };
+    let after = event[at + 7..].trim_ascii_start();
+    if after.strip_prefix(b":").map(<[u8]>::trim_ascii_start).is_some_and(|v| v.starts_with(b"null")) {
+        return EventInfo::default();
+    }
+    match serde_json::from_slice::<ChunkPeek>(&data_of(event)) {
+        Ok(peek) => EventInfo {
+            done: false,
+            usage_only: peek.usage.is_some() && peek.choices.as_ref().is_some_and(Vec::is_empty),
+            usage: peek.usage,
+        },
+        Err(_) => EventInfo::default(),
+    }
+}
+
+fn memfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(chunks: &[&[u8]]) -> Vec<Bytes> {
+        let mut framer = SseFramer::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            assert!(framer.push(c, &mut out).is_ok());
+        }
+        out.extend(framer.finish());
+        out
+    }
+
+    #[test]
+    fn splits_on_blank_lines_across_chunk_boundaries() {
+        let out = frames(&[b"data: a\n", b"\ndata: b\r\n\r", b"\ndata: c\n\n", b"data: tail"]);
+        assert_eq!(out, vec![Bytes::from_static(b"data: a\n\n"), Bytes::from_static(b"data: b\r\n\r\n"), Bytes::from_static(b"data: c\n\n"), Bytes::from_static(b"data: tail")]);
+    }
+
+    #[test]
+    fn large_events_stay_whole() {
+        let big = format!("data: {}\n\n", "x".repeat(1 << 20));
+        let chunks: Vec<&[u8]> = big.as_bytes().chunks(1000).collect();
+        let out = frames(&chunks);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].len(), big.len());
+    }
+
+    #[test]
+    fn oversized_events_are_refused() {
+        let mut framer = SseFramer::default();
+        let mut out = Vec::new();
+        let chunk = vec![b'x'; 1 << 20];
+        let mut result = Ok(());
+        for _ in 0..40 {
+            result = framer.push(&chunk, &mut out);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(EventTooLarge));
+    }
+
+    #[test]
+    fn reads_usage_and_done() {
+        assert_eq!(inspect(b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n"), EventInfo::default());
+        let info = inspect(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n");
+        assert_eq!(info.usage, Some(Usage { prompt_tokens: 3, completion_tokens: 4 }));
+        assert!(info.usage_only);
+        assert!(inspect(b"data: [DONE]\n\n").done);
+        assert!(!inspect(b"data: {\"x\":\"[DONE]\"}\n\n").done);
+    }
+}

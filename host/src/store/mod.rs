@@ -1,0 +1,521 @@
+//! Storage: one object-safe trait over two embedded backends (redb, SQLite in WAL
+//! mode), the records they hold, and the batch writer in front of them.
+
+pub mod redb;
+pub mod sqlite;
+pub mod writer;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Backend;
+
+/// Current schema version of both backends; older stores are migrated at open.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend reported an error.
+    #[error("{backend}: {message}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// Its message.
+        message: String,
+    },
+    /// The store was written by a newer Sluice.
+    #[error("store schema version {found} is newer than this build's {supported}")]
+    TooNew {
+        /// Version found on disk.
+        found: u64,
+        /// Version this build writes.
+        supported: u64,
+    },
+    /// No such key.
+    #[error("no key with id {0}")]
+    NoSuchKey(String),
+}
+
+impl StoreError {
+    /// Wraps a backend error.
+    pub fn backend(backend: &'static str, e: impl std::fmt::Display) -> Self {
+        Self::Backend { backend, message: e.to_string() }
+    }
+}
+
+/// Lifecycle state of an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    /// Usable.
+    Active,
+    /// Temporarily refused.
+    Disabled,
+    /// Permanently refused.
+    Revoked,
+}
+
+/// An API key as stored: never the secret, only its SHA-256 digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Stable id, e.g. `key_01J…`.
+    pub id: String,
+    /// Hex SHA-256 of the secret.
+    pub digest: String,
+    /// Display prefix of the secret.
+    pub prefix: String,
+    /// Human name.
+    pub name: String,
+    /// Owner.
+    pub owner: String,
+    /// Status.
+    pub status: KeyStatus,
+    /// Creation time, Unix ms.
+    pub created_ms: u64,
+    /// Expiry, Unix ms.
+    pub expires_at_ms: Option<u64>,
+    /// Allowed models (empty = all).
+    pub models: Vec<String>,
+    /// Allowed client networks (empty = any).
+    pub networks: Vec<String>,
+    /// Quota granted, in credits (`None` = unlimited).
+    pub quota_total: Option<i64>,
+    /// Quota left, in credits (`None` = unlimited).
+    pub quota_remaining: Option<i64>,
+    /// Requests per minute.
+    pub rpm_limit: Option<u32>,
+    /// Tokens per minute.
+    pub tpm_limit: Option<u32>,
+}
+
+/// A partial update of a key; `None` fields are left alone.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New status.
+    pub status: Option<KeyStatus>,
+    /// New expiry (`Some(None)` clears it).
+    #[serde(default, with = "double_option")]
+    pub expires_at_ms: Option<Option<u64>>,
+    /// New allowed models.
+    pub models: Option<Vec<String>>,
+    /// New allowed networks.
+    pub networks: Option<Vec<String>>,
+    /// New quota: resets both total and remaining (`Some(None)` = unlimited).
+    #[serde(default, with = "double_option")]
+    pub quota: Option<Option<i64>>,
+    /// New RPM limit (`Some(None)` clears it).
+    #[serde(default, with = "double_option")]
+    pub rpm_limit: Option<Option<u32>>,
+    /// New TPM limit (`Some(None)` clears it).
+    #[serde(default, with = "double_option")]
+    pub tpm_limit: Option<Option<u32>>,
+}
+
+/// Distinguishes "absent" from "null" in JSON patches.
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
+    }
+}
+
+impl KeyPatch {
+    /// Applies the patch to `key`.
+    pub fn apply(&self, key: &mut KeyRecord) {
+        if let Some(name) = &self.name {
+            key.name.clone_from(name);
+        }
+        if let Some(status) = self.status {
+            key.status = status;
+        }
+        if let Some(expiry) = self.expires_at_ms {
+            key.expires_at_ms = expiry;
+        }
+        if let Some(models) = &self.models {
+            key.models.clone_from(models);
+        }
+        if let Some(networks) = &self.networks {
+            key.networks.clone_from(networks);
+        }
+        if let Some(quota) = self.quota {
+            key.quota_total = quota;
+            key.quota_remaining = quota;
+        }
+        if let Some(rpm) = self.rpm_limit {
+            key.rpm_limit = rpm;
+        }
+        if let Some(tpm) = self.tpm_limit {
+            key.tpm_limit = tpm;
+        }
+    }
+}
+
+/// One usage log record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// Sequence number assigned by the store (0 before it is stored).
+    #[serde(default)]
+    pub seq: u64,
+    /// Request id.
+    pub request_id: String,
+    /// Completion time, Unix ms.
+    pub time_ms: u64,
+    /// Key id ("" when no key was resolved).
+    pub key_id: String,
+    /// Key display prefix.
+    pub key_prefix: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Model asked for.
+    pub model: String,
+    /// Model sent upstream.
+    pub upstream_model: String,
+    /// Channel that served it.
+    pub channel_id: String,
+    /// HTTP status sent to the client.
+    pub status: u16,
+    /// Error kind, when failed.
+    pub error_kind: Option<String>,
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Completion tokens.
+    pub completion_tokens: u32,
+    /// Cost in credits (charged to the key in the same transaction).
+    pub cost: i64,
+    /// Total latency, ms.
+    pub latency_ms: u32,
+    /// Time to first token, ms.
+    pub ttft_ms: Option<u32>,
+    /// Streamed?
+    pub stream: bool,
+    /// Cut short?
+    pub partial: bool,
+    /// Client IP.
+    pub client_ip: String,
+    /// Plugin labels.
+    pub labels: BTreeMap<String, String>,
+    /// Prompt text (only with content logging on).
+    pub prompt: Option<String>,
+    /// Completion text (only with content logging on).
+    pub completion: Option<String>,
+}
+
+/// A quota charge for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// Key id.
+    pub key_id: String,
+    /// Credits to subtract.
+    pub cost: i64,
+}
+
+/// What the writer commits in one transaction: records to log and charges to apply.
+/// They are separate because a shaper may drop a log record, but never its charge.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    /// Records to append.
+    pub records: Vec<UsageRecord>,
+    /// Charges to apply.
+    pub charges: Vec<Charge>,
+}
+
+/// Filters for usage queries; every field is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    /// Records at or after this time (Unix ms).
+    pub since_ms: Option<u64>,
+    /// Records before this time (Unix ms).
+    pub until_ms: Option<u64>,
+    /// Only this key.
+    pub key_id: Option<String>,
+    /// Only this model (as asked).
+    pub model: Option<String>,
+    /// Only this channel.
+    pub channel_id: Option<String>,
+    /// Only this status.
+    pub status: Option<u16>,
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// Continue after this cursor (`seq` of the last record of the previous page).
+    pub before_seq: Option<u64>,
+}
+
+impl UsageQuery {
+    /// The effective page size.
+    pub fn page_size(&self) -> usize {
+        self.limit.unwrap_or(100).clamp(1, 1000)
+    }
+
+    /// Whether `r` passes the non-time filters.
+    pub fn matches(&self, r: &UsageRecord) -> bool {
+        self.key_id.as_ref().is_none_or(|k| *k == r.key_id)
+            && self.model.as_ref().is_none_or(|m| *m == r.model)
+            && self.channel_id.as_ref().is_none_or(|c| *c == r.channel_id)
+            && self.status.is_none_or(|s| s == r.status)
+            && self.since_ms.is_none_or(|t| r.time_ms >= t)
+            && self.until_ms.is_none_or(|t| r.time_ms < t)
+            && self.before_seq.is_none_or(|s| r.seq < s)
+    }
+}
+
+/// What a summary groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    /// Per key.
+    Key,
+    /// Per model.
+    Model,
+    /// Per channel.
+    Channel,
+}
+
+/// Summary bucket width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bucket {
+    /// Hourly.
+    Hour,
+    /// Daily.
+    Day,
+}
+
+impl Bucket {
+    fn millis(self) -> u64 {
+        match self {
+            Self::Hour => 3_600_000,
+            Self::Day => 86_400_000,
+        }
+    }
+}
+
+/// One row of a usage summary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SummaryRow {
+    /// Bucket start, Unix ms.
+    pub bucket_ms: u64,
+    /// The group value (key id, model or channel).
+    pub group: String,
+    /// Requests.
+    pub requests: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Credits.
+    pub cost: i64,
+    /// Requests with status >= 400.
+    pub errors: u64,
+}
+
+/// The storage interface. Object-safe; both backends implement it.
+pub trait Store: Send + Sync {
+    /// Backend name for logs and metrics.
+    fn backend(&self) -> &'static str;
+    /// Appends records and applies charges in one durable transaction.
+    fn append(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Stores a new key.
+    fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// Finds a key by the hex digest of its secret.
+    fn key_by_digest(&self, digest: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// Finds a key by id.
+    fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// Every key, oldest first.
+    fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Applies `patch` to key `id` atomically and returns the result.
+    fn update_key(&self, id: &str, patch: &KeyPatch) -> Result<KeyRecord, StoreError>;
+    /// Visits records matching `q`, newest first, until `visit` returns false.
+    fn scan_usage(&self, q: &UsageQuery, visit: &mut dyn FnMut(UsageRecord) -> bool) -> Result<(), StoreError>;
+    /// Deletes up to `limit` records older than `cutoff_ms`; returns how many.
+    fn purge_before(&self, cutoff_ms: u64, limit: usize) -> Result<usize, StoreError>;
+    /// Reopens the underlying database after a failed commit.
+    fn reopen(&self) -> Result<(), StoreError>;
+
+    /// One page of records matching `q`, newest first.
+    fn query_usage(&self, q: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError> {
+        let limit = q.page_size();
+        let mut page = Vec::with_capacity(limit.min(128));
+        self.scan_usage(q, &mut |r| {
+            page.push(r);
+            page.len() < limit
+        })?;
+        Ok(page)
+    }
+
+    /// Totals per group and bucket over every record matching `q` (its page
+    /// fields are ignored), newest bucket first.
+    fn summarize(&self, q: &UsageQuery, group: GroupBy, bucket: Bucket) -> Result<Vec<SummaryRow>, StoreError> {
+        let q = UsageQuery { limit: None, before_seq: None, ..q.clone() };
+        let mut rows: BTreeMap<(u64, String), SummaryRow> = BTreeMap::new();
+        let width = bucket.millis();
+        self.scan_usage(&q, &mut |r| {
+            let group_value = match group {
+                GroupBy::Key => r.key_id,
+                GroupBy::Model => r.model,
+                GroupBy::Channel => r.channel_id,
+            };
+            let start = r.time_ms - r.time_ms % width;
+            let row = rows.entry((start, group_value.clone())).or_insert_with(|| SummaryRow {
+                bucket_ms: start,
+                group: group_value,
+                ..SummaryRow::default()
+            });
+            row.requests += 1;
+            row.prompt_tokens += u64::from(r.prompt_tokens);
+            row.completion_tokens += u64::from(r.completion_tokens);
+            row.cost += r.cost;
+            row.errors += u64::from(r.status >= 400);
+            true
+        })?;
+        Ok(rows.into_values().rev().collect())
+    }
+}
+
+/// Opens the configured backend, creating and migrating it as needed.
+///
+/// # Errors
+/// When the file cannot be opened or migrated.
+pub fn open(backend: Backend, path: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| StoreError::backend("fs", format!("{}: {e}", parent.display())))?;
+    }
+    Ok(match backend {
+        Backend::Redb => Arc::new(redb::RedbStore::open(path)?),
+        Backend::Sqlite => Arc::new(sqlite::SqliteStore::open(path)?),
+    })
+}
+
+/// Groups charges per key (summing costs), so a batch touches each key once.
+pub fn total_charges(charges: &[Charge]) -> BTreeMap<&str, i64> {
+    let mut totals: BTreeMap<&str, i64> = BTreeMap::new();
+    for c in charges {
+        *totals.entry(c.key_id.as_str()).or_default() += c.cost;
+    }
+    totals
+}
+
+/// The conformance suite: every backend must pass the same tests.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+
+    pub fn key(id: &str, quota: Option<i64>) -> KeyRecord {
+        KeyRecord {
+            id: id.into(),
+            digest: format!("digest-{id}"),
+            prefix: "sk-sl-ab".into(),
+            name: format!("name-{id}"),
+            owner: "team".into(),
+            status: KeyStatus::Active,
+            created_ms: 1,
+            expires_at_ms: None,
+            models: vec!["m".into()],
+            networks: vec![],
+            quota_total: quota,
+            quota_remaining: quota,
+            rpm_limit: None,
+            tpm_limit: Some(10),
+        }
+    }
+
+    pub fn record(i: u64, key: &str, model: &str, cost: i64) -> UsageRecord {
+        UsageRecord {
+            request_id: format!("req-{i}"),
+            time_ms: 1_000_000 + i * 1000,
+            key_id: key.into(),
+            model: model.into(),
+            channel_id: if i % 2 == 0 { "even".into() } else { "odd".into() },
+            status: if i % 5 == 0 { 500 } else { 200 },
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            cost,
+            labels: BTreeMap::from([("team".into(), "x".into())]),
+            ..UsageRecord::default()
+        }
+    }
+
+    fn append(store: &dyn Store, records: Vec<UsageRecord>) -> Result<(), StoreError> {
+        let charges = records.iter().map(|r| Charge { key_id: r.key_id.clone(), cost: r.cost }).collect();
+        store.append(&Batch { records, charges })
+    }
+
+    /// Runs every conformance check against a store opened by `open` at a path
+    /// inside `dir`; `open` is called again to check persistence.
+    pub fn run(open: &dyn Fn(&Path) -> Result<Arc<dyn Store>, StoreError>) -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::backend("tmp", e))?;
+        let path = dir.path().join("store.db");
+        let store = open(&path)?;
+
+        // Keys: create, lookup by digest and id, list, patch, revoke.
+        store.create_key(&key("k1", Some(1000)))?;
+        store.create_key(&key("k2", None))?;
+        assert_eq!(store.key_by_digest("digest-k1")?.map(|k| k.id), Some("k1".into()));
+        assert!(store.key_by_digest("nope")?.is_none());
+        assert_eq!(store.list_keys()?.len(), 2);
+        let patched = store.update_key("k2", &KeyPatch { status: Some(KeyStatus::Revoked), rpm_limit: Some(Some(5)), ..KeyPatch::default() })?;
+        assert_eq!(patched.status, KeyStatus::Revoked);
+        assert_eq!(store.key_by_id("k2")?.map(|k| k.rpm_limit), Some(Some(5)));
+        assert!(matches!(store.update_key("zz", &KeyPatch::default()), Err(StoreError::NoSuchKey(_))));
+
+        // Usage append charges quota atomically.
+        let records: Vec<_> = (1..=20).map(|i| record(i, if i % 2 == 0 { "k1" } else { "k2" }, if i < 10 { "a" } else { "b" }, 7)).collect();
+        append(&*store, records)?;
+        assert_eq!(store.key_by_id("k1")?.and_then(|k| k.quota_remaining), Some(1000 - 70));
+        assert_eq!(store.key_by_id("k2")?.and_then(|k| k.quota_remaining), None);
+
+        // Queries: newest first, filters, pagination by cursor.
+        let all = store.query_usage(&UsageQuery::default())?;
+        assert_eq!(all.len(), 20);
+        assert!(all.windows(2).all(|w| w[0].time_ms >= w[1].time_ms));
+        assert_eq!(all[0].request_id, "req-20");
+        assert_eq!(all[0].labels.get("team").map(String::as_str), Some("x"));
+        let k1 = store.query_usage(&UsageQuery { key_id: Some("k1".into()), ..UsageQuery::default() })?;
+        assert_eq!(k1.len(), 10);
+        let page1 = store.query_usage(&UsageQuery { limit: Some(8), ..UsageQuery::default() })?;
+        let page2 = store.query_usage(&UsageQuery { limit: Some(8), before_seq: page1.last().map(|r| r.seq), ..UsageQuery::default() })?;
+        let page3 = store.query_usage(&UsageQuery { limit: Some(8), before_seq: page2.last().map(|r| r.seq), ..UsageQuery::default() })?;
+        assert_eq!((page1.len(), page2.len(), page3.len()), (8, 8, 4));
+        assert_eq!(page2[0].request_id, "req-12");
+        let ranged = store.query_usage(&UsageQuery { since_ms: Some(1_005_000), until_ms: Some(1_010_000), status: Some(200), ..UsageQuery::default() })?;
+        assert_eq!(ranged.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(), ["req-9", "req-8", "req-7", "req-6"]);
+        let by_channel = store.query_usage(&UsageQuery { channel_id: Some("odd".into()), model: Some("b".into()), ..UsageQuery::default() })?;
+        assert_eq!(by_channel.len(), 5);
+
+        // Summaries.
+        let summary = store.summarize(&UsageQuery::default(), GroupBy::Model, Bucket::Day)?;
+        let b = summary.iter().find(|r| r.group == "b").map(|r| (r.requests, r.cost, r.errors));
+        assert_eq!(b, Some((11, 77, 3)));
+
+        // Persistence across reopen.
+        drop(store);
+        let store = open(&path)?;
+        assert_eq!(store.query_usage(&UsageQuery::default())?.len(), 20);
+        store.reopen()?;
+        assert_eq!(store.key_by_id("k1")?.and_then(|k| k.quota_remaining), Some(930));
+
+        // Purge in small batches.
+        let mut purged = 0;
+        loop {
+            let n = store.purge_before(1_011_000, 3)?;
+            if n == 0 {
+                break;
+            }
+            assert!(n <= 3);
+            purged += n;
+        }
+        assert_eq!(purged, 10);
+        let left = store.query_usage(&UsageQuery::default())?;
+        assert_eq!(left.len(), 10);
+        assert_eq!(left.last().map(|r| r.request_id.as_str()), Some("req-11"));
+        Ok(())
+    }
+}

@@ -1,0 +1,203 @@
+//! The batch writer: a bounded queue in front of the store. Flushes at N records
+//! or T ms after the first queued record, commits each batch durably on a
+//! blocking thread, retries failed commits with backoff (reopening the backend),
+//! applies backpressure when full, and counts every record it could not keep.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{Batch, Charge, Store, UsageRecord};
+use crate::metrics::Metrics;
+
+/// One unit of accounting: the (possibly shaped-away) log record and its charge.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    /// The record to log; `None` when a shaper dropped it.
+    pub record: Option<UsageRecord>,
+    /// The quota charge; `None` for unmetered requests.
+    pub charge: Option<Charge>,
+}
+
+/// Called with the charges of every committed batch.
+pub type CommitHook = Arc<dyn Fn(&[Charge]) + Send + Sync>;
+
+/// Batching settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterSettings {
+    /// Flush after this many entries.
+    pub batch_size: usize,
+    /// Flush this long after the first entry of a batch.
+    pub flush_interval: Duration,
+    /// Queue capacity in entries.
+    pub capacity: usize,
+    /// How long `submit` waits for space before counting a drop.
+    pub backpressure_wait: Duration,
+}
+
+/// Retries of one batch before it is counted as dropped.
+const MAX_COMMIT_ATTEMPTS: u32 = 20;
+
+/// Handle to the writer task.
+pub struct UsageWriter {
+    sender: Mutex<Option<mpsc::Sender<Entry>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    backpressure_wait: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl UsageWriter {
+    /// Starts the writer task on the current runtime.
+    pub fn start(store: Arc<dyn Store>, settings: WriterSettings, metrics: Arc<Metrics>, on_commit: CommitHook) -> Self {
+        let (tx, rx) = mpsc::channel(settings.capacity);
+        let task = tokio::spawn(run(rx, store, settings, metrics.clone(), on_commit));
+        Self {
+            sender: Mutex::new(Some(tx)),
+            task: Mutex::new(Some(task)),
+            backpressure_wait: settings.backpressure_wait,
+            metrics,
+        }
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Entry>> {
+        self.sender.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Queues an entry, waiting up to the backpressure limit when the queue is full.
+    /// An entry that still cannot be queued is counted and logged, never silently lost.
+    pub async fn submit(&self, entry: Entry) {
+        let Some(tx) = self.sender() else {
+            self.dropped(&entry, "writer is closed");
+            return;
+        };
+        let entry = match tx.try_send(entry) {
+            Ok(()) => {
+                self.metrics.writer_queue_depth.inc();
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(entry)) => return self.dropped(&entry, "writer is closed"),
+            Err(mpsc::error::TrySendError::Full(entry)) => entry,
+        };
+        self.metrics.writer_backpressure.inc();
+        match tx.send_timeout(entry, self.backpressure_wait).await {
+            Ok(()) => {
+                self.metrics.writer_queue_depth.inc();
+            }
+            Err(mpsc::error::SendTimeoutError::Timeout(entry) | mpsc::error::SendTimeoutError::Closed(entry)) => {
+                self.dropped(&entry, "queue full after backpressure wait");
+            }
+        }
+    }
+
+    fn dropped(&self, entry: &Entry, why: &str) {
+        self.metrics.records_dropped.inc();
+        tracing::error!(
+            request_id = entry.record.as_ref().map_or("", |r| r.request_id.as_str()),
+            cost = entry.charge.as_ref().map_or(0, |c| c.cost),
+            why,
+            "usage record dropped"
+        );
+    }
+
+    /// Stops accepting entries, drains the queue and waits for the final commit.
+    pub async fn close(&self) {
+        self.sender.lock().ok().and_then(|mut s| s.take());
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "usage writer task failed");
+        }
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<Entry>, store: Arc<dyn Store>, settings: WriterSettings, metrics: Arc<Metrics>, on_commit: CommitHook) {
+    let mut buf: Vec<Entry> = Vec::with_capacity(settings.batch_size);
+    loop {
+        if rx.recv_many(&mut buf, settings.batch_size).await == 0 {
+            break;
+        }
+        let deadline = tokio::time::Instant::now() + settings.flush_interval;
+        while buf.len() < settings.batch_size {
+            let room = settings.batch_size - buf.len();
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut buf, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        metrics.writer_queue_depth.dec_by(i64::try_from(buf.len()).unwrap_or(i64::MAX));
+        let mut batch = Batch { records: Vec::with_capacity(buf.len()), charges: Vec::with_capacity(buf.len()) };
+        for entry in buf.drain(..) {
+            batch.records.extend(entry.record);
+            batch.charges.extend(entry.charge);
+        }
+        commit(&store, batch, &metrics, &on_commit).await;
+    }
+    tracing::info!("usage writer drained");
+}
+
+async fn commit(store: &Arc<dyn Store>, batch: Batch, metrics: &Metrics, on_commit: &CommitHook) {
+    let batch = Arc::new(batch);
+    let mut backoff = Duration::from_millis(50);
+    for attempt in 1..=MAX_COMMIT_ATTEMPTS {
+        let started = Instant::now();
+        let (s, b) = (store.clone(), batch.clone());
+        let result = tokio::task::spawn_blocking(move || s.append(&b)).await;
+        metrics.writer_flush_seconds.observe(started.elapsed().as_secs_f64());
+        let error = match result {
+            Ok(Ok(())) => {
+                metrics.records_written.inc_by(batch.records.len() as u64);
+                on_commit(&batch.charges);
+                return;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        metrics.writer_commit_errors.inc();
+        tracing::error!(attempt, records = batch.records.len(), backend = store.backend(), error, "usage commit failed; retrying");
+        if attempt >= 2
+            && let Err(e) = store.reopen()
+        {
+            tracing::error!(error = %e, "reopening the store failed");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    metrics.records_dropped.inc_by((batch.records.len().max(batch.charges.len())) as u64);
+    tracing::error!(records = batch.records.len(), charges = batch.charges.len(), "usage batch abandoned after repeated commit failures");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redb::RedbStore;
+    use crate::store::{Store, UsageQuery};
+
+    #[tokio::test]
+    async fn drains_everything_on_close() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("w.redb"))?);
+        let metrics = Arc::new(Metrics::default());
+        let settings = WriterSettings { batch_size: 64, flush_interval: Duration::from_millis(20), capacity: 16, backpressure_wait: Duration::from_secs(5) };
+        let committed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = committed.clone();
+        let writer = UsageWriter::start(store.clone(), settings, metrics.clone(), Arc::new(move |c| {
+            seen.fetch_add(c.len(), std::sync::atomic::Ordering::Relaxed);
+        }));
+        for i in 0..500 {
+            let record = UsageRecord { request_id: format!("r{i}"), time_ms: 1 + i, key_id: "k".into(), ..UsageRecord::default() };
+            writer.submit(Entry { record: Some(record), charge: Some(Charge { key_id: "k".into(), cost: 1 }) }).await;
+        }
+        writer.close().await;
+        let stored = store.query_usage(&UsageQuery { limit: Some(1000), ..UsageQuery::default() })?;
+        assert_eq!(stored.len(), 500);
+        assert_eq!(committed.load(std::sync::atomic::Ordering::Relaxed), 500);
+        assert_eq!(metrics.records_dropped.get(), 0);
+        assert!(metrics.writer_backpressure.get() > 0, "a 16-entry queue must have pushed back");
+        writer.submit(Entry::default()).await;
+        assert_eq!(metrics.records_dropped.get(), 1);
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! Sluice's default routing policy: healthy channels only, highest priority first,
+//! weighted order within a priority (seeded by the request id, so retries of one
+//! request are stable), and each channel's model rename applied.
+
+use sluice_policy_sdk::router::exports::sluice::policy::lifecycle::Guest as Lifecycle;
+use sluice_policy_sdk::router::exports::sluice::policy::router::Guest as Router;
+use sluice_policy_sdk::router::sluice::policy::types::{Channel, Denial, RequestInfo, RouteStep};
+
+struct PriorityWeight;
+
+impl Lifecycle for PriorityWeight {
+    fn init(config: String) -> Result<(), String> {
+        match serde_json::from_str::<serde_json::Value>(&config) {
+            Ok(serde_json::Value::Object(map)) if map.is_empty() => Ok(()),
+            Ok(_) => Err("the default router takes no configuration".into()),
+            Err(e) => Err(format!("invalid router config: {e}")),
+        }
+    }
+}
+
+impl Router for PriorityWeight {
+    fn route(req: RequestInfo, candidates: Vec<Channel>) -> Result<Vec<RouteStep>, Denial> {
+        let mut usable: Vec<Channel> = candidates
+            .into_iter()
+            .filter(|c| c.healthy && (c.max_in_flight == 0 || c.in_flight < c.max_in_flight))
+            .collect();
+        if usable.is_empty() {
+            return Err(Denial {
+                status: 503,
+                code: "no_healthy_channel".into(),
+                message: format!("No healthy upstream channel can serve model '{}' right now.", req.model),
+                retry_after_s: Some(1),
+            });
+        }
+        let mut seed = fnv1a(req.request_id.as_bytes());
+        usable.sort_by(|a, b| b.priority.cmp(&a.priority));
+        let mut plan = Vec::with_capacity(usable.len());
+        for group in usable.chunk_by_mut(|a, b| a.priority == b.priority) {
+            weighted_order(group, &mut seed);
+            plan.extend(group.iter().map(|c| RouteStep {
+                channel_id: c.id.clone(),
+                upstream_model: c.upstream_model.clone(),
+            }));
+        }
+        Ok(plan)
+    }
+}
+
+/// Reorders `group` by repeated weighted draws without replacement.
+fn weighted_order(group: &mut [Channel], seed: &mut u64) {
+    for start in 0..group.len() {
+        let rest = &group[start..];
+        let total: u64 = rest.iter().map(|c| u64::from(c.weight.max(1))).sum();
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut pick = (*seed >> 33) % total;
+        let mut chosen = start;
+        for (i, c) in rest.iter().enumerate() {
+            let w = u64::from(c.weight.max(1));
+            if pick < w {
+                chosen = start + i;
+                break;
+            }
+            pick -= w;
+        }
+        group.swap(start, chosen);
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}
+
+sluice_policy_sdk::router::export_router!(PriorityWeight);

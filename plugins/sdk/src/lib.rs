@@ -1,0 +1,125 @@
+//! Rust guest SDK for Sluice policy plugins.
+//!
+//! Enable the feature of the world you implement (`auth`, `router` or `shaper`),
+//! implement the generated `Guest` traits, and register your type:
+//!
+//! ```ignore
+//! use sluice_policy_sdk::auth::exports::sluice::policy::{auth, lifecycle};
+//! struct MyPolicy;
+//! impl lifecycle::Guest for MyPolicy { fn init(_config: String) -> Result<(), String> { Ok(()) } }
+//! impl auth::Guest for MyPolicy { /* authorize */ }
+//! sluice_policy_sdk::auth::export_auth!(MyPolicy);
+//! ```
+//!
+//! Besides the bindings, the SDK carries small helpers every policy needs
+//! ([`net::cidr_contains`], [`denial`]).
+
+extern crate self as sluice_policy_sdk;
+
+pub use wit_bindgen;
+
+/// Bindings for the `auth-policy` world.
+#[cfg(feature = "auth")]
+pub mod auth {
+    wit_bindgen::generate!({
+        world: "auth-policy",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_auth",
+        default_bindings_module: "sluice_policy_sdk::auth",
+        runtime_path: "sluice_policy_sdk::wit_bindgen::rt",
+    });
+}
+
+/// Bindings for the `router-policy` world.
+#[cfg(feature = "router")]
+pub mod router {
+    wit_bindgen::generate!({
+        world: "router-policy",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_router",
+        default_bindings_module: "sluice_policy_sdk::router",
+        runtime_path: "sluice_policy_sdk::wit_bindgen::rt",
+    });
+}
+
+/// Bindings for the `shaper-policy` world.
+#[cfg(feature = "shaper")]
+pub mod shaper {
+    wit_bindgen::generate!({
+        world: "shaper-policy",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_shaper",
+        default_bindings_module: "sluice_policy_sdk::shaper",
+        runtime_path: "sluice_policy_sdk::wit_bindgen::rt",
+    });
+}
+
+/// Client-network matching.
+pub mod net {
+    use std::net::IpAddr;
+
+    /// True when `ip` lies inside `cidr` (`10.0.0.0/8`, `::1/128`, or a bare address).
+    /// Malformed input never matches.
+    pub fn cidr_contains(cidr: &str, ip: &str) -> bool {
+        let Ok(ip) = ip.parse::<IpAddr>() else { return false };
+        let (net, bits) = match cidr.split_once('/') {
+            Some((net, bits)) => (net, bits.parse::<u32>().ok()),
+            None => (cidr, None),
+        };
+        let Ok(net) = net.parse::<IpAddr>() else { return false };
+        match (net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => prefix_eq(u32::from(n).into(), u32::from(i).into(), 32, bits),
+            (IpAddr::V6(n), IpAddr::V6(i)) => prefix_eq(u128::from(n), u128::from(i), 128, bits),
+            (IpAddr::V6(n), IpAddr::V4(i)) => n.to_ipv4_mapped().is_some_and(|n| n == i && bits.is_none()),
+            (IpAddr::V4(n), IpAddr::V6(i)) => i.to_ipv4_mapped().is_some_and(|i| {
+                prefix_eq(u32::from(n).into(), u32::from(i).into(), 32, bits)
+            }),
+        }
+    }
+
+    fn prefix_eq(net: u128, ip: u128, width: u32, bits: Option<u32>) -> bool {
+        let bits = bits.unwrap_or(width);
+        if bits > width {
+            return false;
+        }
+        let shift = width - bits;
+        shift >= width || (net >> shift) == (ip >> shift)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::cidr_contains;
+
+        #[test]
+        fn matches_prefixes() {
+            assert!(cidr_contains("10.0.0.0/8", "10.2.3.4"));
+            assert!(!cidr_contains("10.0.0.0/8", "11.2.3.4"));
+            assert!(cidr_contains("127.0.0.1", "127.0.0.1"));
+            assert!(cidr_contains("0.0.0.0/0", "8.8.8.8"));
+            assert!(cidr_contains("::1/128", "::1"));
+            assert!(!cidr_contains("10.0.0.0/33", "10.0.0.1"));
+            assert!(!cidr_contains("garbage", "10.0.0.1"));
+        }
+    }
+}
+
+/// Status codes and OpenAI error codes the default policies use, so plugins agree
+/// with the gateway's own errors.
+pub mod denial {
+    /// 401: the credentials match no usable key.
+    pub const INVALID_API_KEY: (u16, &str) = (401, "invalid_api_key");
+    /// 403: the key may not use this model or may not be used from this network.
+    pub const PERMISSION_DENIED: u16 = 403;
+    /// 429: the key's quota is spent.
+    pub const INSUFFICIENT_QUOTA: (u16, &str) = (429, "insufficient_quota");
+    /// 429: a rate limit was hit; send `retry-after`.
+    pub const RATE_LIMITED: (u16, &str) = (429, "rate_limit_exceeded");
+
+    /// Whole seconds, rounded up and at least 1, for a `retry-after` header.
+    pub fn retry_after_secs(resets_in_ms: u32) -> u32 {
+        resets_in_ms.div_ceil(1000).max(1)
+    }
+}
