@@ -1,20 +1,38 @@
 //! Builds the test-fixture components (hostile and helper plugins) from `plugins/testing`
 //! and exposes their paths to the end-to-end suite as `FIXTURE_<NAME>` constants.
+// Cargo's build-script protocol is stdout: `cargo:` lines are the output.
+#![allow(clippy::print_stdout)]
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 const FIXTURES: &[&str] = &[
-    "trap", "spin", "membomb", "init-fails", "deny-all", "bad-router", "bad-shaper", "wrong-world", "v2",
+    "trap",
+    "spin",
+    "membomb",
+    "init-fails",
+    "deny-all",
+    "tagger",
+    "bad-router",
+    "bad-shaper",
+    "wrong-world",
+    "v2",
 ];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
     let dirs: Vec<String> = FIXTURES.iter().map(|f| format!("testing/{f}")).collect();
-    sluice_build_support::watch(&manifest, &dirs.iter().map(String::as_str).collect::<Vec<_>>());
+    sluice_build_support::watch(
+        &manifest,
+        &dirs.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let packages: Vec<String> = FIXTURES.iter().map(|f| format!("fixture-{f}")).collect();
-    let built = match sluice_build_support::build(&manifest, &out, &packages.iter().map(String::as_str).collect::<Vec<_>>()) {
+    let built = match sluice_build_support::build(
+        &manifest,
+        &out,
+        &packages.iter().map(String::as_str).collect::<Vec<_>>(),
+    ) {
         Ok(built) => built,
         Err(message) => {
             println!("cargo:warning={message}");
@@ -23,8 +41,15 @@ fn main() {
     };
     let mut consts = String::new();
     for (package, path) in built {
-        let name = package.trim_start_matches("fixture-").replace('-', "_").to_uppercase();
-        let _ = writeln!(consts, "/// Path of the `{package}` test component.\npub const {name}: &str = {:?};", path.display().to_string());
+        let name = package
+            .trim_start_matches("fixture-")
+            .replace('-', "_")
+            .to_uppercase();
+        let _ = writeln!(
+            consts,
+            "/// Path of the `{package}` test component.\npub const {name}: &str = {:?};",
+            path.display().to_string()
+        );
     }
     if let Err(e) = std::fs::write(out.join("fixtures.rs"), consts) {
         println!("cargo:warning=writing fixtures.rs: {e}");

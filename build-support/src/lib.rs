@@ -4,6 +4,9 @@
 //! features never unify across plugins, into `plugins/target` (never the outer
 //! build's target directory, so the nested cargo never waits on the outer lock).
 
+// Cargo's build-script protocol is stdout: `cargo:` lines are the output.
+#![allow(clippy::print_stdout)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -40,7 +43,11 @@ pub fn plugins_dir(manifest_dir: &Path) -> PathBuf {
 ///
 /// # Errors
 /// Returns a message naming the package when cargo cannot be run or fails.
-pub fn build(manifest_dir: &Path, out_dir: &Path, packages: &[&str]) -> Result<Vec<(String, PathBuf)>, String> {
+pub fn build(
+    manifest_dir: &Path,
+    out_dir: &Path,
+    packages: &[&str],
+) -> Result<Vec<(String, PathBuf)>, String> {
     let plugins = plugins_dir(manifest_dir);
     let target_dir = plugins.join("target");
     for dir in ["sdk", "Cargo.toml", "Cargo.lock", "../wit"] {
@@ -51,17 +58,31 @@ pub fn build(manifest_dir: &Path, out_dir: &Path, packages: &[&str]) -> Result<V
     for package in packages {
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(&plugins)
-            .args(["build", "--release", "--locked", "--target", TARGET, "-p", package, "--target-dir"])
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--target",
+                TARGET,
+                "-p",
+                package,
+                "--target-dir",
+            ])
             .arg(&target_dir);
         for var in SCRUBBED_ENV {
             cmd.env_remove(var);
         }
         for (key, _) in std::env::vars() {
-            if key.starts_with("CARGO_PROFILE_") || key.starts_with("CARGO_CFG_") || key.starts_with("CARGO_FEATURE_") {
+            if key.starts_with("CARGO_PROFILE_")
+                || key.starts_with("CARGO_CFG_")
+                || key.starts_with("CARGO_FEATURE_")
+            {
                 cmd.env_remove(key);
             }
         }
-        let status = cmd.status().map_err(|e| format!("cannot run {cargo} for plugin {package}: {e}"))?;
+        let status = cmd
+            .status()
+            .map_err(|e| format!("cannot run {cargo} for plugin {package}: {e}"))?;
         if !status.success() {
             return Err(format!(
                 "building plugin {package} failed ({status}); is the {TARGET} target installed? (rustup target add {TARGET})"
@@ -70,7 +91,8 @@ pub fn build(manifest_dir: &Path, out_dir: &Path, packages: &[&str]) -> Result<V
         let file = format!("{}.wasm", package.replace('-', "_"));
         let artifact = target_dir.join(TARGET).join("release").join(&file);
         let dest = out_dir.join(&file);
-        std::fs::copy(&artifact, &dest).map_err(|e| format!("copying {}: {e}", artifact.display()))?;
+        std::fs::copy(&artifact, &dest)
+            .map_err(|e| format!("copying {}: {e}", artifact.display()))?;
         built.push(((*package).to_string(), dest));
     }
     Ok(built)

@@ -29,18 +29,38 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Re
 }
 
 fn not_found(what: &str) -> ApiError {
-    ApiError::Client { status: StatusCode::NOT_FOUND, code: "not_found", param: None, message: format!("{what} not found") }
+    ApiError::Client {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        param: None,
+        message: format!("{what} not found"),
+    }
 }
 
 fn authorized(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError> {
     let Some(token) = &state.config.admin.token else {
-        return Err(ApiError::Denied { status: StatusCode::FORBIDDEN, code: "admin_disabled".into(), message: "The admin API is disabled: set admin.token.".into(), retry_after_s: None });
+        return Err(ApiError::Denied {
+            status: StatusCode::FORBIDDEN,
+            code: "admin_disabled".into(),
+            message: "The admin API is disabled: set admin.token.".into(),
+            retry_after_s: None,
+        });
     };
-    let presented = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
     if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
         Ok(())
     } else {
-        Err(ApiError::Denied { status: StatusCode::UNAUTHORIZED, code: "invalid_admin_token".into(), message: "Missing or invalid admin token.".into(), retry_after_s: None })
+        Err(ApiError::Denied {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_admin_token".into(),
+            message: "Missing or invalid admin token.".into(),
+            retry_after_s: None,
+        })
     }
 }
 
@@ -50,13 +70,18 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError
         .await
         .map_err(|e| ApiError::bad_request(format!("cannot read body: {e}"), None))?
         .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}"), None))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}"), None))
 }
 
 fn query<T: DeserializeOwned>(req: &Request<Incoming>, skip: &[&str]) -> Result<T, ApiError> {
     let raw = req.uri().query().unwrap_or("");
-    let kept: Vec<&str> = raw.split('&').filter(|p| !p.is_empty() && !skip.iter().any(|s| p.split('=').next() == Some(*s))).collect();
-    serde_urlencoded::from_str(&kept.join("&")).map_err(|e| ApiError::bad_request(format!("invalid query: {e}"), None))
+    let kept: Vec<&str> = raw
+        .split('&')
+        .filter(|p| !p.is_empty() && !skip.iter().any(|s| p.split('=').next() == Some(*s)))
+        .collect();
+    serde_urlencoded::from_str(&kept.join("&"))
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}"), None))
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -66,8 +91,13 @@ fn store_error(e: StoreError) -> ApiError {
     }
 }
 
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R, StoreError> + Send + 'static) -> Result<R, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(e.to_string()))?.map_err(store_error)
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(store_error)
 }
 
 /// A key as the admin API shows it: everything but the digest.
@@ -96,13 +126,21 @@ fn default_bucket() -> Bucket {
     Bucket::Hour
 }
 
-async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
+async fn route(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ApiError> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let method = req.method().clone();
     if path == "/metrics" && method == Method::GET {
         state.channels.publish(&state.metrics);
         let mut response = Response::new(boxed(Full::new(Bytes::from(state.metrics.encode()))));
-        response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
         return Ok(response);
     }
     authorized(state, &req)?;
@@ -111,23 +149,32 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response
     match (method, segments.as_slice()) {
         (Method::GET, ["admin", "keys"]) => {
             let keys = blocking(move || store.list_keys()).await?;
-            Ok(json(StatusCode::OK, &serde_json::json!({"data": keys.iter().map(key_view).collect::<Vec<_>>()})))
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"data": keys.iter().map(key_view).collect::<Vec<_>>()}),
+            ))
         }
         (Method::POST, ["admin", "keys"]) => {
             let spec: NewKey = body(req).await?;
             if spec.name.trim().is_empty() {
                 return Err(ApiError::bad_request("name is required", Some("name")));
             }
-            let (secret, record) = crate::keys::generate(&spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let (secret, record) =
+                crate::keys::generate(&spec).map_err(|e| ApiError::Internal(e.to_string()))?;
             let stored = record.clone();
             blocking(move || store.create_key(&stored)).await?;
             state.keys.add_known(&record);
             tracing::info!(key_id = %record.id, prefix = %record.prefix, name = %record.name, "key created");
-            Ok(json(StatusCode::CREATED, &serde_json::json!({"key": secret, "record": key_view(&record)})))
+            Ok(json(
+                StatusCode::CREATED,
+                &serde_json::json!({"key": secret, "record": key_view(&record)}),
+            ))
         }
         (Method::GET, ["admin", "keys", id]) => {
             let id = (*id).to_string();
-            let key = blocking(move || store.key_by_id(&id)).await?.ok_or_else(|| not_found("key"))?;
+            let key = blocking(move || store.key_by_id(&id))
+                .await?
+                .ok_or_else(|| not_found("key"))?;
             Ok(json(StatusCode::OK, &key_view(&key)))
         }
         (Method::PATCH, ["admin", "keys", id]) => {
@@ -135,19 +182,40 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response
             let patch: KeyPatch = body(req).await?;
             update_key(state, id, patch).await
         }
-        (Method::POST, ["admin", "keys", id, "revoke"]) | (Method::DELETE, ["admin", "keys", id]) => {
-            let patch = KeyPatch { status: Some(KeyStatus::Revoked), ..KeyPatch::default() };
+        (Method::POST, ["admin", "keys", id, "revoke"])
+        | (Method::DELETE, ["admin", "keys", id]) => {
+            let patch = KeyPatch {
+                status: Some(KeyStatus::Revoked),
+                ..KeyPatch::default()
+            };
             update_key(state, (*id).to_string(), patch).await
         }
         (Method::GET, ["admin", "usage"]) => {
             let q: UsageQuery = query(&req, &[])?;
             let size = q.page_size();
             let page = blocking(move || store.query_usage(&q)).await?;
-            let next = if page.len() == size { page.last().map(|r| r.seq) } else { None };
-            Ok(json(StatusCode::OK, &serde_json::json!({"data": page, "next_before_seq": next})))
+            let next = if page.len() == size {
+                page.last().map(|r| r.seq)
+            } else {
+                None
+            };
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"data": page, "next_before_seq": next}),
+            ))
         }
         (Method::GET, ["admin", "usage", "summary"]) => {
-            let params: SummaryParams = query(&req, &["since_ms", "until_ms", "key_id", "model", "channel_id", "status"])?;
+            let params: SummaryParams = query(
+                &req,
+                &[
+                    "since_ms",
+                    "until_ms",
+                    "key_id",
+                    "model",
+                    "channel_id",
+                    "status",
+                ],
+            )?;
             let q: UsageQuery = query(&req, &["group", "bucket"])?;
             let rows = blocking(move || store.summarize(&q, params.group, params.bucket)).await?;
             Ok(json(StatusCode::OK, &serde_json::json!({"data": rows})))
@@ -160,18 +228,31 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response
             let channel = state.channels.get(id).ok_or_else(|| not_found("channel"))?;
             channel.set_disabled(*action == "disable");
             tracing::info!(channel = %id, action = *action, "channel switched by operator");
-            Ok(json(StatusCode::OK, &serde_json::to_value(channel.view()).unwrap_or_default()))
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::to_value(channel.view()).unwrap_or_default(),
+            ))
         }
-        (Method::GET, ["admin", "plugins"]) => Ok(json(StatusCode::OK, &serde_json::json!({"data": state.loader.list()}))),
+        (Method::GET, ["admin", "plugins"]) => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"data": state.loader.list()}),
+        )),
         (Method::POST, ["admin", "plugins", "reload"]) => {
             let report = state.loader.reload().await;
-            Ok(json(StatusCode::OK, &serde_json::to_value(report).unwrap_or_default()))
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::to_value(report).unwrap_or_default(),
+            ))
         }
         _ => Err(not_found("route")),
     }
 }
 
-async fn update_key(state: &Arc<AppState>, id: String, patch: KeyPatch) -> Result<Response<ResponseBody>, ApiError> {
+async fn update_key(
+    state: &Arc<AppState>,
+    id: String,
+    patch: KeyPatch,
+) -> Result<Response<ResponseBody>, ApiError> {
     let store = state.store.clone();
     let key = blocking(move || store.update_key(&id, &patch)).await?;
     state.keys.invalidate(&key.digest);

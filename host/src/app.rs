@@ -90,8 +90,16 @@ pub fn instance_settings(config: &Config) -> InstanceSettings {
         memory_limit: p.memory_limit,
         call_timeout: p.call_timeout,
         init_timeout: (p.call_timeout * 50).max(Duration::from_secs(1)),
-        max_idle: if p.instance_mode == InstanceMode::Fresh { 0 } else { p.max_idle_instances },
-        max_uses: if p.instance_mode == InstanceMode::Fresh { 1 } else { p.instance_max_uses },
+        max_idle: if p.instance_mode == InstanceMode::Fresh {
+            0
+        } else {
+            p.max_idle_instances
+        },
+        max_uses: if p.instance_mode == InstanceMode::Fresh {
+            1
+        } else {
+            p.instance_max_uses
+        },
     }
 }
 
@@ -104,11 +112,26 @@ impl AppState {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let store = store::open(config.store.backend, &config.store.path)?;
-        let keys = Arc::new(KeyCache::new(store.clone(), config.cache.key_ttl, config.cache.capacity, metrics.clone())?);
-        let engine = Arc::new(PolicyEngine::new(instance_settings(&config), config.plugins.cache_dir.clone())?);
-        let policies = Arc::new(Policies::new(config.plugins.on_failure.clone(), metrics.clone()));
+        let keys = Arc::new(KeyCache::new(
+            store.clone(),
+            config.cache.key_ttl,
+            config.cache.capacity,
+            metrics.clone(),
+        )?);
+        let engine = Arc::new(PolicyEngine::new(
+            instance_settings(&config),
+            config.plugins.cache_dir.clone(),
+        )?);
+        let policies = Arc::new(Policies::new(
+            config.plugins.on_failure.clone(),
+            metrics.clone(),
+        ));
         let loader = Loader::start(engine, policies.clone(), config.plugins.clone()).await?;
-        let upstream = upstream::client(config.upstream.connect_timeout, config.upstream.ca_file.as_deref()).map_err(StartError::Upstream)?;
+        let upstream = upstream::client(
+            config.upstream.connect_timeout,
+            config.upstream.ca_file.as_deref(),
+        )
+        .map_err(StartError::Upstream)?;
         let committed = keys.clone();
         let writer = UsageWriter::start(
             store.clone(),
@@ -154,28 +177,60 @@ pub struct Bound {
 ///
 /// # Errors
 /// Any start-up failure.
-pub async fn run(config: Config, stop: CancellationToken, ready: impl FnOnce(Bound)) -> Result<(), StartError> {
+pub async fn run(
+    config: Config,
+    stop: CancellationToken,
+    ready: impl FnOnce(Bound),
+) -> Result<(), StartError> {
     let state = AppState::build(config).await?;
-    let bind = |addr: SocketAddr| async move { tokio::net::TcpListener::bind(addr).await.map_err(|error| StartError::Listen { addr, error }) };
+    let bind = |addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|error| StartError::Listen { addr, error })
+    };
     let proxy = bind(state.config.server.listen).await?;
     let admin = bind(state.config.admin.listen).await?;
     let bound = Bound {
-        proxy: proxy.local_addr().map_err(|error| StartError::Listen { addr: state.config.server.listen, error })?,
-        admin: admin.local_addr().map_err(|error| StartError::Listen { addr: state.config.admin.listen, error })?,
+        proxy: proxy.local_addr().map_err(|error| StartError::Listen {
+            addr: state.config.server.listen,
+            error,
+        })?,
+        admin: admin.local_addr().map_err(|error| StartError::Listen {
+            addr: state.config.admin.listen,
+            error,
+        })?,
     };
     let connections = TaskTracker::new();
-    let proxy_task = tokio::spawn(crate::server::serve(proxy, state.clone(), connections.clone(), crate::server::Role::Proxy));
-    let admin_task = tokio::spawn(crate::server::serve(admin, state.clone(), connections.clone(), crate::server::Role::Admin));
+    let proxy_task = tokio::spawn(crate::server::serve(
+        proxy,
+        state.clone(),
+        connections.clone(),
+        crate::server::Role::Proxy,
+    ));
+    let admin_task = tokio::spawn(crate::server::serve(
+        admin,
+        state.clone(),
+        connections.clone(),
+        crate::server::Role::Admin,
+    ));
     tracing::info!(proxy = %bound.proxy, admin = %bound.admin, backend = state.store.backend(), "sluice listening");
     ready(bound);
     stop.cancelled().await;
 
-    tracing::info!(grace_ms = state.config.server.shutdown_grace.as_millis() as u64, "shutting down: no new connections");
+    tracing::info!(
+        grace_ms = state.config.server.shutdown_grace.as_millis() as u64,
+        "shutting down: no new connections"
+    );
     state.shutdown.cancel();
     let _ = tokio::join!(proxy_task, admin_task);
     connections.close();
-    if tokio::time::timeout(state.config.server.shutdown_grace, connections.wait()).await.is_err() {
-        tracing::warn!("grace period over; cutting remaining connections (their streams are recorded as partial)");
+    if tokio::time::timeout(state.config.server.shutdown_grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "grace period over; cutting remaining connections (their streams are recorded as partial)"
+        );
     }
     // Connection tasks that outlived the grace period are aborted by the server
     // (see server::serve); their bodies' drop guards have queued accounting tasks.

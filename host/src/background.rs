@@ -13,7 +13,9 @@ const PURGE_BATCH: usize = 500;
 
 /// Starts every background task on the state's tracker.
 pub fn spawn_all(state: &Arc<AppState>) {
-    every(state, state.config.upstream.probe_interval, |s| Box::pin(probe_channels(s)));
+    every(state, state.config.upstream.probe_interval, |s| {
+        Box::pin(probe_channels(s))
+    });
     every(state, state.config.cache.key_ttl, |s| {
         Box::pin(async move {
             let keys = s.keys.clone();
@@ -44,7 +46,10 @@ fn every(state: &Arc<AppState>, period: Duration, job: Job) {
 async fn probe_channels(state: Arc<AppState>) {
     state.channels.publish(&state.metrics);
     for channel in state.channels.all().iter().filter(|c| c.due_for_probe()) {
-        let uri = format!("{}/models", channel.config.base_url.to_string().trim_end_matches('/'));
+        let uri = format!(
+            "{}/models",
+            channel.config.base_url.to_string().trim_end_matches('/')
+        );
         let mut request = http::Request::get(uri);
         if let Some(key) = &channel.config.api_key {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {key}"));

@@ -205,8 +205,11 @@ enum ConfigCommand {
 
 /// Sets up logging from the config (stderr; text or JSON).
 pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -231,16 +234,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, ready_file } => serve(&config, ready_file).await,
         Command::Keys { command } => keys(command).await,
-        Command::Usage { target, since, key, limit } => usage(&target, &since, key, limit).await,
+        Command::Usage {
+            target,
+            since,
+            key,
+            limit,
+        } => usage(&target, &since, key, limit).await,
         Command::Plugin { command } => plugin(command).await,
-        Command::Config { command: ConfigCommand::Check { file } } => {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
             load(&file)?;
             out(&format!("{}: ok", file.display()))
         }
-        Command::MockUpstream { listen, chunks, chunk_delay_ms, ttfb_ms, fail, status, tls_dir, ready_file } => {
+        Command::MockUpstream {
+            listen,
+            chunks,
+            chunk_delay_ms,
+            ttfb_ms,
+            fail,
+            status,
+            tls_dir,
+            ready_file,
+        } => {
             init_logging(LogFormat::Text, "info");
-            let tls = tls_dir.as_deref().map(crate::mock::test_tls).transpose().map_err(anyhow::Error::msg)?;
-            let cfg = crate::mock::MockConfig { chunks, chunk_delay_ms, ttfb_ms, fail, status, ..crate::mock::MockConfig::default() };
+            let tls = tls_dir
+                .as_deref()
+                .map(crate::mock::test_tls)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let cfg = crate::mock::MockConfig {
+                chunks,
+                chunk_delay_ms,
+                ttfb_ms,
+                fail,
+                status,
+                ..crate::mock::MockConfig::default()
+            };
             let mock = crate::mock::start(listen, cfg, tls).await?;
             tracing::info!(addr = %mock.addr, "mock upstream listening");
             if let Some(path) = ready_file {
@@ -279,7 +309,10 @@ async fn serve(path: &Path, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
     crate::app::run(config, stop, |bound| {
         if let Some(file) = ready_file {
             let tmp = file.with_extension("tmp");
-            let written = serde_json::to_vec(&bound).map_err(std::io::Error::other).and_then(|json| std::fs::write(&tmp, json)).and_then(|()| std::fs::rename(&tmp, &file));
+            let written = serde_json::to_vec(&bound)
+                .map_err(std::io::Error::other)
+                .and_then(|json| std::fs::write(&tmp, json))
+                .and_then(|()| std::fs::rename(&tmp, &file));
             if let Err(e) = written {
                 tracing::error!(file = %file.display(), error = %e, "cannot write ready file");
             }
@@ -290,43 +323,93 @@ async fn serve(path: &Path, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 /// Calls the admin API of a running gateway; `None` when nothing listens there.
-async fn admin_call(config: &Config, method: http::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<Option<serde_json::Value>> {
+async fn admin_call(
+    config: &Config,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<Option<serde_json::Value>> {
     let addr = config.admin.listen;
-    if tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr)).await.map(|r| r.is_err()).unwrap_or(true) {
+    if tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map(|r| r.is_err())
+    .unwrap_or(true)
+    {
         return Ok(None);
     }
-    let token = config.admin.token.as_deref().context("the gateway is running but admin.token is not configured")?;
+    let token = config
+        .admin
+        .token
+        .as_deref()
+        .context("the gateway is running but admin.token is not configured")?;
     let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
     let request = http::Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))?;
+        .body(Full::new(Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))?;
     let response = client.request(request).await?;
     let status = response.status();
     let bytes = response.into_body().collect().await?.to_bytes();
     let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     if !status.is_success() {
-        bail!("admin API {status}: {}", value["error"]["message"].as_str().unwrap_or("request failed"));
+        bail!(
+            "admin API {status}: {}",
+            value["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed")
+        );
     }
     Ok(Some(value))
 }
 
 fn parse_age(text: &str) -> anyhow::Result<u64> {
-    let d = humantime::parse_duration(text).with_context(|| format!("invalid duration '{text}'"))?;
+    let d =
+        humantime::parse_duration(text).with_context(|| format!("invalid duration '{text}'"))?;
     Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn keys(command: KeysCommand) -> anyhow::Result<()> {
     match command {
-        KeysCommand::Create { target, name, owner, models, networks, quota, expires, rpm, tpm } => {
+        KeysCommand::Create {
+            target,
+            name,
+            owner,
+            models,
+            networks,
+            quota,
+            expires,
+            rpm,
+            tpm,
+        } => {
             let config = load(&target.config)?;
-            let expires_at_ms = expires.as_deref().map(parse_age).transpose()?.map(|ms| crate::keys::now_ms() + ms);
-            let spec = NewKey { name, owner, models, networks, quota, expires_at_ms, rpm_limit: rpm, tpm_limit: tpm };
+            let expires_at_ms = expires
+                .as_deref()
+                .map(parse_age)
+                .transpose()?
+                .map(|ms| crate::keys::now_ms() + ms);
+            let spec = NewKey {
+                name,
+                owner,
+                models,
+                networks,
+                quota,
+                expires_at_ms,
+                rpm_limit: rpm,
+                tpm_limit: tpm,
+            };
             let body = serde_json::json!({"name": spec.name, "owner": spec.owner, "models": spec.models, "networks": spec.networks, "quota": spec.quota, "expires_at_ms": spec.expires_at_ms, "rpm_limit": spec.rpm_limit, "tpm_limit": spec.tpm_limit});
-            if let Some(created) = admin_call(&config, http::Method::POST, "/admin/keys", Some(body)).await? {
+            if let Some(created) =
+                admin_call(&config, http::Method::POST, "/admin/keys", Some(body)).await?
+            {
                 return out(created["key"].as_str().unwrap_or_default());
             }
             let store = crate::store::open(config.store.backend, &config.store.path)?;
@@ -340,10 +423,17 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 Some(v) => serde_json::from_value(v["data"].clone())?,
                 None => {
                     let store = crate::store::open(config.store.backend, &config.store.path)?;
-                    store.list_keys()?.iter().map(|k| serde_json::to_value(k).unwrap_or_default()).collect::<Vec<serde_json::Value>>()
+                    store
+                        .list_keys()?
+                        .iter()
+                        .map(|k| serde_json::to_value(k).unwrap_or_default())
+                        .collect::<Vec<serde_json::Value>>()
                 }
             };
-            out(&format!("{:<22} {:<14} {:<20} {:<9} {:>12}  MODELS", "ID", "PREFIX", "NAME", "STATUS", "QUOTA LEFT"))?;
+            out(&format!(
+                "{:<22} {:<14} {:<20} {:<9} {:>12}  MODELS",
+                "ID", "PREFIX", "NAME", "STATUS", "QUOTA LEFT"
+            ))?;
             for k in keys {
                 out(&format!(
                     "{:<22} {:<14} {:<20} {:<9} {:>12}  {}",
@@ -351,23 +441,62 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                     k["prefix"].as_str().unwrap_or(""),
                     k["name"].as_str().unwrap_or(""),
                     k["status"].as_str().unwrap_or(""),
-                    k["quota_remaining"].as_i64().map_or_else(|| "unlimited".into(), |q| q.to_string()),
-                    k["models"].as_array().filter(|m| !m.is_empty()).map_or_else(|| "*".into(), |m| m.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")),
+                    k["quota_remaining"]
+                        .as_i64()
+                        .map_or_else(|| "unlimited".into(), |q| q.to_string()),
+                    k["models"]
+                        .as_array()
+                        .filter(|m| !m.is_empty())
+                        .map_or_else(
+                            || "*".into(),
+                            |m| m
+                                .iter()
+                                .filter_map(|x| x.as_str())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
                 ))?;
             }
             Ok(())
         }
-        KeysCommand::Update { target, id, quota, models, rpm, tpm, status } => {
+        KeysCommand::Update {
+            target,
+            id,
+            quota,
+            models,
+            rpm,
+            tpm,
+            status,
+        } => {
             let status = match status.as_deref() {
                 None => None,
                 Some("active") => Some(KeyStatus::Active),
                 Some("disabled") => Some(KeyStatus::Disabled),
-                Some(other) => bail!("unknown status '{other}' (active or disabled; use `keys revoke` to revoke)"),
+                Some(other) => bail!(
+                    "unknown status '{other}' (active or disabled; use `keys revoke` to revoke)"
+                ),
             };
-            let patch = KeyPatch { status, models, quota: quota.map(Some), rpm_limit: rpm.map(Some), tpm_limit: tpm.map(Some), ..KeyPatch::default() };
+            let patch = KeyPatch {
+                status,
+                models,
+                quota: quota.map(Some),
+                rpm_limit: rpm.map(Some),
+                tpm_limit: tpm.map(Some),
+                ..KeyPatch::default()
+            };
             change_key(&target, &id, patch).await
         }
-        KeysCommand::Revoke { target, id } => change_key(&target, &id, KeyPatch { status: Some(KeyStatus::Revoked), ..KeyPatch::default() }).await,
+        KeysCommand::Revoke { target, id } => {
+            change_key(
+                &target,
+                &id,
+                KeyPatch {
+                    status: Some(KeyStatus::Revoked),
+                    ..KeyPatch::default()
+                },
+            )
+            .await
+        }
     }
 }
 
@@ -389,35 +518,68 @@ async fn change_key(target: &Target, id: &str, patch: KeyPatch) -> anyhow::Resul
     if let Some(t) = patch.tpm_limit {
         body.insert("tpm_limit".into(), serde_json::to_value(t)?);
     }
-    let updated = match admin_call(&config, http::Method::PATCH, &format!("/admin/keys/{id}"), Some(serde_json::Value::Object(body))).await? {
+    let updated = match admin_call(
+        &config,
+        http::Method::PATCH,
+        &format!("/admin/keys/{id}"),
+        Some(serde_json::Value::Object(body)),
+    )
+    .await?
+    {
         Some(v) => v,
         None => {
             let store = crate::store::open(config.store.backend, &config.store.path)?;
             serde_json::to_value(store.update_key(id, &patch)?)?
         }
     };
-    out(&format!("{} {}", updated["id"].as_str().unwrap_or(id), updated["status"].as_str().unwrap_or("")))
+    out(&format!(
+        "{} {}",
+        updated["id"].as_str().unwrap_or(id),
+        updated["status"].as_str().unwrap_or("")
+    ))
 }
 
-async fn usage(target: &Target, since: &str, key: Option<String>, limit: usize) -> anyhow::Result<()> {
+async fn usage(
+    target: &Target,
+    since: &str,
+    key: Option<String>,
+    limit: usize,
+) -> anyhow::Result<()> {
     let config = load(&target.config)?;
     let since_ms = crate::keys::now_ms().saturating_sub(parse_age(since)?);
     let mut path = format!("/admin/usage?since_ms={since_ms}&limit={limit}");
     if let Some(k) = &key {
         path.push_str(&format!("&key_id={k}"));
     }
-    let records: Vec<crate::store::UsageRecord> = match admin_call(&config, http::Method::GET, &path, None).await? {
-        Some(v) => serde_json::from_value(v["data"].clone())?,
-        None => {
-            let store = crate::store::open(config.store.backend, &config.store.path)?;
-            store.query_usage(&UsageQuery { since_ms: Some(since_ms), key_id: key, limit: Some(limit), ..UsageQuery::default() })?
-        }
-    };
-    out(&format!("{:<38} {:<14} {:<18} {:<12} {:>6} {:>8} {:>8} {:>8} {:>8}", "REQUEST", "KEY", "MODEL", "CHANNEL", "STATUS", "PROMPT", "COMPL", "COST", "MS"))?;
+    let records: Vec<crate::store::UsageRecord> =
+        match admin_call(&config, http::Method::GET, &path, None).await? {
+            Some(v) => serde_json::from_value(v["data"].clone())?,
+            None => {
+                let store = crate::store::open(config.store.backend, &config.store.path)?;
+                store.query_usage(&UsageQuery {
+                    since_ms: Some(since_ms),
+                    key_id: key,
+                    limit: Some(limit),
+                    ..UsageQuery::default()
+                })?
+            }
+        };
+    out(&format!(
+        "{:<38} {:<14} {:<18} {:<12} {:>6} {:>8} {:>8} {:>8} {:>8}",
+        "REQUEST", "KEY", "MODEL", "CHANNEL", "STATUS", "PROMPT", "COMPL", "COST", "MS"
+    ))?;
     for r in &records {
         out(&format!(
             "{:<38} {:<14} {:<18} {:<12} {:>6} {:>8} {:>8} {:>8} {:>8}{}",
-            r.request_id, r.key_prefix, r.model, r.channel_id, r.status, r.prompt_tokens, r.completion_tokens, r.cost, r.latency_ms,
+            r.request_id,
+            r.key_prefix,
+            r.model,
+            r.channel_id,
+            r.status,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.cost,
+            r.latency_ms,
             if r.partial { " partial" } else { "" }
         ))?;
     }
@@ -428,17 +590,37 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
     match command {
         PluginCommand::Check { file, config } => {
             init_logging(LogFormat::Text, "warn");
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let toml_text = config.as_deref().map(std::fs::read_to_string).transpose()?;
-            let defaults = crate::config::parse("", Path::new("defaults.toml"), &std::collections::BTreeMap::new()).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let engine = Arc::new(PolicyEngine::new(crate::app::instance_settings(&defaults), None)?);
-            let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
+            let defaults = crate::config::parse(
+                "",
+                Path::new("defaults.toml"),
+                &std::collections::BTreeMap::new(),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let engine = Arc::new(PolicyEngine::new(
+                crate::app::instance_settings(&defaults),
+                None,
+            )?);
+            let name = file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("plugin")
+                .to_string();
             let compiling = engine.clone();
             let component = compiling.compile(&bytes)?;
             let imports = engine.imports(&component);
-            let plugin = crate::plugins::loader::load_component(&engine, &name, bytes, toml_text.as_deref(), file.display().to_string(), PluginShared::new(&name))
-                .await
-                .with_context(|| format!("{} is not a usable Sluice plugin", file.display()))?;
+            let plugin = crate::plugins::loader::load_component(
+                &engine,
+                &name,
+                bytes,
+                toml_text.as_deref(),
+                file.display().to_string(),
+                PluginShared::new(&name),
+            )
+            .await
+            .with_context(|| format!("{} is not a usable Sluice plugin", file.display()))?;
             out(&format!("file:     {}", file.display()))?;
             out(&format!("kind:     {}", plugin.info.kind.as_str()))?;
             out(&format!("package:  sluice:policy@{}", plugin.info.version))?;
@@ -448,8 +630,13 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
         }
         PluginCommand::List { target } => {
             let config = load(&target.config)?;
-            let list = admin_call(&config, http::Method::GET, "/admin/plugins", None).await?.context("the gateway is not running (nothing listens on admin.listen)")?;
-            out(&format!("{:<24} {:<7} {:<8} {:>10} {:>9}  HASH", "NAME", "KIND", "VERSION", "CALLS", "FAILURES"))?;
+            let list = admin_call(&config, http::Method::GET, "/admin/plugins", None)
+                .await?
+                .context("the gateway is not running (nothing listens on admin.listen)")?;
+            out(&format!(
+                "{:<24} {:<7} {:<8} {:>10} {:>9}  HASH",
+                "NAME", "KIND", "VERSION", "CALLS", "FAILURES"
+            ))?;
             for p in list["data"].as_array().into_iter().flatten() {
                 out(&format!(
                     "{:<24} {:<7} {:<8} {:>10} {:>9}  {}",
@@ -465,7 +652,9 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
         }
         PluginCommand::Reload { target } => {
             let config = load(&target.config)?;
-            let report = admin_call(&config, http::Method::POST, "/admin/plugins/reload", None).await?.context("the gateway is not running (nothing listens on admin.listen)")?;
+            let report = admin_call(&config, http::Method::POST, "/admin/plugins/reload", None)
+                .await?
+                .context("the gateway is not running (nothing listens on admin.listen)")?;
             out(&serde_json::to_string_pretty(&report)?)
         }
     }

@@ -442,7 +442,8 @@ impl Pricing {
     /// Credits for a request on `model`.
     pub fn cost(&self, model: &str, prompt_tokens: u32, completion_tokens: u32) -> i64 {
         let price = self.models.get(model).unwrap_or(&self.default);
-        let credits = f64::from(prompt_tokens) * price.input + f64::from(completion_tokens) * price.output;
+        let credits =
+            f64::from(prompt_tokens) * price.input + f64::from(completion_tokens) * price.output;
         // Saturating float→int conversion; credits are never negative.
         credits.max(0.0).ceil() as i64
     }
@@ -469,7 +470,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// # Errors
 /// A [`ConfigError`] naming the file, line and key of the first problem.
 pub fn parse(text: &str, path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
-    let v = Validator { text, file: path.display().to_string(), base: path.parent().unwrap_or(Path::new(".")) };
+    let v = Validator {
+        text,
+        file: path.display().to_string(),
+        base: path.parent().unwrap_or(Path::new(".")),
+    };
     let mut raw: RawConfig = toml::from_str(text).map_err(|e| v.toml_error(&e))?;
     apply_overrides(&mut raw, env);
     v.validate(raw, env)
@@ -507,7 +512,10 @@ impl Validator<'_> {
         }
         let before = &self.text[..offset.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
-        let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+        let column = before
+            .rfind('\n')
+            .map_or(before.len(), |nl| before.len() - nl - 1)
+            + 1;
         (line, column)
     }
 
@@ -517,10 +525,18 @@ impl Validator<'_> {
         let key = message
             .split('`')
             .nth(1)
-            .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"))
+            .filter(|_| {
+                message.starts_with("unknown field") || message.starts_with("missing field")
+            })
             .unwrap_or("")
             .to_string();
-        ConfigError { file: self.file.clone(), line, column, key, message }
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            key,
+            message,
+        }
     }
 
     fn error(&self, key: &str, value: Option<&Text>, message: impl Into<String>) -> ConfigError {
@@ -528,43 +544,90 @@ impl Validator<'_> {
             Some(v) if v.span().end > 0 => self.position(v.span().start),
             _ => (0, 0),
         };
-        ConfigError { file: self.file.clone(), line, column, key: key.into(), message: message.into() }
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        }
     }
 
-    fn duration(&self, key: &str, value: Option<&Text>, default: Duration) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&Text>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         let Some(v) = value else { return Ok(default) };
-        humantime::parse_duration(v.get_ref())
-            .map_err(|e| self.error(key, value, format!("invalid duration '{}': {e} (try \"250ms\", \"30s\", \"30d\")", v.get_ref())))
+        humantime::parse_duration(v.get_ref()).map_err(|e| {
+            self.error(
+                key,
+                value,
+                format!(
+                    "invalid duration '{}': {e} (try \"250ms\", \"30s\", \"30d\")",
+                    v.get_ref()
+                ),
+            )
+        })
     }
 
-    fn addr(&self, key: &str, value: Option<&Text>, default: &str) -> Result<SocketAddr, ConfigError> {
+    fn addr(
+        &self,
+        key: &str,
+        value: Option<&Text>,
+        default: &str,
+    ) -> Result<SocketAddr, ConfigError> {
         let text = value.map_or(default, |v| v.get_ref().as_str());
-        text.parse().map_err(|e| self.error(key, value, format!("invalid socket address '{text}': {e}")))
+        text.parse()
+            .map_err(|e| self.error(key, value, format!("invalid socket address '{text}': {e}")))
     }
 
     fn path(&self, value: &str) -> PathBuf {
         let p = Path::new(value);
-        if p.is_absolute() { p.to_path_buf() } else { self.base.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
     }
 
     fn secret(&self, key: &str, value: &Text, env: &dyn Env) -> Result<String, ConfigError> {
         let reference = value.get_ref();
         if let Some(name) = reference.strip_prefix("env::") {
-            env.var(name)
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| self.error(key, Some(value), format!("environment variable {name} is not set")))
+            env.var(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                self.error(
+                    key,
+                    Some(value),
+                    format!("environment variable {name} is not set"),
+                )
+            })
         } else if let Some(file) = reference.strip_prefix("file::") {
             std::fs::read_to_string(self.path(file))
                 .map(|s| s.trim().to_string())
-                .map_err(|e| self.error(key, Some(value), format!("cannot read secret file {file}: {e}")))
+                .map_err(|e| {
+                    self.error(
+                        key,
+                        Some(value),
+                        format!("cannot read secret file {file}: {e}"),
+                    )
+                })
         } else {
-            Err(self.error(key, Some(value), "secrets must be references: \"env::NAME\" or \"file::PATH\", never inline"))
+            Err(self.error(
+                key,
+                Some(value),
+                "secrets must be references: \"env::NAME\" or \"file::PATH\", never inline",
+            ))
         }
     }
 
     fn validate(&self, raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         let server = ServerConfig {
-            listen: self.addr("server.listen", raw.server.listen.as_ref(), "127.0.0.1:8080")?,
+            listen: self.addr(
+                "server.listen",
+                raw.server.listen.as_ref(),
+                "127.0.0.1:8080",
+            )?,
             max_body_bytes: raw.server.max_body_bytes.unwrap_or(4 << 20),
             trusted_proxies: raw
                 .server
@@ -575,22 +638,45 @@ impl Validator<'_> {
                     let text = p.get_ref();
                     text.parse::<IpNet>()
                         .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
-                        .map_err(|e| self.error("server.trusted_proxies", Some(p), format!("invalid network '{text}': {e}")))
+                        .map_err(|e| {
+                            self.error(
+                                "server.trusted_proxies",
+                                Some(p),
+                                format!("invalid network '{text}': {e}"),
+                            )
+                        })
                 })
                 .collect::<Result<_, _>>()?,
-            shutdown_grace: self.duration("server.shutdown_grace", raw.server.shutdown_grace.as_ref(), Duration::from_secs(30))?,
-            slow_request: self.duration("server.slow_request", raw.server.slow_request.as_ref(), Duration::from_secs(30))?,
+            shutdown_grace: self.duration(
+                "server.shutdown_grace",
+                raw.server.shutdown_grace.as_ref(),
+                Duration::from_secs(30),
+            )?,
+            slow_request: self.duration(
+                "server.slow_request",
+                raw.server.slow_request.as_ref(),
+                Duration::from_secs(30),
+            )?,
         };
         let admin = AdminConfig {
             listen: self.addr("admin.listen", raw.admin.listen.as_ref(), "127.0.0.1:8081")?,
-            token: raw.admin.token.as_ref().map(|t| self.secret("admin.token", t, env)).transpose()?,
+            token: raw
+                .admin
+                .token
+                .as_ref()
+                .map(|t| self.secret("admin.token", t, env))
+                .transpose()?,
         };
         let log = LogConfig {
             format: match raw.log.format.as_ref().map(|f| f.get_ref().as_str()) {
                 None | Some("text") => LogFormat::Text,
                 Some("json") => LogFormat::Json,
                 Some(other) => {
-                    return Err(self.error("log.format", raw.log.format.as_ref(), format!("unknown format '{other}' (text or json)")));
+                    return Err(self.error(
+                        "log.format",
+                        raw.log.format.as_ref(),
+                        format!("unknown format '{other}' (text or json)"),
+                    ));
                 }
             },
             level: raw.log.level.unwrap_or_else(|| "info".into()),
@@ -601,19 +687,43 @@ impl Validator<'_> {
                 None | Some("redb") => Backend::Redb,
                 Some("sqlite") => Backend::Sqlite,
                 Some(other) => {
-                    return Err(self.error("store.backend", raw.store.backend.as_ref(), format!("unknown backend '{other}' (redb or sqlite)")));
+                    return Err(self.error(
+                        "store.backend",
+                        raw.store.backend.as_ref(),
+                        format!("unknown backend '{other}' (redb or sqlite)"),
+                    ));
                 }
             },
             path: self.path(raw.store.path.as_deref().unwrap_or("sluice.db")),
-            retention: self.duration("store.retention", raw.store.retention.as_ref(), Duration::from_secs(30 * 86_400))?,
+            retention: self.duration(
+                "store.retention",
+                raw.store.retention.as_ref(),
+                Duration::from_secs(30 * 86_400),
+            )?,
             batch_size: raw.store.batch_size.unwrap_or(1024).max(1),
-            flush_interval: self.duration("store.flush_interval", raw.store.flush_interval.as_ref(), Duration::from_millis(50))?,
+            flush_interval: self.duration(
+                "store.flush_interval",
+                raw.store.flush_interval.as_ref(),
+                Duration::from_millis(50),
+            )?,
             queue_capacity: raw.store.queue_capacity.unwrap_or(65_536).max(1),
-            backpressure_wait: self.duration("store.backpressure_wait", raw.store.backpressure_wait.as_ref(), Duration::from_millis(100))?,
+            backpressure_wait: self.duration(
+                "store.backpressure_wait",
+                raw.store.backpressure_wait.as_ref(),
+                Duration::from_millis(100),
+            )?,
         };
         let cache = CacheConfig {
-            key_ttl: self.duration("cache.key_ttl", raw.cache.key_ttl.as_ref(), Duration::from_secs(30))?,
-            negative_ttl: self.duration("cache.negative_ttl", raw.cache.negative_ttl.as_ref(), Duration::from_secs(5))?,
+            key_ttl: self.duration(
+                "cache.key_ttl",
+                raw.cache.key_ttl.as_ref(),
+                Duration::from_secs(30),
+            )?,
+            negative_ttl: self.duration(
+                "cache.negative_ttl",
+                raw.cache.negative_ttl.as_ref(),
+                Duration::from_secs(5),
+            )?,
             capacity: raw.cache.capacity.unwrap_or(100_000),
         };
         let p = raw.plugins;
@@ -627,13 +737,21 @@ impl Validator<'_> {
                 None | Some("pooled") => InstanceMode::Pooled,
                 Some("fresh") => InstanceMode::Fresh,
                 Some(other) => {
-                    return Err(self.error("plugins.instance_mode", p.instance_mode.as_ref(), format!("unknown mode '{other}' (pooled or fresh)")));
+                    return Err(self.error(
+                        "plugins.instance_mode",
+                        p.instance_mode.as_ref(),
+                        format!("unknown mode '{other}' (pooled or fresh)"),
+                    ));
                 }
             },
             max_idle_instances: p.max_idle_instances.unwrap_or(16),
             instance_max_uses: p.instance_max_uses.unwrap_or(10_000).max(1),
             memory_limit: p.memory_limit_mb.unwrap_or(32).clamp(1, 4096) << 20,
-            call_timeout: self.duration("plugins.call_timeout", p.call_timeout.as_ref(), Duration::from_millis(10))?,
+            call_timeout: self.duration(
+                "plugins.call_timeout",
+                p.call_timeout.as_ref(),
+                Duration::from_millis(10),
+            )?,
             on_failure: p
                 .on_failure
                 .iter()
@@ -642,7 +760,11 @@ impl Validator<'_> {
                         "deny" => FailureMode::Deny,
                         "skip" => FailureMode::Skip,
                         other => {
-                            return Err(self.error(&format!("plugins.on_failure.{name}"), Some(mode), format!("unknown failure mode '{other}' (deny or skip)")));
+                            return Err(self.error(
+                                &format!("plugins.on_failure.{name}"),
+                                Some(mode),
+                                format!("unknown failure mode '{other}' (deny or skip)"),
+                            ));
                         }
                     };
                     Ok((name.clone(), parsed))
@@ -651,44 +773,94 @@ impl Validator<'_> {
         };
         let u = raw.upstream;
         let upstream = UpstreamConfig {
-            connect_timeout: self.duration("upstream.connect_timeout", u.connect_timeout.as_ref(), Duration::from_secs(5))?,
-            first_byte_timeout: self.duration("upstream.first_byte_timeout", u.first_byte_timeout.as_ref(), Duration::from_secs(120))?,
-            idle_timeout: self.duration("upstream.idle_timeout", u.idle_timeout.as_ref(), Duration::from_secs(120))?,
+            connect_timeout: self.duration(
+                "upstream.connect_timeout",
+                u.connect_timeout.as_ref(),
+                Duration::from_secs(5),
+            )?,
+            first_byte_timeout: self.duration(
+                "upstream.first_byte_timeout",
+                u.first_byte_timeout.as_ref(),
+                Duration::from_secs(120),
+            )?,
+            idle_timeout: self.duration(
+                "upstream.idle_timeout",
+                u.idle_timeout.as_ref(),
+                Duration::from_secs(120),
+            )?,
             max_attempts: u.max_attempts.unwrap_or(3).max(1),
             ca_file: u.ca_file.as_deref().map(|f| self.path(f)),
             failures_to_cooldown: u.failures_to_cooldown.unwrap_or(3).max(1),
-            cooldown: self.duration("upstream.cooldown", u.cooldown.as_ref(), Duration::from_secs(10))?,
-            probe_interval: self.duration("upstream.probe_interval", u.probe_interval.as_ref(), Duration::from_secs(2))?,
+            cooldown: self.duration(
+                "upstream.cooldown",
+                u.cooldown.as_ref(),
+                Duration::from_secs(10),
+            )?,
+            probe_interval: self.duration(
+                "upstream.probe_interval",
+                u.probe_interval.as_ref(),
+                Duration::from_secs(2),
+            )?,
         };
         let mut channels: Vec<ChannelConfig> = Vec::with_capacity(raw.channels.len());
         for (i, c) in raw.channels.iter().enumerate() {
             let key = |field: &str| format!("channels[{i}].{field}");
-            if channels.iter().any(|existing| existing.id == *c.id.get_ref()) {
-                return Err(self.error(&key("id"), Some(&c.id), format!("duplicate channel id '{}'", c.id.get_ref())));
+            if channels
+                .iter()
+                .any(|existing| existing.id == *c.id.get_ref())
+            {
+                return Err(self.error(
+                    &key("id"),
+                    Some(&c.id),
+                    format!("duplicate channel id '{}'", c.id.get_ref()),
+                ));
             }
             let provider = match c.provider.as_ref().map(|p| p.get_ref().as_str()) {
                 None | Some("openai") => Provider::OpenAi,
                 Some(other) => {
-                    return Err(self.error(&key("provider"), c.provider.as_ref(), format!("unsupported provider '{other}' (openai)")));
+                    return Err(self.error(
+                        &key("provider"),
+                        c.provider.as_ref(),
+                        format!("unsupported provider '{other}' (openai)"),
+                    ));
                 }
             };
-            let base_url: http::Uri = c
-                .base_url
-                .get_ref()
-                .trim_end_matches('/')
-                .parse()
-                .map_err(|e| self.error(&key("base_url"), Some(&c.base_url), format!("invalid URL: {e}")))?;
-            if !matches!(base_url.scheme_str(), Some("http" | "https")) || base_url.host().is_none() {
-                return Err(self.error(&key("base_url"), Some(&c.base_url), "base_url must be an absolute http:// or https:// URL"));
+            let base_url: http::Uri =
+                c.base_url
+                    .get_ref()
+                    .trim_end_matches('/')
+                    .parse()
+                    .map_err(|e| {
+                        self.error(
+                            &key("base_url"),
+                            Some(&c.base_url),
+                            format!("invalid URL: {e}"),
+                        )
+                    })?;
+            if !matches!(base_url.scheme_str(), Some("http" | "https")) || base_url.host().is_none()
+            {
+                return Err(self.error(
+                    &key("base_url"),
+                    Some(&c.base_url),
+                    "base_url must be an absolute http:// or https:// URL",
+                ));
             }
             if c.models.is_empty() {
-                return Err(self.error(&key("models"), Some(&c.id), "a channel must serve at least one model"));
+                return Err(self.error(
+                    &key("models"),
+                    Some(&c.id),
+                    "a channel must serve at least one model",
+                ));
             }
             channels.push(ChannelConfig {
                 id: c.id.get_ref().clone(),
                 provider,
                 base_url,
-                api_key: c.api_key.as_ref().map(|k| self.secret(&key("api_key"), k, env)).transpose()?,
+                api_key: c
+                    .api_key
+                    .as_ref()
+                    .map(|k| self.secret(&key("api_key"), k, env))
+                    .transpose()?,
                 models: c.models.clone(),
                 model_map: c.model_map.clone(),
                 priority: c.priority,
@@ -697,10 +869,23 @@ impl Validator<'_> {
             });
         }
         let pricing = Pricing {
-            default: raw.pricing.default.unwrap_or(Price { input: 1.0, output: 1.0 }),
+            default: raw.pricing.default.unwrap_or(Price {
+                input: 1.0,
+                output: 1.0,
+            }),
             models: raw.pricing.models,
         };
-        Ok(Config { server, admin, log, store, cache, plugins, upstream, channels, pricing })
+        Ok(Config {
+            server,
+            admin,
+            log,
+            store,
+            cache,
+            plugins,
+            upstream,
+            channels,
+            pricing,
+        })
     }
 }
 
@@ -718,7 +903,9 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_defaults() -> Result<(), ConfigError> {
-        let config = check("[[channels]]\nid = \"a\"\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"env::UP_KEY\"\nmodels = [\"m\"]\n")?;
+        let config = check(
+            "[[channels]]\nid = \"a\"\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"env::UP_KEY\"\nmodels = [\"m\"]\n",
+        )?;
         assert_eq!(config.store.backend, Backend::Redb);
         assert_eq!(config.channels[0].api_key.as_deref(), Some("sk-up"));
         assert_eq!(config.plugins.memory_limit, 32 << 20);
@@ -738,8 +925,17 @@ mod tests {
     #[test]
     fn pricing_rounds_up() {
         let pricing = Pricing {
-            default: Price { input: 1.0, output: 2.0 },
-            models: BTreeMap::from([("cheap".to_string(), Price { input: 0.1, output: 0.1 })]),
+            default: Price {
+                input: 1.0,
+                output: 2.0,
+            },
+            models: BTreeMap::from([(
+                "cheap".to_string(),
+                Price {
+                    input: 0.1,
+                    output: 0.1,
+                },
+            )]),
         };
         assert_eq!(pricing.cost("x", 3, 4), 11);
         assert_eq!(pricing.cost("cheap", 3, 4), 1);

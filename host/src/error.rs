@@ -56,13 +56,20 @@ pub enum ApiError {
 impl ApiError {
     /// A 400 for malformed or ill-typed input.
     pub fn bad_request(message: impl Into<String>, param: Option<&'static str>) -> Self {
-        Self::Client { status: StatusCode::BAD_REQUEST, code: "invalid_request_error", param, message: message.into() }
+        Self::Client {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_request_error",
+            param,
+            message: message.into(),
+        }
     }
 
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Client { status, .. } | Self::Denied { status, .. } | Self::Upstream { status, .. } => *status,
+            Self::Client { status, .. }
+            | Self::Denied { status, .. }
+            | Self::Upstream { status, .. } => *status,
             Self::PolicyFailure { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -131,8 +138,15 @@ impl ApiError {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Self::Denied { retry_after_s: Some(secs), .. } = &self {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Self::Denied {
+            retry_after_s: Some(secs),
+            ..
+        } = &self
+        {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(*secs));
         }
         if matches!(self, Self::PolicyFailure { .. } | Self::Upstream { .. }) {
@@ -168,7 +182,9 @@ mod tests {
 
     #[test]
     fn internals_are_not_leaked() {
-        let err = ApiError::PolicyFailure { plugin: "secret-plugin".into() };
+        let err = ApiError::PolicyFailure {
+            plugin: "secret-plugin".into(),
+        };
         let text = err.body().to_string();
         assert!(!text.contains("secret-plugin"));
         assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -33,7 +33,9 @@ pub fn digest(secret: &str) -> String {
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What a new key should allow.
@@ -119,9 +121,17 @@ impl KeyCache {
     ///
     /// # Errors
     /// When the store cannot list keys.
-    pub fn new(store: Arc<dyn Store>, ttl: Duration, capacity: u64, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        ttl: Duration,
+        capacity: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         let cache = Self {
-            found: moka::sync::Cache::builder().time_to_live(ttl).max_capacity(capacity).build(),
+            found: moka::sync::Cache::builder()
+                .time_to_live(ttl)
+                .max_capacity(capacity)
+                .build(),
             known: ArcSwap::from_pointee(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             store,
@@ -136,7 +146,12 @@ impl KeyCache {
     /// # Errors
     /// When the store cannot list keys.
     pub fn refresh_known(&self) -> Result<(), StoreError> {
-        let digests = self.store.list_keys()?.into_iter().map(|k| (k.digest, k.id)).collect();
+        let digests = self
+            .store
+            .list_keys()?
+            .into_iter()
+            .map(|k| (k.digest, k.id))
+            .collect();
         self.known.store(Arc::new(digests));
         Ok(())
     }
@@ -163,10 +178,15 @@ impl KeyCache {
         let record = tokio::task::spawn_blocking(move || store.key_by_digest(&wanted))
             .await
             .map_err(|e| StoreError::backend("task", e))??;
-        let Some(record) = record.filter(|r| bool::from(r.digest.as_bytes().ct_eq(digest.as_bytes()))) else {
+        let Some(record) =
+            record.filter(|r| bool::from(r.digest.as_bytes().ct_eq(digest.as_bytes())))
+        else {
             return Ok(None);
         };
-        let live = Arc::new(LiveKey { remaining: record.quota_remaining.map(|q| AtomicI64::new(q - pending)), record });
+        let live = Arc::new(LiveKey {
+            remaining: record.quota_remaining.map(|q| AtomicI64::new(q - pending)),
+            record,
+        });
         self.found.insert(digest, live.clone());
         Ok(Some(live))
     }
@@ -191,7 +211,9 @@ impl KeyCache {
 
     /// Called by the writer after a commit: those charges are now in the store.
     pub fn committed(&self, charges: &[Charge]) {
-        let Ok(mut pending) = self.pending.lock() else { return };
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
         for c in charges {
             if let Some(p) = pending.get_mut(&c.key_id) {
                 *p -= c.cost;
@@ -221,12 +243,19 @@ mod tests {
 
     #[test]
     fn secrets_are_long_prefixed_and_only_digested() -> Result<(), getrandom::Error> {
-        let (secret, record) = generate(&NewKey { name: "n".into(), ..NewKey::default() })?;
+        let (secret, record) = generate(&NewKey {
+            name: "n".into(),
+            ..NewKey::default()
+        })?;
         assert!(secret.starts_with(KEY_PREFIX));
         assert_eq!(secret.len(), KEY_PREFIX.len() + 48);
         assert_eq!(record.digest, digest(&secret));
         assert!(secret.starts_with(&record.prefix));
-        assert!(!serde_json::to_string(&record).unwrap_or_default().contains(&secret));
+        assert!(
+            !serde_json::to_string(&record)
+                .unwrap_or_default()
+                .contains(&secret)
+        );
         Ok(())
     }
 }

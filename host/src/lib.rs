@@ -6,17 +6,17 @@
 //! policies, [`usage`] accounts, [`store`] persists; [`admin`] and [`metrics`]
 //! serve operators; [`mock`] is the fake upstream used by tests and the quick start.
 
-pub mod config;
-pub mod error;
-pub mod keys;
-pub mod metrics;
-pub mod plugins;
-pub mod store;
 pub mod admin;
 pub mod app;
 pub mod background;
 pub mod cli;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod metrics;
 pub mod mock;
+pub mod plugins;
 pub mod relay;
 pub mod server;
+pub mod store;
 pub mod usage;

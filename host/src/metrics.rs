@@ -126,24 +126,92 @@ impl Default for Metrics {
             registry: Registry::default(),
         };
         registry.register("requests", "Finished client requests", m.requests.clone());
-        registry.register("request_latency_seconds", "Time to response headers", m.latency.clone());
-        registry.register("ttft_seconds", "Time to first streamed token", m.ttft.clone());
-        registry.register("upstream_errors", "Failed upstream attempts", m.upstream_errors.clone());
-        registry.register("upstream_retries", "Upstream attempts beyond the first", m.upstream_retries.clone());
+        registry.register(
+            "request_latency_seconds",
+            "Time to response headers",
+            m.latency.clone(),
+        );
+        registry.register(
+            "ttft_seconds",
+            "Time to first streamed token",
+            m.ttft.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed upstream attempts",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Upstream attempts beyond the first",
+            m.upstream_retries.clone(),
+        );
         registry.register("tokens", "Tokens relayed", m.tokens.clone());
-        registry.register("policy_call_seconds", "Policy plugin call duration", m.policy_seconds.clone());
-        registry.register("policy_calls", "Policy plugin calls", m.policy_calls.clone());
-        registry.register("policy_failures", "Policy plugin failures", m.policy_failures.clone());
-        registry.register("key_cache_hits", "Key lookups served by the cache", m.key_cache_hits.clone());
-        registry.register("key_cache_misses", "Key lookups that read the store", m.key_cache_misses.clone());
-        registry.register("writer_queue_depth", "Usage entries waiting to be written", m.writer_queue_depth.clone());
-        registry.register("writer_flush_seconds", "Usage batch commit duration", m.writer_flush_seconds.clone());
-        registry.register("usage_records_written", "Usage records committed", m.records_written.clone());
-        registry.register("usage_records_dropped", "Usage records that could not be kept", m.records_dropped.clone());
-        registry.register("writer_backpressure", "Submits that waited for queue space", m.writer_backpressure.clone());
-        registry.register("writer_commit_errors", "Failed usage commits", m.writer_commit_errors.clone());
-        registry.register("channel_healthy", "1 while the channel is healthy", m.channel_healthy.clone());
-        registry.register("channel_in_flight", "Requests in flight per channel", m.channel_in_flight.clone());
+        registry.register(
+            "policy_call_seconds",
+            "Policy plugin call duration",
+            m.policy_seconds.clone(),
+        );
+        registry.register(
+            "policy_calls",
+            "Policy plugin calls",
+            m.policy_calls.clone(),
+        );
+        registry.register(
+            "policy_failures",
+            "Policy plugin failures",
+            m.policy_failures.clone(),
+        );
+        registry.register(
+            "key_cache_hits",
+            "Key lookups served by the cache",
+            m.key_cache_hits.clone(),
+        );
+        registry.register(
+            "key_cache_misses",
+            "Key lookups that read the store",
+            m.key_cache_misses.clone(),
+        );
+        registry.register(
+            "writer_queue_depth",
+            "Usage entries waiting to be written",
+            m.writer_queue_depth.clone(),
+        );
+        registry.register(
+            "writer_flush_seconds",
+            "Usage batch commit duration",
+            m.writer_flush_seconds.clone(),
+        );
+        registry.register(
+            "usage_records_written",
+            "Usage records committed",
+            m.records_written.clone(),
+        );
+        registry.register(
+            "usage_records_dropped",
+            "Usage records that could not be kept",
+            m.records_dropped.clone(),
+        );
+        registry.register(
+            "writer_backpressure",
+            "Submits that waited for queue space",
+            m.writer_backpressure.clone(),
+        );
+        registry.register(
+            "writer_commit_errors",
+            "Failed usage commits",
+            m.writer_commit_errors.clone(),
+        );
+        registry.register(
+            "channel_healthy",
+            "1 while the channel is healthy",
+            m.channel_healthy.clone(),
+        );
+        registry.register(
+            "channel_in_flight",
+            "Requests in flight per channel",
+            m.channel_in_flight.clone(),
+        );
         Self { registry, ..m }
     }
 }

@@ -27,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 type MockBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
 fn full(bytes: Bytes) -> MockBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// How the mock behaves; every field can be patched at runtime.
@@ -54,7 +56,16 @@ pub struct MockConfig {
 
 impl Default for MockConfig {
     fn default() -> Self {
-        Self { chunks: 16, chunk_delay_ms: 0, ttfb_ms: 0, event_bytes: 0, fail: "none".into(), status: 500, api_key: None, models: vec!["gpt-4o-mini".into()] }
+        Self {
+            chunks: 16,
+            chunk_delay_ms: 0,
+            ttfb_ms: 0,
+            event_bytes: 0,
+            fail: "none".into(),
+            status: 500,
+            api_key: None,
+            models: vec!["gpt-4o-mini".into()],
+        }
     }
 }
 
@@ -99,23 +110,33 @@ impl Drop for Mock {
 /// When generation or writing fails.
 pub fn test_tls(dir: &Path) -> Result<rustls::ServerConfig, String> {
     let ca_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    let mut ca_params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Sluice test CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Sluice test CA");
     let ca = ca_params.self_signed(&ca_key).map_err(|e| e.to_string())?;
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let leaf_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).map_err(|e| e.to_string())?;
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).map_err(|e| e.to_string())?;
+    let leaf_params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(|e| e.to_string())?;
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &issuer)
+        .map_err(|e| e.to_string())?;
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("ca.pem"), ca.pem()).map_err(|e| e.to_string())?;
-    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(|e| e.to_string())?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
+    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der())
         .map_err(|e| e.to_string())?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .map_err(|e| e.to_string())?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -124,7 +145,11 @@ pub fn test_tls(dir: &Path) -> Result<rustls::ServerConfig, String> {
 ///
 /// # Errors
 /// When the address cannot be bound.
-pub async fn start(addr: SocketAddr, config: MockConfig, tls: Option<rustls::ServerConfig>) -> std::io::Result<Mock> {
+pub async fn start(
+    addr: SocketAddr,
+    config: MockConfig,
+    tls: Option<rustls::ServerConfig>,
+) -> std::io::Result<Mock> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let config = Arc::new(Mutex::new(config));
@@ -151,26 +176,46 @@ pub async fn start(addr: SocketAddr, config: MockConfig, tls: Option<rustls::Ser
                         Ok(tls) => builder.serve_connection(TokioIo::new(tls), service).await,
                         Err(_) => return,
                     },
-                    None => builder.serve_connection(TokioIo::new(stream), service).await,
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
                 };
             });
         }
     });
-    Ok(Mock { addr, config, stats, stop })
+    Ok(Mock {
+        addr,
+        config,
+        stats,
+        stop,
+    })
 }
 
 fn respond(status: StatusCode, body: serde_json::Value) -> Response<MockBody> {
     let mut r = Response::new(full(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    r.headers_mut().insert("x-ratelimit-remaining-requests", http::HeaderValue::from_static("999"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        "x-ratelimit-remaining-requests",
+        http::HeaderValue::from_static("999"),
+    );
     r
 }
 
 /// Per-request overrides from `x-mock-*` headers.
 fn effective(req: &Request<Incoming>, base: &MockConfig) -> MockConfig {
     let mut c = base.clone();
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(String::from);
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
     let num = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok());
     if let Some(v) = num("x-mock-chunks") {
         c.chunks = u32::try_from(v).unwrap_or(u32::MAX);
@@ -194,16 +239,31 @@ fn effective(req: &Request<Incoming>, base: &MockConfig) -> MockConfig {
 }
 
 /// Serves one request; an `Err` makes hyper drop the connection without a response.
-async fn handle(req: Request<Incoming>, config: Arc<Mutex<MockConfig>>, stats: Arc<MockStats>) -> Result<Response<MockBody>, std::io::Error> {
+async fn handle(
+    req: Request<Incoming>,
+    config: Arc<Mutex<MockConfig>>,
+    stats: Arc<MockStats>,
+) -> Result<Response<MockBody>, std::io::Error> {
     let path = req.uri().path().to_string();
     let base = config.lock().map(|c| c.clone()).unwrap_or_default();
     if path == "/_mock/stats" {
-        return Ok(respond(StatusCode::OK, serde_json::to_value(&*stats).unwrap_or_default()));
+        return Ok(respond(
+            StatusCode::OK,
+            serde_json::to_value(&*stats).unwrap_or_default(),
+        ));
     }
     if path == "/_mock/config" {
-        let bytes = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let bytes = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let mut current = serde_json::to_value(&base).unwrap_or_default();
-        if let (Some(map), Ok(serde_json::Value::Object(patch))) = (current.as_object_mut(), serde_json::from_slice::<serde_json::Value>(&bytes)) {
+        if let (Some(map), Ok(serde_json::Value::Object(patch))) = (
+            current.as_object_mut(),
+            serde_json::from_slice::<serde_json::Value>(&bytes),
+        ) {
             map.extend(patch);
         }
         return Ok(match serde_json::from_value::<MockConfig>(current) {
@@ -211,21 +271,35 @@ async fn handle(req: Request<Incoming>, config: Arc<Mutex<MockConfig>>, stats: A
                 if let Ok(mut c) = config.lock() {
                     *c = next.clone();
                 }
-                respond(StatusCode::OK, serde_json::to_value(next).unwrap_or_default())
+                respond(
+                    StatusCode::OK,
+                    serde_json::to_value(next).unwrap_or_default(),
+                )
             }
-            Err(e) => respond(StatusCode::BAD_REQUEST, serde_json::json!({"error": {"message": e.to_string()}})),
+            Err(e) => respond(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": {"message": e.to_string()}}),
+            ),
         });
     }
     stats.requests.fetch_add(1, Ordering::Relaxed);
     let cfg = effective(&req, &base);
-    let auth = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let auth = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     if req.headers().contains_key("x-api-key") || auth.contains(crate::keys::KEY_PREFIX) {
         stats.leaked_credentials.fetch_add(1, Ordering::Relaxed);
     }
     if let Some(key) = &cfg.api_key
         && auth != format!("Bearer {key}")
     {
-        return Ok(respond(StatusCode::UNAUTHORIZED, serde_json::json!({"error": {"message": "bad upstream key", "type": "invalid_request_error", "code": "invalid_api_key"}})));
+        return Ok(respond(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": {"message": "bad upstream key", "type": "invalid_request_error", "code": "invalid_api_key"}}),
+        ));
     }
     if cfg.ttfb_ms > 0 {
         tokio::time::sleep(Duration::from_millis(cfg.ttfb_ms)).await;
@@ -235,12 +309,24 @@ async fn handle(req: Request<Incoming>, config: Arc<Mutex<MockConfig>>, stats: A
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
         "status" => {
-            return Ok(respond(StatusCode::from_u16(cfg.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), serde_json::json!({"error": {"message": "mock failure", "type": "server_error", "code": null}})));
+            return Ok(respond(
+                StatusCode::from_u16(cfg.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                serde_json::json!({"error": {"message": "mock failure", "type": "server_error", "code": null}}),
+            ));
         }
-        "drop" => return Err(std::io::Error::other("mock drop: closing the connection without a response")),
+        "drop" => {
+            return Err(std::io::Error::other(
+                "mock drop: closing the connection without a response",
+            ));
+        }
         _ => {}
     }
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let model = json["model"].as_str().unwrap_or("mock").to_string();
     let prompt_tokens = u32::try_from(body.len() / 4).unwrap_or(u32::MAX).max(1);
@@ -253,17 +339,30 @@ async fn handle(req: Request<Incoming>, config: Arc<Mutex<MockConfig>>, stats: A
         return Ok(r);
     }
     Ok(match path.as_str() {
-        "/v1/models" => respond(StatusCode::OK, serde_json::json!({"object": "list", "data": cfg.models.iter().map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "mock"})).collect::<Vec<_>>()})),
+        "/v1/models" => respond(
+            StatusCode::OK,
+            serde_json::json!({"object": "list", "data": cfg.models.iter().map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "mock"})).collect::<Vec<_>>()}),
+        ),
         "/v1/embeddings" => {
             let inputs = json["input"].as_array().map_or(1, Vec::len);
             let data: Vec<_> = (0..inputs).map(|i| serde_json::json!({"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3, 0.4]})).collect();
-            respond(StatusCode::OK, serde_json::json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}))
+            respond(
+                StatusCode::OK,
+                serde_json::json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}),
+            )
         }
         "/v1/chat/completions" | "/v1/completions" => {
             let chat = path == "/v1/chat/completions";
             if json["stream"].as_bool() == Some(true) {
                 let include_usage = json["stream_options"]["include_usage"].as_bool() == Some(true);
-                return Ok(stream(cfg, model, chat, include_usage, prompt_tokens, stats));
+                return Ok(stream(
+                    cfg,
+                    model,
+                    chat,
+                    include_usage,
+                    prompt_tokens,
+                    stats,
+                ));
             }
             let text: String = (0..cfg.chunks).map(|i| word(i, cfg.event_bytes)).collect();
             let usage = serde_json::json!({"prompt_tokens": prompt_tokens, "completion_tokens": cfg.chunks, "total_tokens": prompt_tokens + cfg.chunks});
@@ -272,18 +371,39 @@ async fn handle(req: Request<Incoming>, config: Arc<Mutex<MockConfig>>, stats: A
             } else {
                 serde_json::json!({"index": 0, "text": text, "finish_reason": "stop", "logprobs": null})
             };
-            let object = if chat { "chat.completion" } else { "text_completion" };
-            respond(StatusCode::OK, serde_json::json!({"id": "mock-1", "object": object, "created": 1_700_000_000, "model": model, "choices": [choice], "usage": usage}))
+            let object = if chat {
+                "chat.completion"
+            } else {
+                "text_completion"
+            };
+            respond(
+                StatusCode::OK,
+                serde_json::json!({"id": "mock-1", "object": object, "created": 1_700_000_000, "model": model, "choices": [choice], "usage": usage}),
+            )
         }
-        _ => respond(StatusCode::NOT_FOUND, serde_json::json!({"error": {"message": "unknown path", "type": "invalid_request_error", "code": null}})),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": {"message": "unknown path", "type": "invalid_request_error", "code": null}}),
+        ),
     })
 }
 
 fn word(i: u32, size: usize) -> String {
-    if size == 0 { format!("tok{i} ") } else { "x".repeat(size) }
+    if size == 0 {
+        format!("tok{i} ")
+    } else {
+        "x".repeat(size)
+    }
 }
 
-fn stream(cfg: MockConfig, model: String, chat: bool, include_usage: bool, prompt_tokens: u32, stats: Arc<MockStats>) -> Response<MockBody> {
+fn stream(
+    cfg: MockConfig,
+    model: String,
+    chat: bool,
+    include_usage: bool,
+    prompt_tokens: u32,
+    stats: Arc<MockStats>,
+) -> Response<MockBody> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
     tokio::spawn(async move {
         let usage_null = if include_usage { ",\"usage\":null" } else { "" };
@@ -295,8 +415,12 @@ fn stream(cfg: MockConfig, model: String, chat: bool, include_usage: bool, promp
                 }
             }
             if cfg.fail == "drop_mid_stream" && i == cfg.chunks / 2 {
-                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: {\"broken")))).await;
-                let _ = tx.send(Err(std::io::Error::other("mock drop mid-stream"))).await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"data: {\"broken"))))
+                    .await;
+                let _ = tx
+                    .send(Err(std::io::Error::other("mock drop mid-stream")))
+                    .await;
                 return;
             }
             if cfg.fail == "stall" && i == cfg.chunks / 2 {
@@ -305,9 +429,13 @@ fn stream(cfg: MockConfig, model: String, chat: bool, include_usage: bool, promp
             }
             let content = serde_json::to_string(&word(i, cfg.event_bytes)).unwrap_or_default();
             let event = if chat {
-                format!("data: {{\"id\":\"mock-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{content}}},\"finish_reason\":null}}]{usage_null}}}\n\n")
+                format!(
+                    "data: {{\"id\":\"mock-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{content}}},\"finish_reason\":null}}]{usage_null}}}\n\n"
+                )
             } else {
-                format!("data: {{\"id\":\"mock-1\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"text\":{content},\"finish_reason\":null}}]{usage_null}}}\n\n")
+                format!(
+                    "data: {{\"id\":\"mock-1\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"text\":{content},\"finish_reason\":null}}]{usage_null}}}\n\n"
+                )
             };
             if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
                 break;
@@ -315,17 +443,27 @@ fn stream(cfg: MockConfig, model: String, chat: bool, include_usage: bool, promp
         }
         if tx.is_closed() {
             stats.cancelled_streams.fetch_add(1, Ordering::Relaxed);
-            stats.last_cancel_ms.store(crate::keys::now_ms(), Ordering::Relaxed);
+            stats
+                .last_cancel_ms
+                .store(crate::keys::now_ms(), Ordering::Relaxed);
             return;
         }
         let finish = if chat {
-            format!("data: {{\"id\":\"mock-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]{usage_null}}}\n\n")
+            format!(
+                "data: {{\"id\":\"mock-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]{usage_null}}}\n\n"
+            )
         } else {
-            format!("data: {{\"id\":\"mock-1\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"text\":\"\",\"finish_reason\":\"stop\"}}]{usage_null}}}\n\n")
+            format!(
+                "data: {{\"id\":\"mock-1\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"text\":\"\",\"finish_reason\":\"stop\"}}]{usage_null}}}\n\n"
+            )
         };
         let mut tail = finish;
         if include_usage {
-            let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+            let object = if chat {
+                "chat.completion.chunk"
+            } else {
+                "text_completion"
+            };
             tail.push_str(&format!(
                 "data: {{\"id\":\"mock-1\",\"object\":\"{object}\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{prompt_tokens},\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\n",
                 cfg.chunks,
@@ -337,16 +475,26 @@ fn stream(cfg: MockConfig, model: String, chat: bool, include_usage: bool, promp
             stats.completed_streams.fetch_add(1, Ordering::Relaxed);
         } else {
             stats.cancelled_streams.fetch_add(1, Ordering::Relaxed);
-            stats.last_cancel_ms.store(crate::keys::now_ms(), Ordering::Relaxed);
+            stats
+                .last_cancel_ms
+                .store(crate::keys::now_ms(), Ordering::Relaxed);
         }
     });
     let body = StreamBody::new(tokio_stream_from(rx));
     let mut r = Response::new(body.boxed_unsync());
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
-    r.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
     r
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> + Send {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

@@ -67,14 +67,28 @@ pub struct Outcome {
 /// Accounts for a request. Synchronous and cheap on the caller's side: the charge
 /// is applied at once; shaping and queueing run on a tracked task.
 pub fn finish(state: &Arc<AppState>, draft: Draft, outcome: Outcome) {
-    let usage = outcome.usage.unwrap_or(if outcome.partial || outcome.status < 400 {
-        Usage { prompt_tokens: if outcome.completion_estimate > 0 { draft.prompt_estimate } else { 0 }, completion_tokens: outcome.completion_estimate }
-    } else {
-        Usage::default()
-    });
+    let usage = outcome
+        .usage
+        .unwrap_or(if outcome.partial || outcome.status < 400 {
+            Usage {
+                prompt_tokens: if outcome.completion_estimate > 0 {
+                    draft.prompt_estimate
+                } else {
+                    0
+                },
+                completion_tokens: outcome.completion_estimate,
+            }
+        } else {
+            Usage::default()
+        });
     let latency = draft.started.elapsed();
     let cost = match &draft.key {
-        Some(_) => state.config.pricing.cost(&draft.model, usage.prompt_tokens, usage.completion_tokens),
+        Some(_) => {
+            state
+                .config
+                .pricing
+                .cost(&draft.model, usage.prompt_tokens, usage.completion_tokens)
+        }
         None => 0,
     };
     let tokens = usage.prompt_tokens + usage.completion_tokens;
@@ -83,21 +97,43 @@ pub fn finish(state: &Arc<AppState>, draft: Draft, outcome: Outcome) {
         if tokens > 0 {
             state.policies.charge_tokens(&key.record.id, tokens);
         }
-        Charge { key_id: key.record.id.clone(), cost }
+        Charge {
+            key_id: key.record.id.clone(),
+            cost,
+        }
     });
     let m = &state.metrics;
     m.requests
-        .get_or_create(&RequestLabels { endpoint: draft.endpoint.into(), model: draft.model.clone(), channel: draft.channel_id.clone(), status: outcome.status })
+        .get_or_create(&RequestLabels {
+            endpoint: draft.endpoint.into(),
+            model: draft.model.clone(),
+            channel: draft.channel_id.clone(),
+            status: outcome.status,
+        })
         .inc();
     if let Some(ttft) = outcome.ttft {
-        m.ttft.get_or_create(&EndpointLabels { endpoint: draft.endpoint.into() }).observe(ttft.as_secs_f64());
+        m.ttft
+            .get_or_create(&EndpointLabels {
+                endpoint: draft.endpoint.into(),
+            })
+            .observe(ttft.as_secs_f64());
     }
     if tokens > 0 {
-        m.tokens.get_or_create(&ChannelLabels { channel: draft.channel_id.clone() }).inc_by(u64::from(tokens));
+        m.tokens
+            .get_or_create(&ChannelLabels {
+                channel: draft.channel_id.clone(),
+            })
+            .inc_by(u64::from(tokens));
     }
-    let key_prefix = draft.key.as_ref().map(|k| k.record.prefix.clone()).unwrap_or_default();
+    let key_prefix = draft
+        .key
+        .as_ref()
+        .map(|k| k.record.prefix.clone())
+        .unwrap_or_default();
     let latency_ms = u32::try_from(latency.as_millis()).unwrap_or(u32::MAX);
-    let ttft_ms = outcome.ttft.map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX));
+    let ttft_ms = outcome
+        .ttft
+        .map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX));
     tracing::info!(
         target: "sluice::access",
         request_id = %draft.request_id,
@@ -147,6 +183,12 @@ pub fn finish(state: &Arc<AppState>, draft: Draft, outcome: Outcome) {
     let policies = draft.policies;
     state.tracker.clone().spawn(async move {
         let shaped = state.policies.shape(&policies, record).await;
-        state.writer.submit(Entry { record: shaped, charge }).await;
+        state
+            .writer
+            .submit(Entry {
+                record: shaped,
+                charge,
+            })
+            .await;
     });
 }

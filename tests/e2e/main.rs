@@ -1,1 +1,7 @@
-//! x
+//! The end-to-end suite: one test binary (every extra binary relinks wasmtime).
+//! Every test starts the real `sluice` binary on port 0 against the fake upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod plugins;
+mod relay;
+mod storage;

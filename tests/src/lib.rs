@@ -1,1 +1,508 @@
-//! x
+//! Harness for the end-to-end suite: starts the real `sluice` binary on port 0
+//! against the in-process fake upstream, talks HTTP/1.1 or h2c to it, drives
+//! the official `openai` Python SDK, and reads logs and store files.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub use sluice::mock::{Mock, MockConfig};
+
+/// Paths of the test-fixture components, built by `build.rs`.
+pub mod fixtures {
+    include!(concat!(env!("OUT_DIR"), "/fixtures.rs"));
+}
+
+/// The admin token every test gateway uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token-4f1c";
+/// The upstream secret every test channel uses.
+pub const UPSTREAM_KEY: &str = "sk-upstream-secret-9d2e";
+
+/// The `sluice` binary built by this `cargo test` run.
+pub fn sluice_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("sluice");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo test` from the workspace root so the sluice binary is built",
+        bin.display()
+    );
+    bin
+}
+
+/// A plugin cache shared by the suite, so each gateway does not recompile the defaults.
+pub fn shared_plugin_cache() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("e2e-plugin-cache")
+}
+
+/// Starts a fake upstream with `config` on a free port.
+pub async fn mock(config: MockConfig) -> Mock {
+    sluice::mock::start("127.0.0.1:0".parse().unwrap(), config, None)
+        .await
+        .expect("mock upstream")
+}
+
+/// A mock requiring the standard upstream key.
+pub async fn keyed_mock(config: MockConfig) -> Mock {
+    mock(MockConfig {
+        api_key: Some(UPSTREAM_KEY.into()),
+        ..config
+    })
+    .await
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    /// Its temporary directory (config, store, plugins, logs).
+    pub dir: tempfile::TempDir,
+    /// Client-facing address.
+    pub proxy: String,
+    /// Admin address.
+    pub admin: String,
+    child: Option<Child>,
+    config_path: PathBuf,
+}
+
+/// Builder for a gateway's config.
+pub struct GatewayBuilder {
+    channels: Vec<String>,
+    extra: String,
+    backend: &'static str,
+    plugins: Vec<(String, PathBuf, Option<String>)>,
+    env: Vec<(String, String)>,
+    tables: std::collections::BTreeMap<&'static str, String>,
+}
+
+/// A `[[channels]]` entry pointing at `base` (e.g. `http://127.0.0.1:1234/v1`).
+pub fn channel(id: &str, base: &str, models: &[&str], extra: &str) -> String {
+    let models: Vec<String> = models.iter().map(|m| format!("{m:?}")).collect();
+    format!(
+        "[[channels]]\nid = {id:?}\nbase_url = {base:?}\napi_key = \"env::UPSTREAM_KEY\"\nmodels = [{}]\n{extra}\n",
+        models.join(", ")
+    )
+}
+
+/// A channel for a mock.
+pub fn mock_channel(id: &str, mock: &Mock, models: &[&str], extra: &str) -> String {
+    channel(id, &format!("http://{}/v1", mock.addr), models, extra)
+}
+
+impl Gateway {
+    /// A builder.
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder {
+            channels: Vec::new(),
+            extra: String::new(),
+            backend: "redb",
+            plugins: Vec::new(),
+            env: Vec::new(),
+            tables: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
+    }
+
+    /// The plugin folder.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    /// Runs a CLI subcommand against this gateway's config.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(sluice_bin());
+        cmd.args(args)
+            .env("UPSTREAM_KEY", UPSTREAM_KEY)
+            .env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN);
+        cmd.output().expect("run sluice cli")
+    }
+
+    /// Sends SIGTERM and waits for exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        wait_exit(&mut child, Duration::from_secs(30))
+    }
+
+    /// Sends SIGKILL and waits for exit.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the process again on the same directory and config.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        let (child, proxy, admin) = spawn(self.dir.path(), &self.config_path, &[]).await;
+        self.child = Some(child);
+        self.proxy = proxy;
+        self.admin = admin;
+    }
+
+    /// Creates a key through the admin API; returns `(secret, id)`.
+    pub async fn create_key(&self, spec: serde_json::Value) -> (String, String) {
+        let (status, body) = self.admin_json("POST", "/admin/keys", Some(spec)).await;
+        assert_eq!(status, 201, "create key: {body}");
+        (
+            body["key"].as_str().unwrap().to_string(),
+            body["record"]["id"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Calls the admin API with the right token.
+    pub async fn admin_json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let headers = [("authorization", format!("Bearer {ADMIN_TOKEN}"))];
+        let r = request(
+            method,
+            &format!("http://{}{path}", self.admin),
+            &headers,
+            body.map(|b| b.to_string()),
+        )
+        .await;
+        (r.status, r.json())
+    }
+
+    /// `POST /v1/chat/completions` with `key` and a JSON body.
+    pub async fn chat(&self, key: &str, body: serde_json::Value) -> Reply {
+        request(
+            "POST",
+            &format!("http://{}/v1/chat/completions", self.proxy),
+            &[("authorization", format!("Bearer {key}"))],
+            Some(body.to_string()),
+        )
+        .await
+    }
+
+    /// A Prometheus scrape.
+    pub async fn metrics(&self) -> String {
+        request("GET", &format!("http://{}/metrics", self.admin), &[], None)
+            .await
+            .text()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("gateway did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn spawn(dir: &Path, config: &Path, env: &[(String, String)]) -> (Child, String, String) {
+    let ready = dir.join("ready.json");
+    let _ = std::fs::remove_file(&ready);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("sluice.log"))
+        .expect("log file");
+    let mut cmd = Command::new(sluice_bin());
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--ready-file")
+        .arg(&ready);
+    cmd.env("UPSTREAM_KEY", UPSTREAM_KEY)
+        .env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn sluice");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            let v: serde_json::Value = serde_json::from_str(&text).expect("ready json");
+            return (
+                child,
+                v["proxy"].as_str().unwrap().to_string(),
+                v["admin"].as_str().unwrap().to_string(),
+            );
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!(
+                "sluice exited early ({status}): {}",
+                std::fs::read_to_string(dir.join("sluice.log")).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "sluice did not become ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl GatewayBuilder {
+    /// Adds a channel entry (see [`channel`]).
+    pub fn channel(mut self, entry: String) -> Self {
+        self.channels.push(entry);
+        self
+    }
+
+    /// Adds a `key = value` line to one of the tables the builder writes
+    /// (`server`, `store`, `plugins`, `log`, `upstream`, `cache`).
+    pub fn set(mut self, table: &'static str, line: &str) -> Self {
+        let entry = self.tables.entry(table).or_default();
+        entry.push_str(line);
+        entry.push('\n');
+        self
+    }
+
+    /// Appends raw TOML at the end (other tables, such as `[pricing]`).
+    pub fn toml(mut self, extra: &str) -> Self {
+        self.extra.push_str(extra);
+        self.extra.push('\n');
+        self
+    }
+
+    /// Uses the SQLite backend.
+    pub fn sqlite(mut self) -> Self {
+        self.backend = "sqlite";
+        self
+    }
+
+    /// Drops a plugin into the folder before start.
+    pub fn plugin(mut self, name: &str, wasm: &str, config: Option<&str>) -> Self {
+        self.plugins
+            .push((name.into(), PathBuf::from(wasm), config.map(String::from)));
+        self
+    }
+
+    /// Sets an environment variable for the process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Writes the config and starts the process.
+    pub async fn start(self) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        for (name, wasm, config) in &self.plugins {
+            std::fs::copy(wasm, plugins.join(format!("{name}.wasm"))).unwrap();
+            if let Some(c) = config {
+                std::fs::write(plugins.join(format!("{name}.toml")), c).unwrap();
+            }
+        }
+        let cache = shared_plugin_cache();
+        let t = |name: &str| self.tables.get(name).cloned().unwrap_or_default();
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"env::SLUICE_ADMIN_TOKEN\"\n\n[log]\n{}\n[store]\nbackend = \"{}\"\npath = \"store.db\"\n{}\n[plugins]\ndir = \"plugins\"\ncache_dir = {:?}\n{}\n[upstream]\n{}\n[cache]\n{}\n{}\n{}",
+            t("server"),
+            t("log"),
+            self.backend,
+            t("store"),
+            cache.display().to_string(),
+            t("plugins"),
+            t("upstream"),
+            t("cache"),
+            self.extra,
+            self.channels.join("\n"),
+        );
+        let config_path = dir.path().join("sluice.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let (child, proxy, admin) = spawn(dir.path(), &config_path, &self.env).await;
+        Gateway {
+            dir,
+            proxy,
+            admin,
+            child: Some(child),
+            config_path,
+        }
+    }
+}
+
+/// A buffered HTTP reply.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// Body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Body as JSON (Null if not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_default()
+    }
+
+    /// The OpenAI error code, if the body is an error.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+fn client(h2c: bool) -> Client<HttpConnector, Full<Bytes>> {
+    let mut b = Client::builder(TokioExecutor::new());
+    b.http2_only(h2c);
+    b.build_http()
+}
+
+/// One HTTP/1.1 request, fully buffered.
+pub async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Option<String>,
+) -> Reply {
+    send(client(false), method, url, headers, body).await
+}
+
+/// One h2c (prior knowledge) request, fully buffered.
+pub async fn request_h2c(
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Option<String>,
+) -> Reply {
+    send(client(true), method, url, headers, body).await
+}
+
+async fn send(
+    client: Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Option<String>,
+) -> Reply {
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .unwrap();
+    let resp = client.request(req).await.expect("request");
+    let (parts, body) = resp.into_parts();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default(),
+    }
+}
+
+/// Opens a streaming request and returns the response with its body unread.
+pub async fn open_stream(
+    url: &str,
+    key: &str,
+    body: serde_json::Value,
+    headers: &[(&str, String)],
+) -> http::Response<hyper::body::Incoming> {
+    let mut req = http::Request::post(url)
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    client(false)
+        .request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await
+        .expect("stream request")
+}
+
+/// Runs `tests/python/sdk_client.py SCENARIO` with the given base URL and key;
+/// returns its stdout (the script prints `ok` lines and exits non-zero on failure).
+/// It runs on a blocking thread so the in-process mock upstream keeps serving.
+pub async fn python(
+    scenario: &str,
+    base_url: &str,
+    key: &str,
+    extra_env: &[(&str, &str)],
+) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join("sdk_client.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script)
+        .arg(scenario)
+        .env("SLUICE_BASE_URL", base_url)
+        .env("SLUICE_KEY", key)
+        .envs(extra_env.iter().copied());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python scenario {scenario} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Polls `check` every 10 ms until it returns true or `limit` passes.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}

@@ -20,7 +20,7 @@ use super::{PluginError, PolicyKind};
 /// The WIT package version this host implements.
 pub const WIT_VERSION: &str = "1.0.0";
 /// How often the epoch advances; also the granularity of call deadlines and yields.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+pub const EPOCH_TICK: Duration = Duration::from_micros(250);
 
 /// Limits applied to every plugin instance.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +61,10 @@ impl PolicyEngine {
     ///
     /// # Errors
     /// When wasmtime rejects the configuration or the ticker cannot start.
-    pub fn new(settings: InstanceSettings, cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
+    pub fn new(
+        settings: InstanceSettings,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Self, PluginError> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(POOL_INSTANCES)
             .total_core_instances(POOL_INSTANCES * 4)
@@ -76,12 +79,17 @@ impl PolicyEngine {
             .epoch_interruption(true)
             .concurrency_support(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .memory_reservation(u64::try_from(settings.memory_limit).unwrap_or(u64::MAX).max(1 << 26))
+            .memory_reservation(
+                u64::try_from(settings.memory_limit)
+                    .unwrap_or(u64::MAX)
+                    .max(1 << 26),
+            )
             .memory_guard_size(1 << 16)
             .max_wasm_stack(512 * 1024);
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         bindings::host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
@@ -96,9 +104,16 @@ impl PolicyEngine {
             })
             .map_err(|e| PluginError::Engine(format!("epoch ticker: {e}")))?;
         if let Some(dir) = &cache_dir {
-            std::fs::create_dir_all(dir).map_err(|e| PluginError::Engine(format!("plugin cache {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| PluginError::Engine(format!("plugin cache {}: {e}", dir.display())))?;
         }
-        Ok(Self { engine, linker, settings, cache_dir, stop_ticker })
+        Ok(Self {
+            engine,
+            linker,
+            settings,
+            cache_dir,
+            stop_ticker,
+        })
     }
 
     /// The wasmtime engine.
@@ -118,11 +133,18 @@ impl PolicyEngine {
     /// When the bytes are not a valid component.
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
         let Some(dir) = &self.cache_dir else {
-            return Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile(format!("{e:#}")));
+            return Component::new(&self.engine, bytes)
+                .map_err(|e| PluginError::Compile(format!("{e:#}")));
         };
         let mut compat = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut compat);
-        let path = dir.join(format!("{}-{:016x}.cwasm", hex::encode(Sha256::digest(bytes)), compat.finish()));
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut compat);
+        let path = dir.join(format!(
+            "{}-{:016x}.cwasm",
+            hex::encode(Sha256::digest(bytes)),
+            compat.finish()
+        ));
         if path.exists() {
             // SAFETY: the artifact was written by `Component::serialize` of this
             // engine configuration into Sluice's own cache directory, under a name
@@ -139,11 +161,14 @@ impl PolicyEngine {
                 }
             }
         }
-        let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
         match component.serialize() {
             Ok(artifact) => {
                 let tmp = path.with_extension("tmp");
-                if let Err(e) = std::fs::write(&tmp, artifact).and_then(|()| std::fs::rename(&tmp, &path)) {
+                if let Err(e) =
+                    std::fs::write(&tmp, artifact).and_then(|()| std::fs::rename(&tmp, &path))
+                {
                     tracing::warn!(path = %path.display(), error = %e, "cannot cache compiled plugin");
                 }
             }
@@ -163,7 +188,9 @@ impl PolicyEngine {
         let mut other_major = None;
         for (name, _) in ty.exports(&self.engine) {
             exports.push(name.to_string());
-            let Some(rest) = name.strip_prefix("sluice:policy/") else { continue };
+            let Some(rest) = name.strip_prefix("sluice:policy/") else {
+                continue;
+            };
             let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
             let kind = match interface {
                 "auth" => PolicyKind::Auth,
@@ -177,13 +204,26 @@ impl PolicyEngine {
             other_major = Some(version.to_string());
         }
         match other_major {
-            Some(found) => Err(PluginError::IncompatibleVersion { found: format!("sluice:policy@{found}"), supported: format!("sluice:policy@{WIT_VERSION}") }),
-            None => Err(PluginError::WrongWorld { exports: if exports.is_empty() { "nothing".into() } else { exports.join(", ") } }),
+            Some(found) => Err(PluginError::IncompatibleVersion {
+                found: format!("sluice:policy@{found}"),
+                supported: format!("sluice:policy@{WIT_VERSION}"),
+            }),
+            None => Err(PluginError::WrongWorld {
+                exports: if exports.is_empty() {
+                    "nothing".into()
+                } else {
+                    exports.join(", ")
+                },
+            }),
         }
     }
 
     /// The component's imports, for `plugin check`.
     pub fn imports(&self, component: &Component) -> Vec<String> {
-        component.component_type().imports(&self.engine).map(|(name, _)| name.to_string()).collect()
+        component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect()
     }
 }

@@ -22,6 +22,9 @@ const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Longest log message kept from a plugin.
 const MAX_LOG_BYTES: usize = 4096;
 
+/// A stored value and its expiry.
+type KvEntry = (Vec<u8>, Option<Instant>);
+
 struct Window {
     started: Instant,
     length: Duration,
@@ -32,35 +35,60 @@ struct Window {
 pub struct PluginShared {
     /// The plugin's name (for logs).
     pub name: String,
-    kv: Mutex<HashMap<String, (Vec<u8>, Option<Instant>)>>,
+    kv: Mutex<HashMap<String, KvEntry>>,
     counters: Mutex<HashMap<String, Window>>,
 }
 
 impl PluginShared {
     /// Empty state for plugin `name`.
     pub fn new(name: &str) -> Arc<Self> {
-        Arc::new(Self { name: name.into(), kv: Mutex::default(), counters: Mutex::default() })
+        Arc::new(Self {
+            name: name.into(),
+            kv: Mutex::default(),
+            counters: Mutex::default(),
+        })
     }
 
     /// Adds `delta` to counter `key` in a fixed window of `window_ms`.
     pub fn counter_add(&self, key: &str, delta: i64, window_ms: u32) -> CounterState {
         let now = Instant::now();
         let length = Duration::from_millis(u64::from(window_ms.max(1)));
-        let Ok(mut counters) = self.counters.lock() else { return CounterState { total: 0, resets_in_ms: 0 } };
+        let Ok(mut counters) = self.counters.lock() else {
+            return CounterState {
+                total: 0,
+                resets_in_ms: 0,
+            };
+        };
         if counters.len() >= MAX_ENTRIES && !counters.contains_key(key) {
             counters.retain(|_, w| now.duration_since(w.started) < w.length);
         }
         if counters.len() >= MAX_ENTRIES && !counters.contains_key(key) {
             tracing::warn!(plugin = %self.name, "plugin counter table is full; update ignored");
-            return CounterState { total: 0, resets_in_ms: 0 };
+            return CounterState {
+                total: 0,
+                resets_in_ms: 0,
+            };
         }
-        let window = counters.entry(key.to_string()).or_insert(Window { started: now, length, total: 0 });
+        let window = counters.entry(key.to_string()).or_insert(Window {
+            started: now,
+            length,
+            total: 0,
+        });
         if now.duration_since(window.started) >= window.length {
-            *window = Window { started: now, length, total: 0 };
+            *window = Window {
+                started: now,
+                length,
+                total: 0,
+            };
         }
         window.total = window.total.saturating_add(delta);
-        let left = window.length.saturating_sub(now.duration_since(window.started));
-        CounterState { total: window.total, resets_in_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX) }
+        let left = window
+            .length
+            .saturating_sub(now.duration_since(window.started));
+        CounterState {
+            total: window.total,
+            resets_in_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
+        }
     }
 
     fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
@@ -101,8 +129,9 @@ pub struct HostState {
     limits: StoreLimits,
     /// The plugin's shared state.
     pub shared: Arc<PluginShared>,
-    /// When the current call must end.
-    pub deadline: Instant,
+    /// Epoch ticks of execution the current call may still use (time spent
+    /// yielded, waiting for a runtime worker, does not count).
+    pub budget_ticks: u64,
 }
 
 impl HostState {
@@ -118,7 +147,7 @@ impl HostState {
                 .trap_on_grow_failure(true)
                 .build(),
             shared,
-            deadline: Instant::now(),
+            budget_ticks: 0,
         }
     }
 
@@ -130,7 +159,10 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 

@@ -4,14 +4,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use wasmtime::component::{Component, InstancePre};
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::types::{Channel, KeyInfo, RequestInfo, RouteStep, UsageRecord};
 use super::bindings::{auth, router, shaper};
-use super::engine::PolicyEngine;
+use super::engine::{EPOCH_TICK, PolicyEngine};
 use super::host_state::{HostState, PluginShared};
 use super::{PluginError, PolicyKind};
 
@@ -85,13 +84,19 @@ impl Plugin {
         config_json: String,
         shared: Arc<PluginShared>,
     ) -> Result<Self, PluginError> {
-        let instance_pre: InstancePre<HostState> =
-            engine.linker().instantiate_pre(component).map_err(|e| PluginError::Link(format!("{e:#}")))?;
+        let instance_pre: InstancePre<HostState> = engine
+            .linker()
+            .instantiate_pre(component)
+            .map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let link = |e: wasmtime::Error| PluginError::Link(format!("{e:#}"));
         let pre = match info.kind {
             PolicyKind::Auth => Pre::Auth(auth::AuthPolicyPre::new(instance_pre).map_err(link)?),
-            PolicyKind::Router => Pre::Router(router::RouterPolicyPre::new(instance_pre).map_err(link)?),
-            PolicyKind::Shaper => Pre::Shaper(shaper::ShaperPolicyPre::new(instance_pre).map_err(link)?),
+            PolicyKind::Router => {
+                Pre::Router(router::RouterPolicyPre::new(instance_pre).map_err(link)?)
+            }
+            PolicyKind::Shaper => {
+                Pre::Shaper(shaper::ShaperPolicyPre::new(instance_pre).map_err(link)?)
+            }
         };
         let plugin = Self {
             info,
@@ -110,30 +115,56 @@ impl Plugin {
     }
 
     async fn instantiate(&self) -> Result<Warm, PluginError> {
-        let mut store = Store::new(&self.engine, HostState::new(self.shared.clone(), self.settings.memory_limit));
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(self.shared.clone(), self.settings.memory_limit),
+        );
         store.limiter(|s| s.limiter());
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Err(DeadlineExceeded.into())
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            if state.budget_ticks == 0 {
+                return Err(DeadlineExceeded.into());
             }
+            state.budget_ticks -= 1;
+            Ok(UpdateDeadline::Yield(1))
         });
-        store.data_mut().deadline = Instant::now() + self.settings.init_timeout;
+        store.data_mut().budget_ticks = ticks(self.settings.init_timeout);
         store.set_epoch_deadline(1);
         let bindings = match &self.pre {
-            Pre::Auth(pre) => Bindings::Auth(pre.instantiate_async(&mut store).await.map_err(classify)?),
-            Pre::Router(pre) => Bindings::Router(pre.instantiate_async(&mut store).await.map_err(classify)?),
-            Pre::Shaper(pre) => Bindings::Shaper(pre.instantiate_async(&mut store).await.map_err(classify)?),
+            Pre::Auth(pre) => {
+                Bindings::Auth(pre.instantiate_async(&mut store).await.map_err(classify)?)
+            }
+            Pre::Router(pre) => {
+                Bindings::Router(pre.instantiate_async(&mut store).await.map_err(classify)?)
+            }
+            Pre::Shaper(pre) => {
+                Bindings::Shaper(pre.instantiate_async(&mut store).await.map_err(classify)?)
+            }
         };
         let config = self.config_json.as_str();
         let init = match &bindings {
-            Bindings::Auth(b) => b.sluice_policy_lifecycle().call_init(&mut store, config).await,
-            Bindings::Router(b) => b.sluice_policy_lifecycle().call_init(&mut store, config).await,
-            Bindings::Shaper(b) => b.sluice_policy_lifecycle().call_init(&mut store, config).await,
+            Bindings::Auth(b) => {
+                b.sluice_policy_lifecycle()
+                    .call_init(&mut store, config)
+                    .await
+            }
+            Bindings::Router(b) => {
+                b.sluice_policy_lifecycle()
+                    .call_init(&mut store, config)
+                    .await
+            }
+            Bindings::Shaper(b) => {
+                b.sluice_policy_lifecycle()
+                    .call_init(&mut store, config)
+                    .await
+            }
         };
         init.map_err(classify)?.map_err(PluginError::Init)?;
-        Ok(Warm { store, bindings, uses: 0 })
+        Ok(Warm {
+            store,
+            bindings,
+            uses: 0,
+        })
     }
 
     async fn checkout(&self) -> Result<Warm, PluginError> {
@@ -142,7 +173,7 @@ impl Plugin {
             Some(warm) => warm,
             None => self.instantiate().await?,
         };
-        warm.store.data_mut().deadline = Instant::now() + self.settings.call_timeout;
+        warm.store.data_mut().budget_ticks = ticks(self.settings.call_timeout);
         warm.store.set_epoch_deadline(1);
         warm.uses += 1;
         Ok(warm)
@@ -177,10 +208,24 @@ impl Plugin {
     ///
     /// # Errors
     /// Trap, deadline, memory limit, or a plugin of another kind.
-    pub async fn authorize(&self, req: &RequestInfo, key: Option<&KeyInfo>) -> Result<auth::exports::sluice::policy::auth::Decision, PluginError> {
+    pub async fn authorize(
+        &self,
+        req: &RequestInfo,
+        key: Option<&KeyInfo>,
+    ) -> Result<auth::exports::sluice::policy::auth::Decision, PluginError> {
         let mut warm = self.checkout().await?;
-        let Warm { store, bindings: Bindings::Auth(b), .. } = &mut warm else { return Err(PluginError::WrongKind) };
-        let result = b.sluice_policy_auth().call_authorize(&mut *store, req, key).await;
+        let Warm {
+            store,
+            bindings: Bindings::Auth(b),
+            ..
+        } = &mut warm
+        else {
+            return Err(PluginError::WrongKind);
+        };
+        let result = b
+            .sluice_policy_auth()
+            .call_authorize(&mut *store, req, key)
+            .await;
         self.finish(warm, result)
     }
 
@@ -188,10 +233,24 @@ impl Plugin {
     ///
     /// # Errors
     /// Trap, deadline, memory limit, or a plugin of another kind.
-    pub async fn route(&self, req: &RequestInfo, candidates: &[Channel]) -> Result<Result<Vec<RouteStep>, super::bindings::types::Denial>, PluginError> {
+    pub async fn route(
+        &self,
+        req: &RequestInfo,
+        candidates: &[Channel],
+    ) -> Result<Result<Vec<RouteStep>, super::bindings::types::Denial>, PluginError> {
         let mut warm = self.checkout().await?;
-        let Warm { store, bindings: Bindings::Router(b), .. } = &mut warm else { return Err(PluginError::WrongKind) };
-        let result = b.sluice_policy_router().call_route(&mut *store, req, candidates).await;
+        let Warm {
+            store,
+            bindings: Bindings::Router(b),
+            ..
+        } = &mut warm
+        else {
+            return Err(PluginError::WrongKind);
+        };
+        let result = b
+            .sluice_policy_router()
+            .call_route(&mut *store, req, candidates)
+            .await;
         self.finish(warm, result)
     }
 
@@ -201,10 +260,24 @@ impl Plugin {
     /// Trap, deadline, memory limit, or a plugin of another kind.
     pub async fn shape(&self, rec: &UsageRecord) -> Result<Option<UsageRecord>, PluginError> {
         let mut warm = self.checkout().await?;
-        let Warm { store, bindings: Bindings::Shaper(b), .. } = &mut warm else { return Err(PluginError::WrongKind) };
+        let Warm {
+            store,
+            bindings: Bindings::Shaper(b),
+            ..
+        } = &mut warm
+        else {
+            return Err(PluginError::WrongKind);
+        };
         let result = b.sluice_policy_shaper().call_shape(&mut *store, rec).await;
         self.finish(warm, result)
     }
+}
+
+/// A time budget in epoch ticks (at least one).
+fn ticks(budget: std::time::Duration) -> u64 {
+    u64::try_from(budget.as_nanos() / EPOCH_TICK.as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// Sorts a wasmtime error into the failure kinds operators see.
@@ -212,10 +285,11 @@ fn classify(e: wasmtime::Error) -> PluginError {
     if e.downcast_ref::<DeadlineExceeded>().is_some() {
         return PluginError::Deadline;
     }
-    let text = format!("{e:#}");
-    if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {
-        PluginError::Memory(text)
+    let full = format!("{e:#}");
+    let cause = e.root_cause().to_string();
+    if full.contains("memory") && (full.contains("grow") || full.contains("limit")) {
+        PluginError::Memory(cause)
     } else {
-        PluginError::Trap(text)
+        PluginError::Trap(cause)
     }
 }

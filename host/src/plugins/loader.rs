@@ -20,9 +20,18 @@ use crate::config::PluginsConfig;
 
 /// The default policies, built from `plugins/` by `build.rs`.
 pub const EMBEDDED: [(&str, &[u8]); 3] = [
-    ("builtin-key-auth", include_bytes!(concat!(env!("OUT_DIR"), "/sluice_key_auth.wasm"))),
-    ("builtin-router", include_bytes!(concat!(env!("OUT_DIR"), "/sluice_router.wasm"))),
-    ("builtin-redactor", include_bytes!(concat!(env!("OUT_DIR"), "/sluice_redactor.wasm"))),
+    (
+        "builtin-key-auth",
+        include_bytes!(concat!(env!("OUT_DIR"), "/sluice_key_auth.wasm")),
+    ),
+    (
+        "builtin-router",
+        include_bytes!(concat!(env!("OUT_DIR"), "/sluice_router.wasm")),
+    ),
+    (
+        "builtin-redactor",
+        include_bytes!(concat!(env!("OUT_DIR"), "/sluice_redactor.wasm")),
+    ),
 ];
 
 /// Quiet period after a file event before the folder is rescanned.
@@ -71,8 +80,11 @@ pub struct Loader {
 
 /// TOML plugin config → the JSON text handed to `init`.
 fn config_json(toml_text: Option<&str>) -> Result<String, PluginError> {
-    let Some(text) = toml_text else { return Ok("{}".into()) };
-    let value: toml::Table = toml::from_str(text).map_err(|e| PluginError::Init(format!("invalid plugin config: {e}")))?;
+    let Some(text) = toml_text else {
+        return Ok("{}".into());
+    };
+    let value: toml::Table = toml::from_str(text)
+        .map_err(|e| PluginError::Init(format!("invalid plugin config: {e}")))?;
     serde_json::to_string(&value).map_err(|e| PluginError::Init(format!("plugin config: {e}")))
 }
 
@@ -98,7 +110,14 @@ pub async fn load_component(
         .await
         .map_err(|e| PluginError::Compile(e.to_string()))??;
     let (kind, version) = engine.detect(&component)?;
-    let info = PluginInfo { name: name.into(), kind, version, hash, loaded_at_ms: crate::keys::now_ms(), source };
+    let info = PluginInfo {
+        name: name.into(),
+        kind,
+        version,
+        hash,
+        loaded_at_ms: crate::keys::now_ms(),
+        source,
+    };
     Plugin::load(engine, &component, info, config, shared).await
 }
 
@@ -108,17 +127,34 @@ impl Loader {
     /// # Errors
     /// When an embedded default fails to load (a build problem), or the folder
     /// cannot be created.
-    pub async fn start(engine: Arc<PolicyEngine>, policies: Arc<Policies>, config: PluginsConfig) -> Result<Arc<Self>, PluginError> {
+    pub async fn start(
+        engine: Arc<PolicyEngine>,
+        policies: Arc<Policies>,
+        config: PluginsConfig,
+    ) -> Result<Arc<Self>, PluginError> {
         let mut builtins = BTreeMap::new();
-        let enabled = [config.builtin_auth, config.builtin_router, config.builtin_redactor];
+        let enabled = [
+            config.builtin_auth,
+            config.builtin_router,
+            config.builtin_redactor,
+        ];
         for ((name, bytes), on) in EMBEDDED.into_iter().zip(enabled) {
             if on {
-                let plugin = load_component(&engine, name, bytes.to_vec(), None, "embedded".into(), PluginShared::new(name)).await?;
+                let plugin = load_component(
+                    &engine,
+                    name,
+                    bytes.to_vec(),
+                    None,
+                    "embedded".into(),
+                    PluginShared::new(name),
+                )
+                .await?;
                 builtins.insert(name, Arc::new(plugin));
             }
         }
         if let Some(dir) = &config.dir {
-            std::fs::create_dir_all(dir).map_err(|e| PluginError::Io(format!("plugin folder {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| PluginError::Io(format!("plugin folder {}: {e}", dir.display())))?;
         }
         let loader = Arc::new(Self {
             engine,
@@ -134,24 +170,41 @@ impl Loader {
     }
 
     fn shared_state(&self, name: &str) -> Arc<PluginShared> {
-        let Ok(mut states) = self.shared.lock() else { return PluginShared::new(name) };
-        states.entry(name.to_string()).or_insert_with(|| PluginShared::new(name)).clone()
+        let Ok(mut states) = self.shared.lock() else {
+            return PluginShared::new(name);
+        };
+        states
+            .entry(name.to_string())
+            .or_insert_with(|| PluginShared::new(name))
+            .clone()
     }
 
     /// Rescans the folder, loads what changed, and swaps in the new set.
     pub async fn reload(&self) -> ReloadReport {
         let _one_at_a_time = self.reloading.lock().await;
         let mut report = ReloadReport::default();
-        let files = self.config.dir.as_deref().map(scan_folder).unwrap_or_default();
+        let files = self
+            .config
+            .dir
+            .as_deref()
+            .map(scan_folder)
+            .unwrap_or_default();
         let previous: BTreeMap<String, String> = self
             .folder
             .lock()
-            .map(|f| f.iter().map(|(name, l)| (name.clone(), l.fingerprint.clone())).collect())
+            .map(|f| {
+                f.iter()
+                    .map(|(name, l)| (name.clone(), l.fingerprint.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         let mut next: BTreeMap<String, Loaded> = BTreeMap::new();
         for (name, (wasm, toml_path)) in &files {
             let read = std::fs::read(wasm).and_then(|bytes| {
-                let toml_text = toml_path.as_ref().map(std::fs::read_to_string).transpose()?;
+                let toml_text = toml_path
+                    .as_ref()
+                    .map(std::fs::read_to_string)
+                    .transpose()?;
                 Ok((bytes, toml_text))
             });
             let (bytes, toml_text) = match read {
@@ -167,12 +220,26 @@ impl Loader {
                 self.keep_previous(name, &mut next);
                 continue;
             }
-            let loaded = load_component(&self.engine, name, bytes, toml_text.as_deref(), wasm.display().to_string(), self.shared_state(name)).await;
+            let loaded = load_component(
+                &self.engine,
+                name,
+                bytes,
+                toml_text.as_deref(),
+                wasm.display().to_string(),
+                self.shared_state(name),
+            )
+            .await;
             match loaded {
                 Ok(plugin) => {
                     tracing::info!(plugin = %name, kind = plugin.info.kind.as_str(), version = %plugin.info.version, file = %wasm.display(), "plugin loaded");
                     report.loaded.push(name.clone());
-                    next.insert(name.clone(), Loaded { fingerprint, plugin: Arc::new(plugin) });
+                    next.insert(
+                        name.clone(),
+                        Loaded {
+                            fingerprint,
+                            plugin: Arc::new(plugin),
+                        },
+                    );
                 }
                 Err(e) => {
                     self.keep_previous(name, &mut next);
@@ -195,25 +262,43 @@ impl Loader {
         if let Ok(folder) = self.folder.lock()
             && let Some(old) = folder.get(name)
         {
-            next.insert(name.to_string(), Loaded { fingerprint: old.fingerprint.clone(), plugin: old.plugin.clone() });
+            next.insert(
+                name.to_string(),
+                Loaded {
+                    fingerprint: old.fingerprint.clone(),
+                    plugin: old.plugin.clone(),
+                },
+            );
         }
     }
 
     /// Composes the set from the builtins and the folder (see the module docs).
     fn install(&self) {
-        let Ok(folder) = self.folder.lock() else { return };
-        let of_kind = |kind: PolicyKind| folder.values().filter(move |l| l.plugin.info.kind == kind).map(|l| l.plugin.clone());
+        let Ok(folder) = self.folder.lock() else {
+            return;
+        };
+        let of_kind = |kind: PolicyKind| {
+            folder
+                .values()
+                .filter(move |l| l.plugin.info.kind == kind)
+                .map(|l| l.plugin.clone())
+        };
         let mut set = PolicySet::default();
-        set.auth.extend(self.builtins.get("builtin-key-auth").cloned());
+        set.auth
+            .extend(self.builtins.get("builtin-key-auth").cloned());
         set.auth.extend(of_kind(PolicyKind::Auth));
         let routers: Vec<_> = of_kind(PolicyKind::Router).collect();
         if routers.len() > 1 {
             let names: Vec<_> = routers.iter().map(|r| r.info.name.as_str()).collect();
             tracing::warn!(routers = ?names, using = names.last().copied().unwrap_or_default(), "several router plugins; the last by file name wins");
         }
-        set.router = routers.last().cloned().or_else(|| self.builtins.get("builtin-router").cloned());
+        set.router = routers
+            .last()
+            .cloned()
+            .or_else(|| self.builtins.get("builtin-router").cloned());
         set.shapers.extend(of_kind(PolicyKind::Shaper));
-        set.shapers.extend(self.builtins.get("builtin-redactor").cloned());
+        set.shapers
+            .extend(self.builtins.get("builtin-redactor").cloned());
         self.policies.install(set);
     }
 
@@ -235,16 +320,23 @@ impl Loader {
     ///
     /// # Errors
     /// When the OS watcher cannot be created.
-    pub fn watch(self: &Arc<Self>, tracker: &TaskTracker, shutdown: CancellationToken) -> Result<(), PluginError> {
-        let Some(dir) = self.config.dir.clone() else { return Ok(()) };
+    pub fn watch(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<(), PluginError> {
+        let Some(dir) = self.config.dir.clone() else {
+            return Ok(());
+        };
         let changed = Arc::new(tokio::sync::Notify::new());
         let signal = changed.clone();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                signal.notify_one();
-            }
-        })
-        .map_err(|e| PluginError::Io(format!("cannot watch {}: {e}", dir.display())))?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    signal.notify_one();
+                }
+            })
+            .map_err(|e| PluginError::Io(format!("cannot watch {}: {e}", dir.display())))?;
         notify::Watcher::watch(&mut watcher, &dir, notify::RecursiveMode::NonRecursive)
             .map_err(|e| PluginError::Io(format!("cannot watch {}: {e}", dir.display())))?;
         let loader = self.clone();
@@ -277,7 +369,9 @@ fn fingerprint(bytes: &[u8], toml_text: Option<&str>) -> String {
 
 /// `NAME.wasm` files of the folder with their optional `NAME.toml`, by name.
 fn scan_folder(dir: &Path) -> BTreeMap<String, (PathBuf, Option<PathBuf>)> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return BTreeMap::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeMap::new();
+    };
     entries
         .filter_map(Result::ok)
         .map(|e| e.path())

@@ -62,7 +62,9 @@ pub enum PluginError {
     #[error("not a valid WebAssembly component: {0}")]
     Compile(String),
     /// A component that exports no Sluice policy.
-    #[error("exports no sluice:policy interface (it exports {exports}); build it against the auth-policy, router-policy or shaper-policy world")]
+    #[error(
+        "exports no sluice:policy interface (it exports {exports}); build it against the auth-policy, router-policy or shaper-policy world"
+    )]
     WrongWorld {
         /// What it does export.
         exports: String,
@@ -125,7 +127,11 @@ pub struct Policies {
 impl Policies {
     /// A runner with an empty set (filled by the loader).
     pub fn new(on_failure: BTreeMap<String, FailureMode>, metrics: Arc<Metrics>) -> Self {
-        Self { current: ArcSwap::from_pointee(PolicySet::default()), on_failure, metrics }
+        Self {
+            current: ArcSwap::from_pointee(PolicySet::default()),
+            on_failure,
+            metrics,
+        }
     }
 
     /// The set in force now.
@@ -139,9 +145,15 @@ impl Policies {
     }
 
     fn observe(&self, plugin: &Plugin, started: Instant, failed: Option<&PluginError>) {
-        let labels = PluginLabels { plugin: plugin.info.name.clone(), kind: plugin.info.kind.as_str().into() };
+        let labels = PluginLabels {
+            plugin: plugin.info.name.clone(),
+            kind: plugin.info.kind.as_str().into(),
+        };
         self.metrics.policy_calls.get_or_create(&labels).inc();
-        self.metrics.policy_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .policy_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
         if let Some(e) = failed {
             self.metrics.policy_failures.get_or_create(&labels).inc();
             tracing::error!(plugin = %plugin.info.name, kind = plugin.info.kind.as_str(), error = %e, "policy plugin failed");
@@ -152,7 +164,12 @@ impl Policies {
     ///
     /// # Errors
     /// The first denial, or a policy failure when a failing plugin fails closed.
-    pub async fn authorize(&self, set: &PolicySet, req: &types::RequestInfo, key: Option<&types::KeyInfo>) -> Result<Vec<types::Label>, ApiError> {
+    pub async fn authorize(
+        &self,
+        set: &PolicySet,
+        req: &types::RequestInfo,
+        key: Option<&types::KeyInfo>,
+    ) -> Result<Vec<types::Label>, ApiError> {
         let mut labels = Vec::new();
         for plugin in &set.auth {
             let started = Instant::now();
@@ -161,8 +178,13 @@ impl Policies {
             match outcome {
                 Ok(Decision::Allow(mut more)) => labels.append(&mut more),
                 Ok(Decision::Deny(d)) => return Err(denial(d)),
-                Err(_) if failure_mode(&self.on_failure, &plugin.info.name) == FailureMode::Skip => {}
-                Err(_) => return Err(ApiError::PolicyFailure { plugin: plugin.info.name.clone() }),
+                Err(_)
+                    if failure_mode(&self.on_failure, &plugin.info.name) == FailureMode::Skip => {}
+                Err(_) => {
+                    return Err(ApiError::PolicyFailure {
+                        plugin: plugin.info.name.clone(),
+                    });
+                }
             }
         }
         Ok(labels)
@@ -173,8 +195,15 @@ impl Policies {
     ///
     /// # Errors
     /// The router's own refusal.
-    pub async fn route(&self, set: &PolicySet, req: &types::RequestInfo, candidates: &[types::Channel]) -> Result<Option<Vec<types::RouteStep>>, ApiError> {
-        let Some(plugin) = &set.router else { return Ok(None) };
+    pub async fn route(
+        &self,
+        set: &PolicySet,
+        req: &types::RequestInfo,
+        candidates: &[types::Channel],
+    ) -> Result<Option<Vec<types::RouteStep>>, ApiError> {
+        let Some(plugin) = &set.router else {
+            return Ok(None);
+        };
         let started = Instant::now();
         let outcome = plugin.route(req, candidates).await;
         self.observe(plugin, started, outcome.as_ref().err());
@@ -214,7 +243,10 @@ impl Policies {
 
 fn denial(d: types::Denial) -> ApiError {
     ApiError::Denied {
-        status: http::StatusCode::from_u16(d.status).ok().filter(|s| s.is_client_error() || s.is_server_error()).unwrap_or(http::StatusCode::FORBIDDEN),
+        status: http::StatusCode::from_u16(d.status)
+            .ok()
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .unwrap_or(http::StatusCode::FORBIDDEN),
         code: d.code,
         message: d.message,
         retry_after_s: d.retry_after_s,
@@ -271,7 +303,14 @@ fn to_wit_record(r: &UsageRecord) -> types::UsageRecord {
         stream: r.stream,
         partial: r.partial,
         client_ip: r.client_ip.clone(),
-        labels: r.labels.iter().map(|(name, value)| types::Label { name: name.clone(), value: value.clone() }).collect(),
+        labels: r
+            .labels
+            .iter()
+            .map(|(name, value)| types::Label {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
         prompt: r.prompt.clone(),
         completion: r.completion.clone(),
     }

@@ -60,49 +60,81 @@ pub struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.channel.health.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.channel_in_flight.get_or_create(&ChannelLabels { channel: self.channel.config.id.clone() }).dec();
+        self.channel
+            .health
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .channel_in_flight
+            .get_or_create(&ChannelLabels {
+                channel: self.channel.config.id.clone(),
+            })
+            .dec();
     }
 }
 
 fn ewma(old: u64, sample: u64) -> u64 {
-    if old == 0 { sample } else { (old * 7 + sample) / 8 }
+    if old == 0 {
+        sample
+    } else {
+        (old * 7 + sample) / 8
+    }
 }
 
 impl Channel {
     /// Healthy: not disabled, not cooling down, and below its concurrency limit.
     pub fn is_healthy(&self) -> bool {
-        !self.health.disabled.load(Ordering::Relaxed) && !self.health.cooling.load(Ordering::Relaxed)
+        !self.health.disabled.load(Ordering::Relaxed)
+            && !self.health.cooling.load(Ordering::Relaxed)
     }
 
     /// Whether another request fits under the concurrency limit.
     pub fn has_capacity(&self) -> bool {
-        self.config.max_in_flight == 0 || self.health.in_flight.load(Ordering::Relaxed) < self.config.max_in_flight
+        self.config.max_in_flight == 0
+            || self.health.in_flight.load(Ordering::Relaxed) < self.config.max_in_flight
     }
 
     /// Counts a request in flight until the guard drops.
     pub fn enter(self: &Arc<Self>, metrics: &Arc<Metrics>) -> InFlight {
         self.health.in_flight.fetch_add(1, Ordering::Relaxed);
-        metrics.channel_in_flight.get_or_create(&ChannelLabels { channel: self.config.id.clone() }).inc();
-        InFlight { channel: self.clone(), metrics: metrics.clone() }
+        metrics
+            .channel_in_flight
+            .get_or_create(&ChannelLabels {
+                channel: self.config.id.clone(),
+            })
+            .inc();
+        InFlight {
+            channel: self.clone(),
+            metrics: metrics.clone(),
+        }
     }
 
     /// Records a successful attempt with its time to first byte.
     pub fn succeeded(&self, ttfb: Duration) {
         let h = &self.health;
         let us = u64::try_from(ttfb.as_micros()).unwrap_or(u64::MAX);
-        h.latency_ewma_us.store(ewma(h.latency_ewma_us.load(Ordering::Relaxed), us), Ordering::Relaxed);
-        h.error_permille.store((h.error_permille.load(Ordering::Relaxed) * 7) / 8, Ordering::Relaxed);
+        h.latency_ewma_us.store(
+            ewma(h.latency_ewma_us.load(Ordering::Relaxed), us),
+            Ordering::Relaxed,
+        );
+        h.error_permille.store(
+            (h.error_permille.load(Ordering::Relaxed) * 7) / 8,
+            Ordering::Relaxed,
+        );
         h.consecutive_failures.store(0, Ordering::Relaxed);
     }
 
     /// Records a failed attempt; returns true when this failure started a cooldown.
     pub fn failed(&self, failures_to_cooldown: u32, cooldown: Duration) -> bool {
         let h = &self.health;
-        h.error_permille.store((h.error_permille.load(Ordering::Relaxed) * 7 + 1000) / 8, Ordering::Relaxed);
+        h.error_permille.store(
+            (h.error_permille.load(Ordering::Relaxed) * 7 + 1000) / 8,
+            Ordering::Relaxed,
+        );
         let n = h.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= failures_to_cooldown && !h.cooling.swap(true, Ordering::Relaxed) {
-            let until = crate::keys::now_ms() + u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX);
+            let until =
+                crate::keys::now_ms() + u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX);
             h.cooldown_until_ms.store(until, Ordering::Relaxed);
             tracing::warn!(channel = %self.config.id, failures = n, cooldown_ms = cooldown.as_millis() as u64, "channel cooling down");
             return true;
@@ -112,7 +144,8 @@ impl Channel {
 
     /// Whether the cooldown has run out and the channel should be probed.
     pub fn due_for_probe(&self) -> bool {
-        self.health.cooling.load(Ordering::Relaxed) && crate::keys::now_ms() >= self.health.cooldown_until_ms.load(Ordering::Relaxed)
+        self.health.cooling.load(Ordering::Relaxed)
+            && crate::keys::now_ms() >= self.health.cooldown_until_ms.load(Ordering::Relaxed)
     }
 
     /// Ends the cooldown after a successful probe, or extends it after a failed one.
@@ -122,8 +155,11 @@ impl Channel {
             self.health.cooling.store(false, Ordering::Relaxed);
             tracing::info!(channel = %self.config.id, "channel probe succeeded; re-enabled");
         } else {
-            let until = crate::keys::now_ms() + u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX);
-            self.health.cooldown_until_ms.store(until, Ordering::Relaxed);
+            let until =
+                crate::keys::now_ms() + u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX);
+            self.health
+                .cooldown_until_ms
+                .store(until, Ordering::Relaxed);
         }
     }
 
@@ -141,7 +177,8 @@ impl Channel {
             disabled: h.disabled.load(Ordering::Relaxed),
             cooling_down: h.cooling.load(Ordering::Relaxed),
             in_flight: h.in_flight.load(Ordering::Relaxed),
-            latency_ewma_ms: u32::try_from(h.latency_ewma_us.load(Ordering::Relaxed) / 1000).unwrap_or(u32::MAX),
+            latency_ewma_ms: u32::try_from(h.latency_ewma_us.load(Ordering::Relaxed) / 1000)
+                .unwrap_or(u32::MAX),
             error_permille: h.error_permille.load(Ordering::Relaxed),
             consecutive_failures: h.consecutive_failures.load(Ordering::Relaxed),
         }
@@ -156,7 +193,17 @@ pub struct Channels {
 impl Channels {
     /// Channels from the config, in file order.
     pub fn new(configs: &[ChannelConfig]) -> Self {
-        Self { all: configs.iter().map(|c| Arc::new(Channel { config: c.clone(), health: Health::default() })).collect() }
+        Self {
+            all: configs
+                .iter()
+                .map(|c| {
+                    Arc::new(Channel {
+                        config: c.clone(),
+                        health: Health::default(),
+                    })
+                })
+                .collect(),
+        }
     }
 
     /// Every channel.
@@ -171,13 +218,20 @@ impl Channels {
 
     /// Channels serving `model`, in file order.
     pub fn serving<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Arc<Channel>> + 'a {
-        self.all.iter().filter(move |c| c.config.models.iter().any(|m| m == model))
+        self.all
+            .iter()
+            .filter(move |c| c.config.models.iter().any(|m| m == model))
     }
 
     /// Publishes health gauges.
     pub fn publish(&self, metrics: &Metrics) {
         for c in &self.all {
-            metrics.channel_healthy.get_or_create(&ChannelLabels { channel: c.config.id.clone() }).set(i64::from(c.is_healthy()));
+            metrics
+                .channel_healthy
+                .get_or_create(&ChannelLabels {
+                    channel: c.config.id.clone(),
+                })
+                .set(i64::from(c.is_healthy()));
         }
     }
 }
@@ -185,8 +239,13 @@ impl Channels {
 /// The native fallback router: healthy channels with capacity, highest priority
 /// first, heavier weight first within a priority.
 pub fn native_plan<'a>(candidates: impl Iterator<Item = &'a Arc<Channel>>) -> Vec<Arc<Channel>> {
-    let mut plan: Vec<Arc<Channel>> = candidates.filter(|c| c.is_healthy() && c.has_capacity()).cloned().collect();
-    plan.sort_by(|a, b| (b.config.priority, b.config.weight).cmp(&(a.config.priority, a.config.weight)));
+    let mut plan: Vec<Arc<Channel>> = candidates
+        .filter(|c| c.is_healthy() && c.has_capacity())
+        .cloned()
+        .collect();
+    plan.sort_by(|a, b| {
+        (b.config.priority, b.config.weight).cmp(&(a.config.priority, a.config.weight))
+    });
     plan
 }
 

@@ -28,12 +28,36 @@ const MAX_UPSTREAM_BODY: usize = 64 << 20;
 
 /// Request headers never forwarded upstream (hop-by-hop, credentials, framing).
 const NOT_FORWARDED: &[&str] = &[
-    "host", "connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate", "te", "trailer",
-    "transfer-encoding", "upgrade", "authorization", "x-api-key", "cookie", "content-length", "accept-encoding", "http2-settings",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "authorization",
+    "x-api-key",
+    "cookie",
+    "content-length",
+    "accept-encoding",
+    "http2-settings",
 ];
 
 /// Response headers never passed back (hop-by-hop and framing).
-const NOT_RETURNED: &[&str] = &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "set-cookie"];
+const NOT_RETURNED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "set-cookie",
+];
 
 /// The fields the relay reads from a JSON request body.
 #[derive(serde::Deserialize)]
@@ -79,7 +103,10 @@ pub async fn read_body(body: hyper::body::Incoming, limit: usize) -> Result<Byte
             param: None,
             message: format!("The request body exceeds the gateway's limit of {limit} bytes."),
         }),
-        Err(e) => Err(ApiError::bad_request(format!("The request body could not be read: {e}"), None)),
+        Err(e) => Err(ApiError::bad_request(
+            format!("The request body could not be read: {e}"),
+            None,
+        )),
     }
 }
 
@@ -95,14 +122,32 @@ pub fn parse(body: Bytes) -> Result<Parsed, ApiError> {
         ));
     }
     let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!("We could not parse the JSON body of your request: {e}"), None)
+        ApiError::bad_request(
+            format!("We could not parse the JSON body of your request: {e}"),
+            None,
+        )
     })?;
     let model = match peek.model {
         Some(m) if !m.is_empty() => m.into_owned(),
-        _ => return Err(ApiError::bad_request("you must provide a model parameter", Some("model"))),
+        _ => {
+            return Err(ApiError::bad_request(
+                "you must provide a model parameter",
+                Some("model"),
+            ));
+        }
     };
-    let include_usage = peek.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
-    Ok(Parsed { model, stream: peek.stream.unwrap_or(false), has_stream_options: peek.stream_options.is_some(), include_usage, body })
+    let include_usage = peek
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    Ok(Parsed {
+        model,
+        stream: peek.stream.unwrap_or(false),
+        has_stream_options: peek.stream_options.is_some(),
+        include_usage,
+        body,
+    })
 }
 
 /// The body to send upstream: the original bytes unless the model is renamed or
@@ -122,14 +167,17 @@ fn upstream_body(parsed: &Parsed, upstream_model: &str) -> Result<Bytes, ApiErro
         out.extend_from_slice(&parsed.body[at..]);
         return Ok(Bytes::from(out));
     }
-    let mut value: serde_json::Value = serde_json::from_slice(&parsed.body).map_err(|e| ApiError::bad_request(e.to_string(), None))?;
+    let mut value: serde_json::Value = serde_json::from_slice(&parsed.body)
+        .map_err(|e| ApiError::bad_request(e.to_string(), None))?;
     if rename {
         value["model"] = serde_json::Value::String(upstream_model.into());
     }
     if need_usage {
         value["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
     }
-    serde_json::to_vec(&value).map(Bytes::from).map_err(|e| ApiError::Internal(e.to_string()))
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// The candidates for a model, as policies see them.
@@ -156,34 +204,51 @@ pub fn candidates(state: &AppState, model: &str) -> Vec<types::Channel> {
 }
 
 /// The ordered plan: `(channel, upstream model)` pairs.
-async fn plan(state: &AppState, draft: &Draft, req: &types::RequestInfo) -> Result<Vec<(Arc<Channel>, String)>, ApiError> {
+async fn plan(
+    state: &AppState,
+    draft: &Draft,
+    req: &types::RequestInfo,
+) -> Result<Vec<(Arc<Channel>, String)>, ApiError> {
     let offered = candidates(state, &draft.model);
     if offered.is_empty() {
         return Err(ApiError::Client {
             status: StatusCode::NOT_FOUND,
             code: "model_not_found",
             param: Some("model"),
-            message: format!("The model `{}` does not exist or you do not have access to it.", draft.model),
+            message: format!(
+                "The model `{}` does not exist or you do not have access to it.",
+                draft.model
+            ),
         });
     }
-    let steps: Vec<(Arc<Channel>, String)> = match state.policies.route(&draft.policies, req, &offered).await? {
-        Some(steps) => steps
-            .into_iter()
-            .filter_map(|s| state.channels.get(&s.channel_id).filter(|c| c.config.models.contains(&draft.model)).map(|c| (c.clone(), s.upstream_model)))
-            .collect(),
-        None => channels::native_plan(state.channels.serving(&draft.model))
-            .into_iter()
-            .map(|c| {
-                let upstream = c.config.upstream_model(&draft.model).to_string();
-                (c, upstream)
-            })
-            .collect(),
-    };
+    let steps: Vec<(Arc<Channel>, String)> =
+        match state.policies.route(&draft.policies, req, &offered).await? {
+            Some(steps) => steps
+                .into_iter()
+                .filter_map(|s| {
+                    state
+                        .channels
+                        .get(&s.channel_id)
+                        .filter(|c| c.config.models.contains(&draft.model))
+                        .map(|c| (c.clone(), s.upstream_model))
+                })
+                .collect(),
+            None => channels::native_plan(state.channels.serving(&draft.model))
+                .into_iter()
+                .map(|c| {
+                    let upstream = c.config.upstream_model(&draft.model).to_string();
+                    (c, upstream)
+                })
+                .collect(),
+        };
     if steps.is_empty() {
         return Err(ApiError::Upstream {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "no_healthy_channel",
-            message: format!("No healthy upstream channel can serve model `{}` right now.", draft.model),
+            message: format!(
+                "No healthy upstream channel can serve model `{}` right now.",
+                draft.model
+            ),
         });
     }
     Ok(steps)
@@ -196,12 +261,29 @@ struct AttemptFailure {
 }
 
 fn attempt_failure(kind: &'static str, status: StatusCode, message: String) -> AttemptFailure {
-    AttemptFailure { kind, error: ApiError::Upstream { status, code: kind, message } }
+    AttemptFailure {
+        kind,
+        error: ApiError::Upstream {
+            status,
+            code: kind,
+            message,
+        },
+    }
 }
 
-fn build_request(channel: &Channel, endpoint_path: &str, body: Bytes, headers: &HeaderMap, request_id: &str) -> Result<Request<Full<Bytes>>, ApiError> {
+fn build_request(
+    channel: &Channel,
+    endpoint_path: &str,
+    body: Bytes,
+    headers: &HeaderMap,
+    request_id: &str,
+) -> Result<Request<Full<Bytes>>, ApiError> {
     let base = &channel.config.base_url;
-    let uri = format!("{}{}", base.to_string().trim_end_matches('/'), endpoint_path);
+    let uri = format!(
+        "{}{}",
+        base.to_string().trim_end_matches('/'),
+        endpoint_path
+    );
     let mut builder = Request::post(uri);
     for (name, value) in headers {
         if !NOT_FORWARDED.contains(&name.as_str()) {
@@ -213,11 +295,18 @@ fn build_request(channel: &Channel, endpoint_path: &str, body: Bytes, headers: &
         .header(header::ACCEPT_ENCODING, "identity")
         .header("x-request-id", request_id);
     if let Some(key) = &channel.config.api_key {
-        let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| ApiError::Internal(format!("channel {} has an unusable api key", channel.config.id)))?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+            ApiError::Internal(format!(
+                "channel {} has an unusable api key",
+                channel.config.id
+            ))
+        })?;
         value.set_sensitive(true);
         builder = builder.header(header::AUTHORIZATION, value);
     }
-    builder.body(Full::new(body)).map_err(|e| ApiError::Internal(e.to_string()))
+    builder
+        .body(Full::new(body))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// Relays one parsed request through its plan.
@@ -241,37 +330,63 @@ pub async fn relay(
     timing.push(("route", routed.elapsed()));
     let cfg = &state.config.upstream;
     let mut last: Option<AttemptFailure> = None;
-    for (attempt, (channel, upstream_model)) in steps.into_iter().take(cfg.max_attempts).enumerate() {
+    for (attempt, (channel, upstream_model)) in steps.into_iter().take(cfg.max_attempts).enumerate()
+    {
         if attempt > 0 {
             state.metrics.upstream_retries.inc();
         }
         if !channel.has_capacity() {
-            last = Some(attempt_failure("channel_busy", StatusCode::SERVICE_UNAVAILABLE, format!("Channel {} is at its concurrency limit.", channel.config.id)));
+            last = Some(attempt_failure(
+                "channel_busy",
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("Channel {} is at its concurrency limit.", channel.config.id),
+            ));
             continue;
         }
         let body = match upstream_body(&parsed, &upstream_model) {
             Ok(body) => body,
             Err(e) => return Err((e, draft)),
         };
-        let request = match build_request(&channel, endpoint_path, body, headers, &draft.request_id) {
+        let request = match build_request(&channel, endpoint_path, body, headers, &draft.request_id)
+        {
             Ok(r) => r,
             Err(e) => return Err((e, draft)),
         };
         let in_flight = channel.enter(&state.metrics);
         let sent = Instant::now();
-        let failure = match tokio::time::timeout(cfg.first_byte_timeout, state.upstream.request(request)).await {
-            Err(_) => attempt_failure("upstream_timeout", StatusCode::GATEWAY_TIMEOUT, "The upstream did not answer in time.".into()),
+        let failure = match tokio::time::timeout(
+            cfg.first_byte_timeout,
+            state.upstream.request(request),
+        )
+        .await
+        {
+            Err(_) => attempt_failure(
+                "upstream_timeout",
+                StatusCode::GATEWAY_TIMEOUT,
+                "The upstream did not answer in time.".into(),
+            ),
             Ok(Err(e)) => {
                 tracing::warn!(channel = %channel.config.id, error = %e, "upstream request failed");
-                attempt_failure("upstream_unavailable", StatusCode::BAD_GATEWAY, "The upstream could not be reached.".into())
+                attempt_failure(
+                    "upstream_unavailable",
+                    StatusCode::BAD_GATEWAY,
+                    "The upstream could not be reached.".into(),
+                )
             }
             Ok(Ok(response)) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
-                attempt_failure("upstream_overloaded", StatusCode::SERVICE_UNAVAILABLE, "The upstream is rate limiting the gateway.".into())
+                attempt_failure(
+                    "upstream_overloaded",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The upstream is rate limiting the gateway.".into(),
+                )
             }
             Ok(Ok(response)) if response.status().is_server_error() => attempt_failure(
                 "upstream_error",
                 StatusCode::BAD_GATEWAY,
-                format!("The upstream failed with status {}.", response.status().as_u16()),
+                format!(
+                    "The upstream failed with status {}.",
+                    response.status().as_u16()
+                ),
             ),
             Ok(Ok(response)) => {
                 channel.succeeded(sent.elapsed());
@@ -282,7 +397,14 @@ pub async fn relay(
             }
         };
         drop(in_flight);
-        state.metrics.upstream_errors.get_or_create(&UpstreamErrorLabels { channel: channel.config.id.clone(), kind: failure.kind.into() }).inc();
+        state
+            .metrics
+            .upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                channel: channel.config.id.clone(),
+                kind: failure.kind.into(),
+            })
+            .inc();
         channel.failed(cfg.failures_to_cooldown, cfg.cooldown);
         draft.channel_id.clone_from(&channel.config.id);
         last = Some(failure);
@@ -305,9 +427,19 @@ async fn respond(
     for name in NOT_RETURNED {
         headers.remove(*name);
     }
-    let is_sse = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+    let is_sse = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
     if parsed.stream && status.is_success() && is_sse {
-        let body = stream::RelayStream::new(body, state.clone(), draft, in_flight, parsed.include_usage, status.as_u16());
+        let body = stream::RelayStream::new(
+            body,
+            state.clone(),
+            draft,
+            in_flight,
+            parsed.include_usage,
+            status.as_u16(),
+        );
         let mut out = Response::new(boxed(body));
         *out.status_mut() = status;
         *out.headers_mut() = headers;
@@ -315,14 +447,21 @@ async fn respond(
     }
     let collected = Limited::new(body, MAX_UPSTREAM_BODY).collect().await;
     drop(in_flight);
-    let mut outcome = Outcome { status: status.as_u16(), ..Outcome::default() };
+    let mut outcome = Outcome {
+        status: status.as_u16(),
+        ..Outcome::default()
+    };
     let bytes = match collected {
         Ok(c) => c.to_bytes(),
         Err(e) => {
             tracing::warn!(error = %e, "upstream body failed");
             outcome.partial = true;
             outcome.error_kind = Some("upstream_stream_error".into());
-            let error = ApiError::Upstream { status: StatusCode::BAD_GATEWAY, code: "upstream_stream_error", message: "The upstream response was cut short.".into() };
+            let error = ApiError::Upstream {
+                status: StatusCode::BAD_GATEWAY,
+                code: "upstream_stream_error",
+                message: "The upstream response was cut short.".into(),
+            };
             usage::finish(state, draft, outcome);
             return error.into_response().map(boxed);
         }
@@ -331,14 +470,21 @@ async fn respond(
     struct Body {
         usage: Option<sse::Usage>,
     }
-    outcome.usage = serde_json::from_slice::<Body>(&bytes).ok().and_then(|b| b.usage);
+    outcome.usage = serde_json::from_slice::<Body>(&bytes)
+        .ok()
+        .and_then(|b| b.usage);
     if !status.is_success() {
         outcome.error_kind = Some(format!("upstream_status_{}", status.as_u16()));
     }
     if state.config.log.content {
         outcome.completion = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
-            .and_then(|v| v["choices"][0]["message"]["content"].as_str().or_else(|| v["choices"][0]["text"].as_str()).map(String::from));
+            .and_then(|v| {
+                v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .or_else(|| v["choices"][0]["text"].as_str())
+                    .map(String::from)
+            });
     }
     usage::finish(state, draft, outcome);
     let mut out = Response::new(boxed(Full::new(bytes)));
@@ -357,11 +503,28 @@ mod tests {
 
     #[test]
     fn rejects_bad_bodies() {
-        assert!(matches!(parsed("[1]"), Err(ApiError::Client { status, .. }) if status == StatusCode::BAD_REQUEST));
-        assert!(matches!(parsed("{\"model\": 3}"), Err(ApiError::Client { .. })));
-        assert!(matches!(parsed("{\"model\": \"m\", \"stream\": \"yes\"}"), Err(ApiError::Client { .. })));
-        assert!(matches!(parsed("{\"messages\": []}"), Err(ApiError::Client { param: Some("model"), .. })));
-        assert!(matches!(parsed("{\"model\": \"m\""), Err(ApiError::Client { .. })));
+        assert!(
+            matches!(parsed("[1]"), Err(ApiError::Client { status, .. }) if status == StatusCode::BAD_REQUEST)
+        );
+        assert!(matches!(
+            parsed("{\"model\": 3}"),
+            Err(ApiError::Client { .. })
+        ));
+        assert!(matches!(
+            parsed("{\"model\": \"m\", \"stream\": \"yes\"}"),
+            Err(ApiError::Client { .. })
+        ));
+        assert!(matches!(
+            parsed("{\"messages\": []}"),
+            Err(ApiError::Client {
+                param: Some("model"),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parsed("{\"model\": \"m\""),
+            Err(ApiError::Client { .. })
+        ));
     }
 
     #[test]
@@ -369,13 +532,17 @@ mod tests {
         let plain = parsed("{\"model\":\"m\",\"stream\":false}")?;
         assert_eq!(upstream_body(&plain, "m")?, plain.body);
         let stream = parsed(" {\"model\":\"m\",\"stream\":true}")?;
-        let spliced: serde_json::Value = serde_json::from_slice(&upstream_body(&stream, "m")?).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let spliced: serde_json::Value = serde_json::from_slice(&upstream_body(&stream, "m")?)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         assert_eq!(spliced["stream_options"]["include_usage"], true);
         assert_eq!(spliced["model"], "m");
-        let renamed: serde_json::Value = serde_json::from_slice(&upstream_body(&stream, "up")?).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let renamed: serde_json::Value = serde_json::from_slice(&upstream_body(&stream, "up")?)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         assert_eq!(renamed["model"], "up");
         assert_eq!(renamed["stream_options"]["include_usage"], true);
-        let asked = parsed("{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}")?;
+        let asked = parsed(
+            "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+        )?;
         assert_eq!(upstream_body(&asked, "m")?, asked.body);
         Ok(())
     }

@@ -27,12 +27,17 @@ impl SseFramer {
     /// When an unfinished event exceeds [`MAX_EVENT_BYTES`].
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<Bytes>) -> Result<(), EventTooLarge> {
         self.buf.extend_from_slice(chunk);
-        while let Some(end) = find_event_end(&self.buf[self.searched..]).map(|e| e + self.searched) {
+        while let Some(end) = find_event_end(&self.buf[self.searched..]).map(|e| e + self.searched)
+        {
             out.push(self.buf.split_to(end).freeze());
             self.searched = 0;
         }
         self.searched = self.buf.len().saturating_sub(3);
-        if self.buf.len() > MAX_EVENT_BYTES { Err(EventTooLarge) } else { Ok(()) }
+        if self.buf.len() > MAX_EVENT_BYTES {
+            Err(EventTooLarge)
+        } else {
+            Ok(())
+        }
     }
 
     /// Whatever is left when the upstream ends (an unterminated last event).
@@ -105,10 +110,17 @@ fn data_of(event: &[u8]) -> Vec<u8> {
 /// non-null value, so ordinary token chunks cost a byte scan.
 pub fn inspect(event: &[u8]) -> EventInfo {
     let Some(at) = memfind(event, b"\"usage\"") else {
-        return EventInfo { done: memfind(event, b"[DONE]").is_some() && data_of(event).trim_ascii() == b"[DONE]", ..EventInfo::default() };
+        return EventInfo {
+            done: memfind(event, b"[DONE]").is_some() && data_of(event).trim_ascii() == b"[DONE]",
+            ..EventInfo::default()
+        };
     };
     let after = event[at + 7..].trim_ascii_start();
-    if after.strip_prefix(b":").map(<[u8]>::trim_ascii_start).is_some_and(|v| v.starts_with(b"null")) {
+    if after
+        .strip_prefix(b":")
+        .map(<[u8]>::trim_ascii_start)
+        .is_some_and(|v| v.starts_with(b"null"))
+    {
         return EventInfo::default();
     }
     match serde_json::from_slice::<ChunkPeek>(&data_of(event)) {
@@ -141,8 +153,21 @@ mod tests {
 
     #[test]
     fn splits_on_blank_lines_across_chunk_boundaries() {
-        let out = frames(&[b"data: a\n", b"\ndata: b\r\n\r", b"\ndata: c\n\n", b"data: tail"]);
-        assert_eq!(out, vec![Bytes::from_static(b"data: a\n\n"), Bytes::from_static(b"data: b\r\n\r\n"), Bytes::from_static(b"data: c\n\n"), Bytes::from_static(b"data: tail")]);
+        let out = frames(&[
+            b"data: a\n",
+            b"\ndata: b\r\n\r",
+            b"\ndata: c\n\n",
+            b"data: tail",
+        ]);
+        assert_eq!(
+            out,
+            vec![
+                Bytes::from_static(b"data: a\n\n"),
+                Bytes::from_static(b"data: b\r\n\r\n"),
+                Bytes::from_static(b"data: c\n\n"),
+                Bytes::from_static(b"data: tail")
+            ]
+        );
     }
 
     #[test]
@@ -171,9 +196,20 @@ mod tests {
 
     #[test]
     fn reads_usage_and_done() {
-        assert_eq!(inspect(b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n"), EventInfo::default());
-        let info = inspect(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n");
-        assert_eq!(info.usage, Some(Usage { prompt_tokens: 3, completion_tokens: 4 }));
+        assert_eq!(
+            inspect(b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n"),
+            EventInfo::default()
+        );
+        let info = inspect(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n",
+        );
+        assert_eq!(
+            info.usage,
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4
+            })
+        );
         assert!(info.usage_only);
         assert!(inspect(b"data: [DONE]\n\n").done);
         assert!(!inspect(b"data: {\"x\":\"[DONE]\"}\n\n").done);

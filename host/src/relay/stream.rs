@@ -47,7 +47,14 @@ pub struct RelayStream {
 
 impl RelayStream {
     /// Wraps an upstream body. `show_usage`: the client asked for the usage chunk.
-    pub fn new(upstream: Incoming, state: Arc<AppState>, draft: Draft, in_flight: InFlight, show_usage: bool, status: u16) -> Self {
+    pub fn new(
+        upstream: Incoming,
+        state: Arc<AppState>,
+        draft: Draft,
+        in_flight: InFlight,
+        show_usage: bool,
+        status: u16,
+    ) -> Self {
         let idle_timeout = state.config.upstream.idle_timeout;
         let capture = state.config.log.content.then(String::new);
         Self {
@@ -60,9 +67,16 @@ impl RelayStream {
             show_usage,
             capture,
             started: draft.started,
-            outcome: Outcome { status, ..Outcome::default() },
+            outcome: Outcome {
+                status,
+                ..Outcome::default()
+            },
             ended: false,
-            pending: Some(Pending { state, draft, _in_flight: in_flight }),
+            pending: Some(Pending {
+                state,
+                draft,
+                _in_flight: in_flight,
+            }),
         }
     }
 
@@ -92,7 +106,8 @@ impl RelayStream {
         self.outcome.partial = true;
         self.outcome.error_kind = Some(kind.into());
         let body = serde_json::json!({"error": {"message": message, "type": "api_error", "param": null, "code": kind}});
-        self.ready.push_back(Bytes::from(format!("data: {body}\n\n")));
+        self.ready
+            .push_back(Bytes::from(format!("data: {body}\n\n")));
         self.ended = true;
     }
 
@@ -107,10 +122,17 @@ impl RelayStream {
 
 /// Appends `choices[].delta.content` (or `text`) of a chunk, for content logging.
 fn append_delta_content(out: &mut String, event: &[u8]) {
-    let Some(data) = event.strip_prefix(b"data: ") else { return };
-    let Ok(chunk) = serde_json::from_slice::<serde_json::Value>(data.trim_ascii()) else { return };
+    let Some(data) = event.strip_prefix(b"data: ") else {
+        return;
+    };
+    let Ok(chunk) = serde_json::from_slice::<serde_json::Value>(data.trim_ascii()) else {
+        return;
+    };
     for choice in chunk["choices"].as_array().into_iter().flatten() {
-        if let Some(text) = choice["delta"]["content"].as_str().or_else(|| choice["text"].as_str()) {
+        if let Some(text) = choice["delta"]["content"]
+            .as_str()
+            .or_else(|| choice["text"].as_str())
+        {
             out.push_str(text);
         }
     }
@@ -120,7 +142,10 @@ impl Body for RelayStream {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
         loop {
             if let Some(event) = this.ready.pop_front() {
@@ -134,16 +159,24 @@ impl Body for RelayStream {
                 Poll::Ready(Some(Ok(frame))) => {
                     let deadline = tokio::time::Instant::now() + this.idle_timeout;
                     this.idle.as_mut().reset(deadline);
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     if this.framer.push(&data, &mut this.scratch).is_err() {
-                        this.fail("upstream_event_too_large", "The upstream sent an event larger than the gateway accepts.");
+                        this.fail(
+                            "upstream_event_too_large",
+                            "The upstream sent an event larger than the gateway accepts.",
+                        );
                         continue;
                     }
                     this.take_events();
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(error = %e, "upstream stream failed after the first byte");
-                    this.fail("upstream_stream_error", "The upstream connection failed mid-stream.");
+                    this.fail(
+                        "upstream_stream_error",
+                        "The upstream connection failed mid-stream.",
+                    );
                 }
                 Poll::Ready(None) => {
                     this.scratch.extend(this.framer.finish());
@@ -152,7 +185,10 @@ impl Body for RelayStream {
                 }
                 Poll::Pending => {
                     if this.idle.as_mut().poll(cx).is_ready() {
-                        this.fail("upstream_idle_timeout", "The upstream stalled between chunks for longer than the idle timeout.");
+                        this.fail(
+                            "upstream_idle_timeout",
+                            "The upstream stalled between chunks for longer than the idle timeout.",
+                        );
                         continue;
                     }
                     return Poll::Pending;
@@ -166,7 +202,9 @@ impl Drop for RelayStream {
     fn drop(&mut self) {
         if self.pending.is_some() {
             self.outcome.partial = true;
-            self.outcome.error_kind.get_or_insert_with(|| "client_disconnected".into());
+            self.outcome
+                .error_kind
+                .get_or_insert_with(|| "client_disconnected".into());
             self.account();
         }
     }

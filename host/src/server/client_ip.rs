@@ -14,9 +14,13 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     }
     let mut client = peer;
     for value in headers.get_all("x-forwarded-for").iter().rev() {
-        let Ok(text) = value.to_str() else { return client };
+        let Ok(text) = value.to_str() else {
+            return client;
+        };
         for hop in text.rsplit(',') {
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else { return client };
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                return client;
+            };
             client = ip;
             if !is_trusted(&ip) {
                 return ip;
@@ -48,7 +52,11 @@ mod tests {
     fn trusted_proxies_are_skipped() -> Result<(), ipnet::AddrParseError> {
         let trusted = vec!["127.0.0.0/8".parse::<IpNet>()?, "10.0.0.0/8".parse()?];
         let peer: IpAddr = [127, 0, 0, 1].into();
-        let got = resolve(peer, &headers("198.51.100.7, 203.0.113.5, 10.1.1.1"), &trusted);
+        let got = resolve(
+            peer,
+            &headers("198.51.100.7, 203.0.113.5, 10.1.1.1"),
+            &trusted,
+        );
         assert_eq!(got, IpAddr::from([203, 0, 113, 5]));
         assert_eq!(resolve(peer, &headers("garbage"), &trusted), peer);
         Ok(())

@@ -26,7 +26,12 @@ pub enum Role {
 }
 
 /// Accepts connections until shutdown; each connection runs on `connections`.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, connections: TaskTracker, role: Role) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    connections: TaskTracker,
+    role: Role,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             () = state.shutdown.cancelled() => break,
@@ -46,7 +51,12 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, connections: Tas
     }
 }
 
-async fn connection(io: TokioIo<tokio::net::TcpStream>, peer: SocketAddr, state: Arc<AppState>, role: Role) {
+async fn connection(
+    io: TokioIo<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    role: Role,
+) {
     let handler = state.clone();
     let service = service_fn(move |req| {
         let state = handler.clone();
@@ -64,7 +74,10 @@ async fn connection(io: TokioIo<tokio::net::TcpStream>, peer: SocketAddr, state:
         }
         () = state.shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
     }
-    if tokio::time::timeout(state.config.server.shutdown_grace, conn).await.is_err() {
+    if tokio::time::timeout(state.config.server.shutdown_grace, conn)
+        .await
+        .is_err()
+    {
         tracing::warn!(%peer, "connection still busy at the end of the grace period; closing it");
     }
 }

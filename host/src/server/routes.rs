@@ -24,8 +24,18 @@ use crate::usage::{self, Draft, Outcome};
 
 /// Request headers policies may see.
 pub const POLICY_HEADERS: &[&str] = &[
-    "user-agent", "content-type", "openai-organization", "openai-project", "x-request-id", "x-forwarded-for", "x-real-ip",
-    "x-client-name", "x-user-id", "x-team", "x-session-id", "x-sluice-tag",
+    "user-agent",
+    "content-type",
+    "openai-organization",
+    "openai-project",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-client-name",
+    "x-user-id",
+    "x-team",
+    "x-session-id",
+    "x-sluice-tag",
 ];
 
 /// The OpenAI endpoints that relay a JSON body.
@@ -63,7 +73,12 @@ struct Ctx {
 }
 
 /// Handles one request on either listener.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr, role: Role) -> Response<ResponseBody> {
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    role: Role,
+) -> Response<ResponseBody> {
     if role == Role::Admin {
         return crate::admin::handle(state, req).await;
     }
@@ -74,19 +89,33 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAd
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), String::from);
-    let mut ctx = Ctx { request_id, started, peer, timing: Vec::with_capacity(4) };
+    let mut ctx = Ctx {
+        request_id,
+        started,
+        peer,
+        timing: Vec::with_capacity(4),
+    };
     let endpoint_name = endpoint_label(req.uri().path());
     let mut response = match dispatch(&state, req, &mut ctx).await {
         Ok(response) => response,
         Err(error) => {
-            if matches!(error, ApiError::Internal(_) | ApiError::PolicyFailure { .. }) {
+            if matches!(
+                error,
+                ApiError::Internal(_) | ApiError::PolicyFailure { .. }
+            ) {
                 tracing::error!(request_id = %ctx.request_id, error = %error, "request failed");
             }
             error.into_response().map(boxed)
         }
     };
     let elapsed = started.elapsed();
-    state.metrics.latency.get_or_create(&EndpointLabels { endpoint: endpoint_name.into() }).observe(elapsed.as_secs_f64());
+    state
+        .metrics
+        .latency
+        .get_or_create(&EndpointLabels {
+            endpoint: endpoint_name.into(),
+        })
+        .observe(elapsed.as_secs_f64());
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
         headers.insert("x-request-id", v);
@@ -95,7 +124,11 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAd
         headers.insert("x-response-time", v);
     }
     if !ctx.timing.is_empty() {
-        let timing: Vec<String> = ctx.timing.iter().map(|(name, d)| format!("{name};dur={:.3}", d.as_secs_f64() * 1000.0)).collect();
+        let timing: Vec<String> = ctx
+            .timing
+            .iter()
+            .map(|(name, d)| format!("{name};dur={:.3}", d.as_secs_f64() * 1000.0))
+            .collect();
         if let Ok(v) = HeaderValue::from_str(&timing.join(", ")) {
             headers.insert("server-timing", v);
         }
@@ -114,7 +147,11 @@ fn endpoint_label(path: &str) -> &'static str {
     }
 }
 
-async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>, ctx: &mut Ctx) -> Result<Response<ResponseBody>, ApiError> {
+async fn dispatch(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    ctx: &mut Ctx,
+) -> Result<Response<ResponseBody>, ApiError> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let endpoint = match path.as_str() {
@@ -147,7 +184,14 @@ async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>, ctx: &mut Ctx) 
     let parsed = relay::parse(bytes)?;
     let policy_started = Instant::now();
     let key = lookup_key(state, &parts.headers).await?;
-    let info = request_info(state, ctx, endpoint.name(), &parsed.model, parsed.stream, &parts.headers);
+    let info = request_info(
+        state,
+        ctx,
+        endpoint.name(),
+        &parsed.model,
+        parsed.stream,
+        &parts.headers,
+    );
     let policies = state.policies.snapshot();
     let key_info = key.as_deref().map(crate::plugins::key_info);
     let mut draft = Draft {
@@ -163,15 +207,33 @@ async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>, ctx: &mut Ctx) 
         channel_id: String::new(),
         upstream_model: String::new(),
         prompt_estimate,
-        prompt: state.config.log.content.then(|| String::from_utf8_lossy(&parsed.body).into_owned()),
+        prompt: state
+            .config
+            .log
+            .content
+            .then(|| String::from_utf8_lossy(&parsed.body).into_owned()),
     };
-    let labels = match state.policies.authorize(&policies, &info, key_info.as_ref()).await {
+    let labels = match state
+        .policies
+        .authorize(&policies, &info, key_info.as_ref())
+        .await
+    {
         Ok(labels) => labels,
         Err(error) => return Err(account_failure(state, draft, error)),
     };
     ctx.timing.push(("auth", policy_started.elapsed()));
     draft.labels = labels.into_iter().map(|l| (l.name, l.value)).collect();
-    match relay::relay(state, draft, parsed, &info, endpoint.upstream_path(), &parts.headers, &mut ctx.timing).await {
+    match relay::relay(
+        state,
+        draft,
+        parsed,
+        &info,
+        endpoint.upstream_path(),
+        &parts.headers,
+        &mut ctx.timing,
+    )
+    .await
+    {
         Ok(response) => Ok(response),
         Err((error, draft)) => Err(account_failure(state, draft, error)),
     }
@@ -180,7 +242,11 @@ async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>, ctx: &mut Ctx) 
 /// Records a failed request (metrics, access log, usage record when a key is
 /// known) and passes the error on.
 fn account_failure(state: &Arc<AppState>, draft: Draft, error: ApiError) -> ApiError {
-    let outcome = Outcome { status: error.status().as_u16(), error_kind: Some(error.log_kind()), ..Outcome::default() };
+    let outcome = Outcome {
+        status: error.status().as_u16(),
+        error_kind: Some(error.log_kind()),
+        ..Outcome::default()
+    };
     usage::finish(state, draft, outcome);
     error
 }
@@ -200,20 +266,47 @@ fn require(method: &Method, expected: &Method) -> Result<(), ApiError> {
 
 /// The presented credential: `Authorization: Bearer …` or `x-api-key`.
 fn credential(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let (scheme, token) = v.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty());
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty());
     }
-    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|t| !t.is_empty())
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
-async fn lookup_key(state: &AppState, headers: &HeaderMap) -> Result<Option<Arc<LiveKey>>, ApiError> {
-    let Some(secret) = credential(headers) else { return Ok(None) };
-    state.keys.lookup(secret).await.map_err(|e| ApiError::Internal(format!("key lookup: {e}")))
+async fn lookup_key(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<LiveKey>>, ApiError> {
+    let Some(secret) = credential(headers) else {
+        return Ok(None);
+    };
+    state
+        .keys
+        .lookup(secret)
+        .await
+        .map_err(|e| ApiError::Internal(format!("key lookup: {e}")))
 }
 
-fn request_info(state: &AppState, ctx: &Ctx, endpoint: &str, model: &str, stream: bool, headers: &HeaderMap) -> types::RequestInfo {
-    let client_ip = super::client_ip::resolve(ctx.peer.ip(), headers, &state.config.server.trusted_proxies);
+fn request_info(
+    state: &AppState,
+    ctx: &Ctx,
+    endpoint: &str,
+    model: &str,
+    stream: bool,
+    headers: &HeaderMap,
+) -> types::RequestInfo {
+    let client_ip =
+        super::client_ip::resolve(ctx.peer.ip(), headers, &state.config.server.trusted_proxies);
     types::RequestInfo {
         request_id: ctx.request_id.clone(),
         endpoint: endpoint.into(),
@@ -222,25 +315,54 @@ fn request_info(state: &AppState, ctx: &Ctx, endpoint: &str, model: &str, stream
         client_ip: client_ip.to_string(),
         headers: POLICY_HEADERS
             .iter()
-            .filter_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()).map(|v| types::Label { name: (*name).into(), value: v.into() }))
+            .filter_map(|name| {
+                headers
+                    .get(*name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| types::Label {
+                        name: (*name).into(),
+                        value: v.into(),
+                    })
+            })
             .collect(),
     }
 }
 
 /// `GET /v1/models[/{id}]`: the models this key may use on healthy channels.
-async fn models(state: &Arc<AppState>, req: &Request<Incoming>, ctx: &mut Ctx, id: Option<String>) -> Result<Response<ResponseBody>, ApiError> {
+async fn models(
+    state: &Arc<AppState>,
+    req: &Request<Incoming>,
+    ctx: &mut Ctx,
+    id: Option<String>,
+) -> Result<Response<ResponseBody>, ApiError> {
     let key = lookup_key(state, req.headers()).await?;
     let info = request_info(state, ctx, "models", "", false, req.headers());
     let policies = state.policies.snapshot();
     let key_info = key.as_deref().map(crate::plugins::key_info);
-    state.policies.authorize(&policies, &info, key_info.as_ref()).await?;
-    let allowed = |m: &String| key.as_ref().is_none_or(|k| k.record.models.is_empty() || k.record.models.contains(m));
-    let mut names: Vec<&String> = state.channels.all().iter().filter(|c| c.is_healthy()).flat_map(|c| c.config.models.iter()).filter(|m| allowed(m)).collect();
+    state
+        .policies
+        .authorize(&policies, &info, key_info.as_ref())
+        .await?;
+    let allowed = |m: &String| {
+        key.as_ref()
+            .is_none_or(|k| k.record.models.is_empty() || k.record.models.contains(m))
+    };
+    let mut names: Vec<&String> = state
+        .channels
+        .all()
+        .iter()
+        .filter(|c| c.is_healthy())
+        .flat_map(|c| c.config.models.iter())
+        .filter(|m| allowed(m))
+        .collect();
     names.sort();
     names.dedup();
     let model = |name: &str| serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "sluice"});
     match id {
-        None => Ok(json(StatusCode::OK, &serde_json::json!({"object": "list", "data": names.iter().map(|n| model(n)).collect::<Vec<_>>()}))),
+        None => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"object": "list", "data": names.iter().map(|n| model(n)).collect::<Vec<_>>()}),
+        )),
         Some(id) if names.iter().any(|n| **n == id) => Ok(json(StatusCode::OK, &model(&id))),
         Some(id) => Err(ApiError::Client {
             status: StatusCode::NOT_FOUND,
@@ -253,8 +375,13 @@ async fn models(state: &Arc<AppState>, req: &Request<Incoming>, ctx: &mut Ctx, i
 
 /// A JSON response.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
-    let mut response = Response::new(boxed(Full::new(Bytes::from(serde_json::to_vec(value).unwrap_or_default()))));
+    let mut response = Response::new(boxed(Full::new(Bytes::from(
+        serde_json::to_vec(value).unwrap_or_default(),
+    ))));
     *response.status_mut() = status;
-    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }

@@ -43,7 +43,10 @@ pub enum StoreError {
 impl StoreError {
     /// Wraps a backend error.
     pub fn backend(backend: &'static str, e: impl std::fmt::Display) -> Self {
-        Self::Backend { backend, message: e.to_string() }
+        Self::Backend {
+            backend,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -122,7 +125,9 @@ pub struct KeyPatch {
 mod double_option {
     use serde::{Deserialize, Deserializer};
 
-    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
         Option::<T>::deserialize(d).map(Some)
     }
 }
@@ -334,7 +339,11 @@ pub trait Store: Send + Sync {
     /// Applies `patch` to key `id` atomically and returns the result.
     fn update_key(&self, id: &str, patch: &KeyPatch) -> Result<KeyRecord, StoreError>;
     /// Visits records matching `q`, newest first, until `visit` returns false.
-    fn scan_usage(&self, q: &UsageQuery, visit: &mut dyn FnMut(UsageRecord) -> bool) -> Result<(), StoreError>;
+    fn scan_usage(
+        &self,
+        q: &UsageQuery,
+        visit: &mut dyn FnMut(UsageRecord) -> bool,
+    ) -> Result<(), StoreError>;
     /// Deletes up to `limit` records older than `cutoff_ms`; returns how many.
     fn purge_before(&self, cutoff_ms: u64, limit: usize) -> Result<usize, StoreError>;
     /// Reopens the underlying database after a failed commit.
@@ -353,8 +362,17 @@ pub trait Store: Send + Sync {
 
     /// Totals per group and bucket over every record matching `q` (its page
     /// fields are ignored), newest bucket first.
-    fn summarize(&self, q: &UsageQuery, group: GroupBy, bucket: Bucket) -> Result<Vec<SummaryRow>, StoreError> {
-        let q = UsageQuery { limit: None, before_seq: None, ..q.clone() };
+    fn summarize(
+        &self,
+        q: &UsageQuery,
+        group: GroupBy,
+        bucket: Bucket,
+    ) -> Result<Vec<SummaryRow>, StoreError> {
+        let q = UsageQuery {
+            limit: None,
+            before_seq: None,
+            ..q.clone()
+        };
         let mut rows: BTreeMap<(u64, String), SummaryRow> = BTreeMap::new();
         let width = bucket.millis();
         self.scan_usage(&q, &mut |r| {
@@ -364,11 +382,13 @@ pub trait Store: Send + Sync {
                 GroupBy::Channel => r.channel_id,
             };
             let start = r.time_ms - r.time_ms % width;
-            let row = rows.entry((start, group_value.clone())).or_insert_with(|| SummaryRow {
-                bucket_ms: start,
-                group: group_value,
-                ..SummaryRow::default()
-            });
+            let row = rows
+                .entry((start, group_value.clone()))
+                .or_insert_with(|| SummaryRow {
+                    bucket_ms: start,
+                    group: group_value,
+                    ..SummaryRow::default()
+                });
             row.requests += 1;
             row.prompt_tokens += u64::from(r.prompt_tokens);
             row.completion_tokens += u64::from(r.completion_tokens);
@@ -386,7 +406,8 @@ pub trait Store: Send + Sync {
 /// When the file cannot be opened or migrated.
 pub fn open(backend: Backend, path: &Path) -> Result<Arc<dyn Store>, StoreError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| StoreError::backend("fs", format!("{}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::backend("fs", format!("{}: {e}", parent.display())))?;
     }
     Ok(match backend {
         Backend::Redb => Arc::new(redb::RedbStore::open(path)?),
@@ -433,8 +454,12 @@ pub(crate) mod conformance {
             time_ms: 1_000_000 + i * 1000,
             key_id: key.into(),
             model: model.into(),
-            channel_id: if i % 2 == 0 { "even".into() } else { "odd".into() },
-            status: if i % 5 == 0 { 500 } else { 200 },
+            channel_id: if i.is_multiple_of(2) {
+                "even".into()
+            } else {
+                "odd".into()
+            },
+            status: if i.is_multiple_of(5) { 500 } else { 200 },
             prompt_tokens: 10,
             completion_tokens: 5,
             cost,
@@ -444,13 +469,22 @@ pub(crate) mod conformance {
     }
 
     fn append(store: &dyn Store, records: Vec<UsageRecord>) -> Result<(), StoreError> {
-        let charges = records.iter().map(|r| Charge { key_id: r.key_id.clone(), cost: r.cost }).collect();
+        let charges = records
+            .iter()
+            .map(|r| Charge {
+                key_id: r.key_id.clone(),
+                cost: r.cost,
+            })
+            .collect();
         store.append(&Batch { records, charges })
     }
 
+    /// Opens a backend at a path.
+    pub type Opener = dyn Fn(&Path) -> Result<Arc<dyn Store>, StoreError>;
+
     /// Runs every conformance check against a store opened by `open` at a path
     /// inside `dir`; `open` is called again to check persistence.
-    pub fn run(open: &dyn Fn(&Path) -> Result<Arc<dyn Store>, StoreError>) -> Result<(), StoreError> {
+    pub fn run(open: &Opener) -> Result<(), StoreError> {
         let dir = tempfile::tempdir().map_err(|e| StoreError::backend("tmp", e))?;
         let path = dir.path().join("store.db");
         let store = open(&path)?;
@@ -458,18 +492,43 @@ pub(crate) mod conformance {
         // Keys: create, lookup by digest and id, list, patch, revoke.
         store.create_key(&key("k1", Some(1000)))?;
         store.create_key(&key("k2", None))?;
-        assert_eq!(store.key_by_digest("digest-k1")?.map(|k| k.id), Some("k1".into()));
+        assert_eq!(
+            store.key_by_digest("digest-k1")?.map(|k| k.id),
+            Some("k1".into())
+        );
         assert!(store.key_by_digest("nope")?.is_none());
         assert_eq!(store.list_keys()?.len(), 2);
-        let patched = store.update_key("k2", &KeyPatch { status: Some(KeyStatus::Revoked), rpm_limit: Some(Some(5)), ..KeyPatch::default() })?;
+        let patched = store.update_key(
+            "k2",
+            &KeyPatch {
+                status: Some(KeyStatus::Revoked),
+                rpm_limit: Some(Some(5)),
+                ..KeyPatch::default()
+            },
+        )?;
         assert_eq!(patched.status, KeyStatus::Revoked);
         assert_eq!(store.key_by_id("k2")?.map(|k| k.rpm_limit), Some(Some(5)));
-        assert!(matches!(store.update_key("zz", &KeyPatch::default()), Err(StoreError::NoSuchKey(_))));
+        assert!(matches!(
+            store.update_key("zz", &KeyPatch::default()),
+            Err(StoreError::NoSuchKey(_))
+        ));
 
         // Usage append charges quota atomically.
-        let records: Vec<_> = (1..=20).map(|i| record(i, if i % 2 == 0 { "k1" } else { "k2" }, if i < 10 { "a" } else { "b" }, 7)).collect();
+        let records: Vec<_> = (1..=20)
+            .map(|i| {
+                record(
+                    i,
+                    if i.is_multiple_of(2) { "k1" } else { "k2" },
+                    if i < 10 { "a" } else { "b" },
+                    7,
+                )
+            })
+            .collect();
         append(&*store, records)?;
-        assert_eq!(store.key_by_id("k1")?.and_then(|k| k.quota_remaining), Some(1000 - 70));
+        assert_eq!(
+            store.key_by_id("k1")?.and_then(|k| k.quota_remaining),
+            Some(1000 - 70)
+        );
         assert_eq!(store.key_by_id("k2")?.and_then(|k| k.quota_remaining), None);
 
         // Queries: newest first, filters, pagination by cursor.
@@ -478,21 +537,53 @@ pub(crate) mod conformance {
         assert!(all.windows(2).all(|w| w[0].time_ms >= w[1].time_ms));
         assert_eq!(all[0].request_id, "req-20");
         assert_eq!(all[0].labels.get("team").map(String::as_str), Some("x"));
-        let k1 = store.query_usage(&UsageQuery { key_id: Some("k1".into()), ..UsageQuery::default() })?;
+        let k1 = store.query_usage(&UsageQuery {
+            key_id: Some("k1".into()),
+            ..UsageQuery::default()
+        })?;
         assert_eq!(k1.len(), 10);
-        let page1 = store.query_usage(&UsageQuery { limit: Some(8), ..UsageQuery::default() })?;
-        let page2 = store.query_usage(&UsageQuery { limit: Some(8), before_seq: page1.last().map(|r| r.seq), ..UsageQuery::default() })?;
-        let page3 = store.query_usage(&UsageQuery { limit: Some(8), before_seq: page2.last().map(|r| r.seq), ..UsageQuery::default() })?;
+        let page1 = store.query_usage(&UsageQuery {
+            limit: Some(8),
+            ..UsageQuery::default()
+        })?;
+        let page2 = store.query_usage(&UsageQuery {
+            limit: Some(8),
+            before_seq: page1.last().map(|r| r.seq),
+            ..UsageQuery::default()
+        })?;
+        let page3 = store.query_usage(&UsageQuery {
+            limit: Some(8),
+            before_seq: page2.last().map(|r| r.seq),
+            ..UsageQuery::default()
+        })?;
         assert_eq!((page1.len(), page2.len(), page3.len()), (8, 8, 4));
         assert_eq!(page2[0].request_id, "req-12");
-        let ranged = store.query_usage(&UsageQuery { since_ms: Some(1_005_000), until_ms: Some(1_010_000), status: Some(200), ..UsageQuery::default() })?;
-        assert_eq!(ranged.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(), ["req-9", "req-8", "req-7", "req-6"]);
-        let by_channel = store.query_usage(&UsageQuery { channel_id: Some("odd".into()), model: Some("b".into()), ..UsageQuery::default() })?;
+        let ranged = store.query_usage(&UsageQuery {
+            since_ms: Some(1_005_000),
+            until_ms: Some(1_010_000),
+            status: Some(200),
+            ..UsageQuery::default()
+        })?;
+        assert_eq!(
+            ranged
+                .iter()
+                .map(|r| r.request_id.as_str())
+                .collect::<Vec<_>>(),
+            ["req-9", "req-8", "req-7", "req-6"]
+        );
+        let by_channel = store.query_usage(&UsageQuery {
+            channel_id: Some("odd".into()),
+            model: Some("b".into()),
+            ..UsageQuery::default()
+        })?;
         assert_eq!(by_channel.len(), 5);
 
         // Summaries.
         let summary = store.summarize(&UsageQuery::default(), GroupBy::Model, Bucket::Day)?;
-        let b = summary.iter().find(|r| r.group == "b").map(|r| (r.requests, r.cost, r.errors));
+        let b = summary
+            .iter()
+            .find(|r| r.group == "b")
+            .map(|r| (r.requests, r.cost, r.errors));
         assert_eq!(b, Some((11, 77, 3)));
 
         // Persistence across reopen.
@@ -500,7 +591,10 @@ pub(crate) mod conformance {
         let store = open(&path)?;
         assert_eq!(store.query_usage(&UsageQuery::default())?.len(), 20);
         store.reopen()?;
-        assert_eq!(store.key_by_id("k1")?.and_then(|k| k.quota_remaining), Some(930));
+        assert_eq!(
+            store.key_by_id("k1")?.and_then(|k| k.quota_remaining),
+            Some(930)
+        );
 
         // Purge in small batches.
         let mut purged = 0;

@@ -6,7 +6,10 @@ use std::sync::RwLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Batch, KeyPatch, KeyRecord, SCHEMA_VERSION, Store, StoreError, UsageQuery, UsageRecord, total_charges};
+use super::{
+    Batch, KeyPatch, KeyRecord, SCHEMA_VERSION, Store, StoreError, UsageQuery, UsageRecord,
+    total_charges,
+};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
@@ -35,7 +38,10 @@ impl RedbStore {
     /// When the file cannot be opened, or was written by a newer schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Self::open_db(path)?;
-        Ok(Self { path: path.to_path_buf(), db: RwLock::new(Some(db)) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(db)),
+        })
     }
 
     fn open_db(path: &Path) -> Result<Database, StoreError> {
@@ -45,7 +51,12 @@ impl RedbStore {
             let mut meta = tx.open_table(META).map_err(err)?;
             let found = meta.get("schema_version").map_err(err)?.map(|v| v.value());
             match found {
-                Some(v) if v > SCHEMA_VERSION => return Err(StoreError::TooNew { found: v, supported: SCHEMA_VERSION }),
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError::TooNew {
+                        found: v,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
                 Some(v) if v == SCHEMA_VERSION => {}
                 // Version 0 (no table yet) → 1: create the tables. Later migrations go here.
                 _ => {
@@ -61,7 +72,10 @@ impl RedbStore {
         Ok(db)
     }
 
-    fn with_db<R>(&self, f: impl FnOnce(&Database) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    fn with_db<R>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let guard = self.db.read().map_err(|_| err("lock poisoned"))?;
         let db = guard.as_ref().ok_or_else(|| err("database is closed"))?;
         f(db)
@@ -88,7 +102,10 @@ impl Store for RedbStore {
                 let mut buf = Vec::with_capacity(512);
                 for record in &batch.records {
                     buf.clear();
-                    let stored = UsageRecord { seq, ..record.clone() };
+                    let stored = UsageRecord {
+                        seq,
+                        ..record.clone()
+                    };
                     serde_json::to_writer(&mut buf, &stored).map_err(err)?;
                     usage.insert(seq, buf.as_slice()).map_err(err)?;
                     by_time.insert((record.time_ms, seq), ()).map_err(err)?;
@@ -97,12 +114,18 @@ impl Store for RedbStore {
                 meta.insert("next_seq", seq).map_err(err)?;
                 let mut keys = tx.open_table(KEYS).map_err(err)?;
                 for (key_id, cost) in total_charges(&batch.charges) {
-                    let Some(mut key) = keys.get(key_id).map_err(err)?.map(|v| Self::decode_key(v.value())).transpose()? else {
+                    let Some(mut key) = keys
+                        .get(key_id)
+                        .map_err(err)?
+                        .map(|v| Self::decode_key(v.value()))
+                        .transpose()?
+                    else {
                         continue;
                     };
                     if let Some(remaining) = key.quota_remaining.as_mut() {
                         *remaining -= cost;
-                        keys.insert(key_id, serde_json::to_vec(&key).map_err(err)?.as_slice()).map_err(err)?;
+                        keys.insert(key_id, serde_json::to_vec(&key).map_err(err)?.as_slice())
+                            .map_err(err)?;
                     }
                 }
             }
@@ -116,11 +139,19 @@ impl Store for RedbStore {
             {
                 let mut keys = tx.open_table(KEYS).map_err(err)?;
                 let mut digests = tx.open_table(KEY_DIGESTS).map_err(err)?;
-                if keys.get(key.id.as_str()).map_err(err)?.is_some() || digests.get(key.digest.as_str()).map_err(err)?.is_some() {
+                if keys.get(key.id.as_str()).map_err(err)?.is_some()
+                    || digests.get(key.digest.as_str()).map_err(err)?.is_some()
+                {
                     return Err(err(format!("key {} already exists", key.id)));
                 }
-                keys.insert(key.id.as_str(), serde_json::to_vec(key).map_err(err)?.as_slice()).map_err(err)?;
-                digests.insert(key.digest.as_str(), key.id.as_str()).map_err(err)?;
+                keys.insert(
+                    key.id.as_str(),
+                    serde_json::to_vec(key).map_err(err)?.as_slice(),
+                )
+                .map_err(err)?;
+                digests
+                    .insert(key.digest.as_str(), key.id.as_str())
+                    .map_err(err)?;
             }
             tx.commit().map_err(err)
         })
@@ -130,9 +161,14 @@ impl Store for RedbStore {
         self.with_db(|db| {
             let tx = db.begin_read().map_err(err)?;
             let digests = tx.open_table(KEY_DIGESTS).map_err(err)?;
-            let Some(id) = digests.get(digest).map_err(err)? else { return Ok(None) };
+            let Some(id) = digests.get(digest).map_err(err)? else {
+                return Ok(None);
+            };
             let keys = tx.open_table(KEYS).map_err(err)?;
-            keys.get(id.value()).map_err(err)?.map(|v| Self::decode_key(v.value())).transpose()
+            keys.get(id.value())
+                .map_err(err)?
+                .map(|v| Self::decode_key(v.value()))
+                .transpose()
         })
     }
 
@@ -140,7 +176,10 @@ impl Store for RedbStore {
         self.with_db(|db| {
             let tx = db.begin_read().map_err(err)?;
             let keys = tx.open_table(KEYS).map_err(err)?;
-            keys.get(id).map_err(err)?.map(|v| Self::decode_key(v.value())).transpose()
+            keys.get(id)
+                .map_err(err)?
+                .map(|v| Self::decode_key(v.value()))
+                .transpose()
         })
     }
 
@@ -151,7 +190,11 @@ impl Store for RedbStore {
             let mut all = keys
                 .iter()
                 .map_err(err)?
-                .map(|entry| entry.map_err(err).and_then(|(_, v)| Self::decode_key(v.value())))
+                .map(|entry| {
+                    entry
+                        .map_err(err)
+                        .and_then(|(_, v)| Self::decode_key(v.value()))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
             Ok(all)
@@ -163,11 +206,17 @@ impl Store for RedbStore {
             let tx = db.begin_write().map_err(err)?;
             let key = {
                 let mut keys = tx.open_table(KEYS).map_err(err)?;
-                let Some(mut key) = keys.get(id).map_err(err)?.map(|v| Self::decode_key(v.value())).transpose()? else {
+                let Some(mut key) = keys
+                    .get(id)
+                    .map_err(err)?
+                    .map(|v| Self::decode_key(v.value()))
+                    .transpose()?
+                else {
                     return Err(StoreError::NoSuchKey(id.into()));
                 };
                 patch.apply(&mut key);
-                keys.insert(id, serde_json::to_vec(&key).map_err(err)?.as_slice()).map_err(err)?;
+                keys.insert(id, serde_json::to_vec(&key).map_err(err)?.as_slice())
+                    .map_err(err)?;
                 key
             };
             tx.commit().map_err(err)?;
@@ -175,7 +224,11 @@ impl Store for RedbStore {
         })
     }
 
-    fn scan_usage(&self, q: &UsageQuery, visit: &mut dyn FnMut(UsageRecord) -> bool) -> Result<(), StoreError> {
+    fn scan_usage(
+        &self,
+        q: &UsageQuery,
+        visit: &mut dyn FnMut(UsageRecord) -> bool,
+    ) -> Result<(), StoreError> {
         self.with_db(|db| {
             let tx = db.begin_read().map_err(err)?;
             let usage = tx.open_table(USAGE).map_err(err)?;

@@ -6,7 +6,10 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Batch, KeyPatch, KeyRecord, SCHEMA_VERSION, Store, StoreError, UsageQuery, UsageRecord, total_charges};
+use super::{
+    Batch, KeyPatch, KeyRecord, SCHEMA_VERSION, Store, StoreError, UsageQuery, UsageRecord,
+    total_charges,
+};
 
 /// Pragmas applied to every connection (`auto_vacuum` must precede the first table).
 const PRAGMAS: &str = "
@@ -80,7 +83,11 @@ impl SqliteStore {
         let writer = Self::connect(path)?;
         Self::migrate(&writer)?;
         Self::verify(&writer)?;
-        Ok(Self { path: path.to_path_buf(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
     }
 
     fn connect(path: &Path) -> Result<Connection, StoreError> {
@@ -90,15 +97,21 @@ impl SqliteStore {
     }
 
     fn migrate(conn: &Connection) -> Result<(), StoreError> {
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
         let version = u64::try_from(version).unwrap_or(0);
         if version > SCHEMA_VERSION {
-            return Err(StoreError::TooNew { found: version, supported: SCHEMA_VERSION });
+            return Err(StoreError::TooNew {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
         }
         if version < 1 {
             conn.execute_batch(SCHEMA_V1).map_err(err)?;
         }
-        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(err)
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            .map_err(err)
     }
 
     /// Reads the tuning back (One-API's `VerifySQLiteSettings`) and logs it; a
@@ -107,7 +120,9 @@ impl SqliteStore {
         let mut report = Vec::with_capacity(VERIFIED.len());
         for (pragma, expected) in VERIFIED {
             let actual: String = conn
-                .query_row(&format!("PRAGMA {pragma}"), [], |r| r.get::<_, rusqlite::types::Value>(0))
+                .query_row(&format!("PRAGMA {pragma}"), [], |r| {
+                    r.get::<_, rusqlite::types::Value>(0)
+                })
                 .map(|v| match v {
                     rusqlite::types::Value::Integer(i) => i.to_string(),
                     rusqlite::types::Value::Text(t) => t.to_lowercase(),
@@ -115,7 +130,12 @@ impl SqliteStore {
                 })
                 .map_err(err)?;
             if actual != *expected {
-                tracing::warn!(pragma, expected, actual, "sqlite setting did not take effect");
+                tracing::warn!(
+                    pragma,
+                    expected,
+                    actual,
+                    "sqlite setting did not take effect"
+                );
             }
             report.push(format!("{pragma}={actual}"));
         }
@@ -123,7 +143,10 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn with_reader<R>(&self, f: impl FnOnce(&Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    fn with_reader<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let pooled = self.readers.lock().map_err(|_| err("lock poisoned"))?.pop();
         let conn = match pooled {
             Some(conn) => conn,
@@ -137,7 +160,10 @@ impl SqliteStore {
         result
     }
 
-    fn with_writer<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    fn with_writer<R>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let mut conn = self.writer.lock().map_err(|_| err("lock poisoned"))?;
         f(&mut conn)
     }
@@ -186,7 +212,12 @@ impl Store for SqliteStore {
         self.with_writer(|conn| {
             conn.execute(
                 "INSERT INTO keys (id, digest, created_ms, data) VALUES (?1, ?2, ?3, ?4)",
-                params![key.id, key.digest, int(key.created_ms), serde_json::to_string(key).map_err(err)?],
+                params![
+                    key.id,
+                    key.digest,
+                    int(key.created_ms),
+                    serde_json::to_string(key).map_err(err)?
+                ],
             )
             .map_err(err)?;
             Ok(())
@@ -215,30 +246,44 @@ impl Store for SqliteStore {
 
     fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT data FROM keys ORDER BY created_ms, id").map_err(err)?;
+            let mut stmt = conn
+                .prepare_cached("SELECT data FROM keys ORDER BY created_ms, id")
+                .map_err(err)?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
-            rows.map(|row| row.map_err(err).and_then(|t| Self::decode(&t))).collect()
+            rows.map(|row| row.map_err(err).and_then(|t| Self::decode(&t)))
+                .collect()
         })
     }
 
     fn update_key(&self, id: &str, patch: &KeyPatch) -> Result<KeyRecord, StoreError> {
         self.with_writer(|conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err)?;
             let text = tx
-                .query_row("SELECT data FROM keys WHERE id = ?1", [id], |r| r.get::<_, String>(0))
+                .query_row("SELECT data FROM keys WHERE id = ?1", [id], |r| {
+                    r.get::<_, String>(0)
+                })
                 .optional()
                 .map_err(err)?
                 .ok_or_else(|| StoreError::NoSuchKey(id.into()))?;
             let mut key: KeyRecord = Self::decode(&text)?;
             patch.apply(&mut key);
-            tx.execute("UPDATE keys SET data = ?2 WHERE id = ?1", params![id, serde_json::to_string(&key).map_err(err)?])
-                .map_err(err)?;
+            tx.execute(
+                "UPDATE keys SET data = ?2 WHERE id = ?1",
+                params![id, serde_json::to_string(&key).map_err(err)?],
+            )
+            .map_err(err)?;
             tx.commit().map_err(err)?;
             Ok(key)
         })
     }
 
-    fn scan_usage(&self, q: &UsageQuery, visit: &mut dyn FnMut(UsageRecord) -> bool) -> Result<(), StoreError> {
+    fn scan_usage(
+        &self,
+        q: &UsageQuery,
+        visit: &mut dyn FnMut(UsageRecord) -> bool,
+    ) -> Result<(), StoreError> {
         self.with_reader(|conn| {
             let mut stmt = conn
                 .prepare_cached(
@@ -253,13 +298,24 @@ impl Store for SqliteStore {
             let since = q.since_ms.map_or(0, int);
             let until = q.until_ms.map_or(i64::MAX, int);
             let mut rows = stmt
-                .query(params![upper, since, until, q.key_id, q.model, q.channel_id, q.status])
+                .query(params![
+                    upper,
+                    since,
+                    until,
+                    q.key_id,
+                    q.model,
+                    q.channel_id,
+                    q.status
+                ])
                 .map_err(err)?;
             while let Some(row) = rows.next().map_err(err)? {
                 let seq: i64 = row.get(0).map_err(err)?;
                 let seq = u64::try_from(seq).unwrap_or(0);
                 let data: String = row.get(1).map_err(err)?;
-                let record = UsageRecord { seq, ..Self::decode(&data)? };
+                let record = UsageRecord {
+                    seq,
+                    ..Self::decode(&data)?
+                };
                 if !visit(record) {
                     break;
                 }
@@ -286,7 +342,10 @@ impl Store for SqliteStore {
     fn reopen(&self) -> Result<(), StoreError> {
         let fresh = Self::connect(&self.path)?;
         *self.writer.lock().map_err(|_| err("lock poisoned"))? = fresh;
-        self.readers.lock().map_err(|_| err("lock poisoned"))?.clear();
+        self.readers
+            .lock()
+            .map_err(|_| err("lock poisoned"))?
+            .clear();
         Ok(())
     }
 }

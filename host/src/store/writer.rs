@@ -50,7 +50,12 @@ pub struct UsageWriter {
 
 impl UsageWriter {
     /// Starts the writer task on the current runtime.
-    pub fn start(store: Arc<dyn Store>, settings: WriterSettings, metrics: Arc<Metrics>, on_commit: CommitHook) -> Self {
+    pub fn start(
+        store: Arc<dyn Store>,
+        settings: WriterSettings,
+        metrics: Arc<Metrics>,
+        on_commit: CommitHook,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(settings.capacity);
         let task = tokio::spawn(run(rx, store, settings, metrics.clone(), on_commit));
         Self {
@@ -77,7 +82,9 @@ impl UsageWriter {
                 self.metrics.writer_queue_depth.inc();
                 return;
             }
-            Err(mpsc::error::TrySendError::Closed(entry)) => return self.dropped(&entry, "writer is closed"),
+            Err(mpsc::error::TrySendError::Closed(entry)) => {
+                return self.dropped(&entry, "writer is closed");
+            }
             Err(mpsc::error::TrySendError::Full(entry)) => entry,
         };
         self.metrics.writer_backpressure.inc();
@@ -85,7 +92,10 @@ impl UsageWriter {
             Ok(()) => {
                 self.metrics.writer_queue_depth.inc();
             }
-            Err(mpsc::error::SendTimeoutError::Timeout(entry) | mpsc::error::SendTimeoutError::Closed(entry)) => {
+            Err(
+                mpsc::error::SendTimeoutError::Timeout(entry)
+                | mpsc::error::SendTimeoutError::Closed(entry),
+            ) => {
                 self.dropped(&entry, "queue full after backpressure wait");
             }
         }
@@ -113,7 +123,13 @@ impl UsageWriter {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Entry>, store: Arc<dyn Store>, settings: WriterSettings, metrics: Arc<Metrics>, on_commit: CommitHook) {
+async fn run(
+    mut rx: mpsc::Receiver<Entry>,
+    store: Arc<dyn Store>,
+    settings: WriterSettings,
+    metrics: Arc<Metrics>,
+    on_commit: CommitHook,
+) {
     let mut buf: Vec<Entry> = Vec::with_capacity(settings.batch_size);
     loop {
         if rx.recv_many(&mut buf, settings.batch_size).await == 0 {
@@ -127,8 +143,13 @@ async fn run(mut rx: mpsc::Receiver<Entry>, store: Arc<dyn Store>, settings: Wri
                 Ok(_) => {}
             }
         }
-        metrics.writer_queue_depth.dec_by(i64::try_from(buf.len()).unwrap_or(i64::MAX));
-        let mut batch = Batch { records: Vec::with_capacity(buf.len()), charges: Vec::with_capacity(buf.len()) };
+        metrics
+            .writer_queue_depth
+            .dec_by(i64::try_from(buf.len()).unwrap_or(i64::MAX));
+        let mut batch = Batch {
+            records: Vec::with_capacity(buf.len()),
+            charges: Vec::with_capacity(buf.len()),
+        };
         for entry in buf.drain(..) {
             batch.records.extend(entry.record);
             batch.charges.extend(entry.charge);
@@ -145,7 +166,9 @@ async fn commit(store: &Arc<dyn Store>, batch: Batch, metrics: &Metrics, on_comm
         let started = Instant::now();
         let (s, b) = (store.clone(), batch.clone());
         let result = tokio::task::spawn_blocking(move || s.append(&b)).await;
-        metrics.writer_flush_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .writer_flush_seconds
+            .observe(started.elapsed().as_secs_f64());
         let error = match result {
             Ok(Ok(())) => {
                 metrics.records_written.inc_by(batch.records.len() as u64);
@@ -156,7 +179,13 @@ async fn commit(store: &Arc<dyn Store>, batch: Batch, metrics: &Metrics, on_comm
             Err(e) => e.to_string(),
         };
         metrics.writer_commit_errors.inc();
-        tracing::error!(attempt, records = batch.records.len(), backend = store.backend(), error, "usage commit failed; retrying");
+        tracing::error!(
+            attempt,
+            records = batch.records.len(),
+            backend = store.backend(),
+            error,
+            "usage commit failed; retrying"
+        );
         if attempt >= 2
             && let Err(e) = store.reopen()
         {
@@ -165,8 +194,14 @@ async fn commit(store: &Arc<dyn Store>, batch: Batch, metrics: &Metrics, on_comm
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    metrics.records_dropped.inc_by((batch.records.len().max(batch.charges.len())) as u64);
-    tracing::error!(records = batch.records.len(), charges = batch.charges.len(), "usage batch abandoned after repeated commit failures");
+    metrics
+        .records_dropped
+        .inc_by((batch.records.len().max(batch.charges.len())) as u64);
+    tracing::error!(
+        records = batch.records.len(),
+        charges = batch.charges.len(),
+        "usage batch abandoned after repeated commit failures"
+    );
 }
 
 #[cfg(test)]
@@ -180,22 +215,51 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("w.redb"))?);
         let metrics = Arc::new(Metrics::default());
-        let settings = WriterSettings { batch_size: 64, flush_interval: Duration::from_millis(20), capacity: 16, backpressure_wait: Duration::from_secs(5) };
+        let settings = WriterSettings {
+            batch_size: 64,
+            flush_interval: Duration::from_millis(20),
+            capacity: 16,
+            backpressure_wait: Duration::from_secs(5),
+        };
         let committed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let seen = committed.clone();
-        let writer = UsageWriter::start(store.clone(), settings, metrics.clone(), Arc::new(move |c| {
-            seen.fetch_add(c.len(), std::sync::atomic::Ordering::Relaxed);
-        }));
+        let writer = UsageWriter::start(
+            store.clone(),
+            settings,
+            metrics.clone(),
+            Arc::new(move |c| {
+                seen.fetch_add(c.len(), std::sync::atomic::Ordering::Relaxed);
+            }),
+        );
         for i in 0..500 {
-            let record = UsageRecord { request_id: format!("r{i}"), time_ms: 1 + i, key_id: "k".into(), ..UsageRecord::default() };
-            writer.submit(Entry { record: Some(record), charge: Some(Charge { key_id: "k".into(), cost: 1 }) }).await;
+            let record = UsageRecord {
+                request_id: format!("r{i}"),
+                time_ms: 1 + i,
+                key_id: "k".into(),
+                ..UsageRecord::default()
+            };
+            writer
+                .submit(Entry {
+                    record: Some(record),
+                    charge: Some(Charge {
+                        key_id: "k".into(),
+                        cost: 1,
+                    }),
+                })
+                .await;
         }
         writer.close().await;
-        let stored = store.query_usage(&UsageQuery { limit: Some(1000), ..UsageQuery::default() })?;
+        let stored = store.query_usage(&UsageQuery {
+            limit: Some(1000),
+            ..UsageQuery::default()
+        })?;
         assert_eq!(stored.len(), 500);
         assert_eq!(committed.load(std::sync::atomic::Ordering::Relaxed), 500);
         assert_eq!(metrics.records_dropped.get(), 0);
-        assert!(metrics.writer_backpressure.get() > 0, "a 16-entry queue must have pushed back");
+        assert!(
+            metrics.writer_backpressure.get() > 0,
+            "a 16-entry queue must have pushed back"
+        );
         writer.submit(Entry::default()).await;
         assert_eq!(metrics.records_dropped.get(), 1);
         Ok(())

@@ -52,55 +52,97 @@ impl Auth for KeyAuth {
 }
 
 fn deny(status: u16, code: &str, message: String) -> Denial {
-    Denial { status, code: code.into(), message, retry_after_s: None }
+    Denial {
+        status,
+        code: code.into(),
+        message,
+        retry_after_s: None,
+    }
 }
 
 fn check(req: &RequestInfo, key: Option<&KeyInfo>) -> Result<(), Denial> {
     let (unauthorized, invalid) = denial::INVALID_API_KEY;
     let Some(key) = key else {
-        return Err(deny(unauthorized, invalid, "Incorrect API key provided.".into()));
+        return Err(deny(
+            unauthorized,
+            invalid,
+            "Incorrect API key provided.".into(),
+        ));
     };
     match key.status {
         KeyStatus::Active => {}
         KeyStatus::Disabled => {
-            return Err(deny(unauthorized, "key_disabled", format!("API key {} is disabled.", key.prefix)));
+            return Err(deny(
+                unauthorized,
+                "key_disabled",
+                format!("API key {} is disabled.", key.prefix),
+            ));
         }
         KeyStatus::Revoked => {
-            return Err(deny(unauthorized, "key_revoked", format!("API key {} has been revoked.", key.prefix)));
+            return Err(deny(
+                unauthorized,
+                "key_revoked",
+                format!("API key {} has been revoked.", key.prefix),
+            ));
         }
     }
     if key.expires_at_ms.is_some_and(|at| host::now_ms() >= at) {
-        return Err(deny(unauthorized, "key_expired", format!("API key {} has expired.", key.prefix)));
+        return Err(deny(
+            unauthorized,
+            "key_expired",
+            format!("API key {} has expired.", key.prefix),
+        ));
     }
-    if !req.model.is_empty() && !key.models.is_empty() && !key.models.iter().any(|m| m == &req.model) {
+    if !req.model.is_empty()
+        && !key.models.is_empty()
+        && !key.models.iter().any(|m| m == &req.model)
+    {
         return Err(deny(
             denial::PERMISSION_DENIED,
             "model_not_allowed",
             format!("API key {} may not use model '{}'.", key.prefix, req.model),
         ));
     }
-    if !key.networks.is_empty() && !key.networks.iter().any(|n| cidr_contains(n, &req.client_ip)) {
+    if !key.networks.is_empty()
+        && !key
+            .networks
+            .iter()
+            .any(|n| cidr_contains(n, &req.client_ip))
+    {
         return Err(deny(
             denial::PERMISSION_DENIED,
             "ip_not_allowed",
-            format!("API key {} may not be used from {}.", key.prefix, req.client_ip),
+            format!(
+                "API key {} may not be used from {}.",
+                key.prefix, req.client_ip
+            ),
         ));
     }
     if key.quota_remaining.is_some_and(|q| q <= 0) {
         let (status, code) = denial::INSUFFICIENT_QUOTA;
-        return Err(deny(status, code, "You exceeded your current quota.".into()));
+        return Err(deny(
+            status,
+            code,
+            "You exceeded your current quota.".into(),
+        ));
     }
     let window = WINDOW_MS.with(Cell::get);
     if let Some(limit) = key.tpm_limit {
         let tokens = host::counter_add(&format!("tpm:{}", key.id), 0, window);
         if tokens.total >= i64::from(limit) {
-            return Err(rate_limited(format!("Rate limit reached: {limit} tokens per minute."), tokens.resets_in_ms));
+            return Err(rate_limited(
+                format!("Rate limit reached: {limit} tokens per minute."),
+                tokens.resets_in_ms,
+            ));
         }
     }
     if let Some(limit) = key.rpm_limit {
         let requests = host::counter_add(&format!("rpm:{}", key.id), 1, window);
         if requests.total > i64::from(limit) {
-            return Err(rate_limited(format!("Rate limit reached: {limit} requests per minute."), requests.resets_in_ms));
+            return Err(rate_limited(
+                format!("Rate limit reached: {limit} requests per minute."),
+                requests.resets_in_ms,
+            ));
         }
     }
     Ok(())
@@ -108,7 +150,12 @@ fn check(req: &RequestInfo, key: Option<&KeyInfo>) -> Result<(), Denial> {
 
 fn rate_limited(message: String, resets_in_ms: u32) -> Denial {
     let (status, code) = denial::RATE_LIMITED;
-    Denial { status, code: code.into(), message, retry_after_s: Some(retry_after_secs(resets_in_ms)) }
+    Denial {
+        status,
+        code: code.into(),
+        message,
+        retry_after_s: Some(retry_after_secs(resets_in_ms)),
+    }
 }
 
 sluice_policy_sdk::auth::export_auth!(KeyAuth);

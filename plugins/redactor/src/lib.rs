@@ -23,7 +23,10 @@ struct Config {
 }
 
 fn default_prefixes() -> Vec<String> {
-    ["sk-", "Bearer ", "bearer ", "api_key=", "api-key: "].iter().map(|s| (*s).to_string()).collect()
+    ["sk-", "Bearer ", "bearer ", "api_key=", "api-key: "]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect()
 }
 
 thread_local! {
@@ -34,7 +37,8 @@ struct Redactor;
 
 impl Lifecycle for Redactor {
     fn init(config: String) -> Result<(), String> {
-        let config: Config = serde_json::from_str(&config).map_err(|e| format!("invalid redactor config: {e}"))?;
+        let config: Config =
+            serde_json::from_str(&config).map_err(|e| format!("invalid redactor config: {e}"))?;
         CONFIG.with(|c| *c.borrow_mut() = config);
         Ok(())
     }
@@ -51,7 +55,10 @@ impl Shaper for Redactor {
             for label in &mut rec.labels {
                 label.value = mask(&label.value, &config.mask_prefixes);
             }
-            rec.error_kind = rec.error_kind.take().map(|e| mask(&e, &config.mask_prefixes));
+            rec.error_kind = rec
+                .error_kind
+                .take()
+                .map(|e| mask(&e, &config.mask_prefixes));
         });
         Some(rec)
     }
@@ -61,7 +68,11 @@ impl Shaper for Redactor {
 fn mask(text: &str, prefixes: &[String]) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some((at, prefix)) = prefixes.iter().filter_map(|p| rest.find(p.as_str()).map(|i| (i, p))).min_by_key(|(i, _)| *i) {
+    while let Some((at, prefix)) = prefixes
+        .iter()
+        .filter_map(|p| rest.find(p.as_str()).map(|i| (i, p)))
+        .min_by_key(|(i, _)| *i)
+    {
         out.push_str(&rest[..at]);
         out.push_str(MASK);
         let secret = &rest[at + prefix.len()..];

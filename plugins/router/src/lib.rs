@@ -28,7 +28,10 @@ impl Router for PriorityWeight {
             return Err(Denial {
                 status: 503,
                 code: "no_healthy_channel".into(),
-                message: format!("No healthy upstream channel can serve model '{}' right now.", req.model),
+                message: format!(
+                    "No healthy upstream channel can serve model '{}' right now.",
+                    req.model
+                ),
                 retry_after_s: Some(1),
             });
         }
@@ -51,7 +54,9 @@ fn weighted_order(group: &mut [Channel], seed: &mut u64) {
     for start in 0..group.len() {
         let rest = &group[start..];
         let total: u64 = rest.iter().map(|c| u64::from(c.weight.max(1))).sum();
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let mut pick = (*seed >> 33) % total;
         let mut chosen = start;
         for (i, c) in rest.iter().enumerate() {
@@ -67,7 +72,9 @@ fn weighted_order(group: &mut [Channel], seed: &mut u64) {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 sluice_policy_sdk::router::export_router!(PriorityWeight);

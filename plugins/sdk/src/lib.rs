@@ -64,19 +64,27 @@ pub mod net {
     /// True when `ip` lies inside `cidr` (`10.0.0.0/8`, `::1/128`, or a bare address).
     /// Malformed input never matches.
     pub fn cidr_contains(cidr: &str, ip: &str) -> bool {
-        let Ok(ip) = ip.parse::<IpAddr>() else { return false };
+        let Ok(ip) = ip.parse::<IpAddr>() else {
+            return false;
+        };
         let (net, bits) = match cidr.split_once('/') {
             Some((net, bits)) => (net, bits.parse::<u32>().ok()),
             None => (cidr, None),
         };
-        let Ok(net) = net.parse::<IpAddr>() else { return false };
+        let Ok(net) = net.parse::<IpAddr>() else {
+            return false;
+        };
         match (net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(i)) => prefix_eq(u32::from(n).into(), u32::from(i).into(), 32, bits),
-            (IpAddr::V6(n), IpAddr::V6(i)) => prefix_eq(u128::from(n), u128::from(i), 128, bits),
-            (IpAddr::V6(n), IpAddr::V4(i)) => n.to_ipv4_mapped().is_some_and(|n| n == i && bits.is_none()),
-            (IpAddr::V4(n), IpAddr::V6(i)) => i.to_ipv4_mapped().is_some_and(|i| {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
                 prefix_eq(u32::from(n).into(), u32::from(i).into(), 32, bits)
-            }),
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => prefix_eq(u128::from(n), u128::from(i), 128, bits),
+            (IpAddr::V6(n), IpAddr::V4(i)) => {
+                n.to_ipv4_mapped().is_some_and(|n| n == i && bits.is_none())
+            }
+            (IpAddr::V4(n), IpAddr::V6(i)) => i
+                .to_ipv4_mapped()
+                .is_some_and(|i| prefix_eq(u32::from(n).into(), u32::from(i).into(), 32, bits)),
         }
     }
 

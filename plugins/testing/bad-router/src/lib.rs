@@ -5,7 +5,9 @@ use sluice_policy_sdk::router::sluice::policy::types::{Channel, Denial, RequestI
 
 struct BadRouter;
 impl Lifecycle for BadRouter {
-    fn init(_config: String) -> Result<(), String> { Ok(()) }
+    fn init(_config: String) -> Result<(), String> {
+        Ok(())
+    }
 }
 impl Router for BadRouter {
     fn route(_req: RequestInfo, _candidates: Vec<Channel>) -> Result<Vec<RouteStep>, Denial> {

@@ -5,9 +5,13 @@ use sluice_policy_sdk::shaper::sluice::policy::types::UsageRecord;
 
 struct BadShaper;
 impl Lifecycle for BadShaper {
-    fn init(_config: String) -> Result<(), String> { Ok(()) }
+    fn init(_config: String) -> Result<(), String> {
+        Ok(())
+    }
 }
 impl Shaper for BadShaper {
-    fn shape(_rec: UsageRecord) -> Option<UsageRecord> { unreachable!("fixture shaper trap") }
+    fn shape(_rec: UsageRecord) -> Option<UsageRecord> {
+        unreachable!("fixture shaper trap")
+    }
 }
 sluice_policy_sdk::shaper::export_shaper!(BadShaper);

@@ -1,9 +1,9 @@
 //! Fixture: denies every request with 403 `blocked_by_policy` and the configured message.
-use std::cell::RefCell;
 use sluice_policy_sdk::auth::exports::sluice::policy::auth::{Decision, Guest as Auth};
 use sluice_policy_sdk::auth::exports::sluice::policy::lifecycle::Guest as Lifecycle;
-use sluice_policy_sdk::auth::sluice::policy::types::{KeyInfo, RequestInfo};
 use sluice_policy_sdk::auth::sluice::policy::types::Denial;
+use sluice_policy_sdk::auth::sluice::policy::types::{KeyInfo, RequestInfo};
+use std::cell::RefCell;
 
 thread_local! { static MESSAGE: RefCell<String> = RefCell::new("blocked".into()); }
 
@@ -21,7 +21,12 @@ impl Lifecycle for DenyAll {
 impl Auth for DenyAll {
     fn authorize(_req: RequestInfo, _key: Option<KeyInfo>) -> Decision {
         let message = MESSAGE.with(|m| m.borrow().clone());
-        Decision::Deny(Denial { status: 403, code: "blocked_by_policy".into(), message, retry_after_s: None })
+        Decision::Deny(Denial {
+            status: 403,
+            code: "blocked_by_policy".into(),
+            message,
+            retry_after_s: None,
+        })
     }
 }
 sluice_policy_sdk::auth::export_auth!(DenyAll);

@@ -5,9 +5,13 @@ use sluice_policy_sdk::auth::sluice::policy::types::{KeyInfo, RequestInfo};
 
 struct InitFails;
 impl Lifecycle for InitFails {
-    fn init(_config: String) -> Result<(), String> { Err("fixture refuses to start".into()) }
+    fn init(_config: String) -> Result<(), String> {
+        Err("fixture refuses to start".into())
+    }
 }
 impl Auth for InitFails {
-    fn authorize(_req: RequestInfo, _key: Option<KeyInfo>) -> Decision { Decision::Allow(Vec::new()) }
+    fn authorize(_req: RequestInfo, _key: Option<KeyInfo>) -> Decision {
+        Decision::Allow(Vec::new())
+    }
 }
 sluice_policy_sdk::auth::export_auth!(InitFails);

@@ -5,7 +5,9 @@ use sluice_policy_sdk::auth::sluice::policy::types::{KeyInfo, RequestInfo};
 
 struct MemBomb;
 impl Lifecycle for MemBomb {
-    fn init(_config: String) -> Result<(), String> { Ok(()) }
+    fn init(_config: String) -> Result<(), String> {
+        Ok(())
+    }
 }
 impl Auth for MemBomb {
     fn authorize(_req: RequestInfo, _key: Option<KeyInfo>) -> Decision {

@@ -7,9 +7,13 @@ use sluice::policy::types::{KeyInfo, RequestInfo};
 
 struct V2;
 impl Lifecycle for V2 {
-    fn init(_config: String) -> Result<(), String> { Ok(()) }
+    fn init(_config: String) -> Result<(), String> {
+        Ok(())
+    }
 }
 impl Auth for V2 {
-    fn authorize(_req: RequestInfo, _key: Option<KeyInfo>) -> Decision { Decision::Allow(Vec::new()) }
+    fn authorize(_req: RequestInfo, _key: Option<KeyInfo>) -> Decision {
+        Decision::Allow(Vec::new())
+    }
 }
 export!(V2);

@@ -3,6 +3,8 @@ wit_bindgen::generate!({ world: "greeter", path: "wit" });
 
 struct Greeter;
 impl Guest for Greeter {
-    fn greet(name: String) -> String { format!("hello {name}") }
+    fn greet(name: String) -> String {
+        format!("hello {name}")
+    }
 }
 export!(Greeter);

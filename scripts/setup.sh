@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what building and testing Sluice needs beyond rustup's toolchain:
+# the wasm32-wasip2 target (RUSTUP_AUTO_INSTALL=0 machines do not add it from
+# rust-toolchain.toml) and, with --python, the official openai SDK for the suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+if ! rustup toolchain list | grep -q "^${toolchain}"; then
+  rustup toolchain install "$toolchain" --profile minimal --component rustfmt,clippy
+fi
+if ! rustup target list --installed --toolchain "$toolchain" | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2 --toolchain "$toolchain"
+fi
+if [ "${1:-}" = "--python" ] && ! python3 -c 'import openai' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check openai
+fi

@@ -1,0 +1,496 @@
+//! The policy platform: the default auth policy's decisions, hostile plugins,
+//! composition and fallbacks, and hot reload under load.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice_tests::*;
+
+const MODEL: &str = "gpt-4o-mini";
+
+fn body() -> serde_json::Value {
+    json!({"model": MODEL, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+/// The value of a Prometheus sample line that starts with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn the_default_auth_policy_decides() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .channel(mock_channel("main", &upstream, &[MODEL, "other"], ""))
+        .start()
+        .await;
+    let (revoked, revoked_id) = gw.create_key(json!({"name": "revoked"})).await;
+    gw.admin_json("POST", &format!("/admin/keys/{revoked_id}/revoke"), None)
+        .await;
+    let (expired, _) = gw
+        .create_key(json!({"name": "expired", "expires_at_ms": 1000}))
+        .await;
+    let (wrong_model, _) = gw
+        .create_key(json!({"name": "model", "models": ["other"]}))
+        .await;
+    let (wrong_net, _) = gw
+        .create_key(json!({"name": "net", "networks": ["10.0.0.0/8"]}))
+        .await;
+    let (broke, _) = gw.create_key(json!({"name": "broke", "quota": 0})).await;
+    let (rpm, _) = gw.create_key(json!({"name": "rpm", "rpm_limit": 2})).await;
+    let (tpm, _) = gw.create_key(json!({"name": "tpm", "tpm_limit": 10})).await;
+    let mut requests = 0;
+    let mut expect = async |key: &str, status: u16, code: &str| {
+        requests += 1;
+        let reply = gw.chat(key, body()).await;
+        assert_eq!(reply.status, status, "{code}: {}", reply.text());
+        if !code.is_empty() {
+            assert_eq!(reply.error_code(), code);
+        }
+        reply
+    };
+    expect("sk-sl-unknown", 401, "invalid_api_key").await;
+    expect(&revoked, 401, "key_revoked").await;
+    expect(&expired, 401, "key_expired").await;
+    expect(&wrong_model, 403, "model_not_allowed").await;
+    expect(&wrong_net, 403, "ip_not_allowed").await;
+    expect(&broke, 429, "insufficient_quota").await;
+    expect(&rpm, 200, "").await;
+    expect(&rpm, 200, "").await;
+    let limited = expect(&rpm, 429, "rate_limit_exceeded").await;
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    expect(&tpm, 200, "").await; // 32 tokens: over the 10-token budget from now on
+    expect(&tpm, 429, "rate_limit_exceeded").await;
+    let metrics = gw.metrics().await;
+    let calls = sample(
+        &metrics,
+        "sluice_policy_calls_total{plugin=\"builtin-key-auth\"",
+    );
+    assert_eq!(
+        calls,
+        f64::from(requests),
+        "one auth-policy call per request\n{metrics}"
+    );
+}
+
+/// Starts a gateway with one folder plugin and returns it with a usable key.
+async fn with_plugin(
+    name: &str,
+    wasm: &str,
+    extra: &[(&'static str, &str)],
+) -> (Gateway, String, sluice::mock::Mock) {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let mut builder = Gateway::builder()
+        .plugin(name, wasm, None)
+        .channel(mock_channel("main", &upstream, &[MODEL, "spin"], ""));
+    for (table, line) in extra {
+        builder = builder.set(table, line);
+    }
+    let gw = builder.start().await;
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    (gw, key, upstream)
+}
+
+#[tokio::test]
+async fn failing_auth_plugins_fail_closed_and_are_named() {
+    let cases = [
+        (
+            "trap",
+            fixtures::TRAP,
+            "trapped",
+            "call_timeout = \"200ms\"",
+        ),
+        (
+            "membomb",
+            fixtures::MEMBOMB,
+            "exceeded its memory limit",
+            "memory_limit_mb = 16\ncall_timeout = \"200ms\"",
+        ),
+        (
+            "spin",
+            fixtures::SPIN,
+            "exceeded its call deadline",
+            "call_timeout = \"10ms\"",
+        ),
+    ];
+    for (name, wasm, reason, settings) in cases {
+        let (gw, key, _up) = with_plugin(name, wasm, &[("plugins", settings)]).await;
+        let model = if name == "spin" { "spin" } else { MODEL };
+        for _ in 0..3 {
+            let started = Instant::now();
+            let reply = gw.chat(&key, json!({"model": model, "messages": []})).await;
+            assert_eq!(reply.status, 503, "{name}: {}", reply.text());
+            assert_eq!(reply.error_code(), "policy_failure");
+            assert!(
+                !reply.text().contains(name),
+                "plugin internals leaked: {}",
+                reply.text()
+            );
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "{name} took {:?}",
+                started.elapsed()
+            );
+        }
+        let logs = gw.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("policy plugin failed") && l.contains(name))
+            .unwrap_or_default();
+        assert!(
+            line.contains(reason),
+            "{name}: log should say {reason}: {line}"
+        );
+        let metrics = gw.metrics().await;
+        assert_eq!(
+            sample(
+                &metrics,
+                &format!("sluice_policy_failures_total{{plugin=\"{name}\"")
+            ),
+            3.0,
+            "{name}"
+        );
+        if name == "spin" {
+            assert_eq!(
+                gw.chat(&key, body()).await.status,
+                200,
+                "other models pass the spin plugin"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn skip_mode_lets_requests_through_a_broken_auth_plugin() {
+    let (gw, key, _up) = with_plugin(
+        "trap",
+        fixtures::TRAP,
+        &[("plugins", "on_failure = { trap = \"skip\" }")],
+    )
+    .await;
+    assert_eq!(gw.chat(&key, body()).await.status, 200);
+}
+
+#[tokio::test]
+async fn broken_components_are_rejected_at_load_and_the_gateway_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let truncated = dir.path().join("truncated.wasm");
+    std::fs::write(&truncated, &std::fs::read(fixtures::TAGGER).unwrap()[..200]).unwrap();
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .plugin("wrong-world", fixtures::WRONG_WORLD, None)
+        .plugin("v2", fixtures::V2, None)
+        .plugin("init-fails", fixtures::INIT_FAILS, None)
+        .plugin("truncated", truncated.to_str().unwrap(), None)
+        .plugin("bad-config", fixtures::TAGGER, Some("not = [valid"))
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    assert_eq!(gw.chat(&key, body()).await.status, 200);
+    let logs = gw.logs();
+    let rejected = |name: &str| {
+        logs.lines()
+            .find(|l| l.contains("plugin rejected") && l.contains(&format!("{name}.wasm")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        rejected("wrong-world").contains("exports no sluice:policy interface"),
+        "{}",
+        rejected("wrong-world")
+    );
+    let v2 = rejected("v2");
+    assert!(
+        v2.contains("sluice:policy@2.0.0") && v2.contains("sluice:policy@1.0.0"),
+        "{v2}"
+    );
+    assert!(
+        rejected("init-fails").contains("fixture refuses to start"),
+        "{}",
+        rejected("init-fails")
+    );
+    assert!(
+        rejected("truncated").contains("not a valid WebAssembly component"),
+        "{}",
+        rejected("truncated")
+    );
+    assert!(
+        rejected("bad-config").contains("invalid plugin config"),
+        "{}",
+        rejected("bad-config")
+    );
+    let (_, list) = gw.admin_json("GET", "/admin/plugins", None).await;
+    let names: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["builtin-key-auth", "builtin-redactor", "builtin-router"]
+    );
+}
+
+#[tokio::test]
+async fn router_and_shaper_failures_fall_back() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .plugin("bad-router", fixtures::BAD_ROUTER, None)
+        .plugin("bad-shaper", fixtures::BAD_SHAPER, None)
+        .plugin("tagger", fixtures::TAGGER, None)
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    let (key, key_id) = gw.create_key(json!({"name": "k"})).await;
+    let reply = request(
+        "POST",
+        &format!("http://{}/v1/chat/completions", gw.proxy),
+        &[
+            ("authorization", format!("Bearer {key}")),
+            ("x-team", "blue".into()),
+        ],
+        Some(body().to_string()),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "the native router must take over: {}",
+        reply.text()
+    );
+    let stored = eventually(Duration::from_secs(5), async || {
+        let (_, page) = gw
+            .admin_json("GET", &format!("/admin/usage?key_id={key_id}"), None)
+            .await;
+        page["data"].as_array().is_some_and(|d| d.len() == 1)
+    })
+    .await;
+    assert!(
+        stored,
+        "the host-redacted record must be stored when the shaper fails"
+    );
+    let (_, page) = gw
+        .admin_json("GET", &format!("/admin/usage?key_id={key_id}"), None)
+        .await;
+    let record = &page["data"][0];
+    assert_eq!(
+        record["completion_tokens"], 16,
+        "accounting survives shaper failure"
+    );
+    assert_eq!(
+        record["labels"],
+        json!({}),
+        "host redaction drops plugin labels"
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "sluice_policy_failures_total{plugin=\"bad-router\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "sluice_policy_failures_total{plugin=\"bad-shaper\""
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn auth_labels_reach_the_usage_record() {
+    let (gw, key, _up) = with_plugin("tagger", fixtures::TAGGER, &[]).await;
+    let reply = request(
+        "POST",
+        &format!("http://{}/v1/chat/completions", gw.proxy),
+        &[
+            ("authorization", format!("Bearer {key}")),
+            ("x-team", "blue".into()),
+        ],
+        Some(body().to_string()),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let ok = eventually(Duration::from_secs(5), async || {
+        let (_, page) = gw.admin_json("GET", "/admin/usage", None).await;
+        page["data"][0]["labels"] == json!({"tagged-by": "tagger", "team": "blue"})
+    })
+    .await;
+    assert!(ok, "labels missing");
+}
+
+#[tokio::test]
+async fn looping_plugins_do_not_stall_healthy_requests() {
+    let (gw, key, _up) = with_plugin(
+        "spin",
+        fixtures::SPIN,
+        &[("plugins", "call_timeout = \"50ms\"")],
+    )
+    .await;
+    let gw = Arc::new(gw);
+    // Warm up the healthy path.
+    assert_eq!(gw.chat(&key, body()).await.status, 200);
+    let mut spinners = Vec::new();
+    for _ in 0..16 {
+        let (gw, key) = (gw.clone(), key.clone());
+        spinners.push(tokio::spawn(async move {
+            gw.chat(&key, json!({"model": "spin", "messages": []}))
+                .await
+                .status
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let started = Instant::now();
+    let healthy = gw.chat(&key, body()).await;
+    let took = started.elapsed();
+    assert_eq!(healthy.status, 200);
+    assert!(
+        took <= Duration::from_millis(100),
+        "a healthy request took {took:?} with 16 looping calls in flight"
+    );
+    for s in spinners {
+        assert_eq!(s.await.unwrap(), 503);
+    }
+}
+
+#[tokio::test]
+async fn hot_reload_under_load_changes_behaviour_without_failures() {
+    let upstream = keyed_mock(MockConfig {
+        chunks: 2,
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = Arc::new(
+        Gateway::builder()
+            .channel(mock_channel("main", &upstream, &[MODEL], ""))
+            .start()
+            .await,
+    );
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, denied, failed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let load = {
+        let (gw, key, stop, ok, denied, failed) = (
+            gw.clone(),
+            key.clone(),
+            stop.clone(),
+            ok.clone(),
+            denied.clone(),
+            failed.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let reply = gw.chat(&key, body()).await;
+                match (reply.status, reply.error_code().as_str()) {
+                    (200, _) => ok.fetch_add(1, Ordering::Relaxed),
+                    (403, "blocked_by_policy") => denied.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    let dir = gw.plugin_dir();
+    let swap_in = |wasm: &str| {
+        let tmp = dir.join("gate.wasm.partial");
+        std::fs::copy(wasm, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("gate.wasm")).unwrap();
+    };
+    let behaves = |want_denied: bool| {
+        let gw = gw.clone();
+        let key = key.clone();
+        async move {
+            eventually(Duration::from_secs(1), async || {
+                let reply = gw.chat(&key, body()).await;
+                (reply.status == 403) == want_denied
+            })
+            .await
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(
+        dir.join("gate.toml"),
+        "message = \"closed for maintenance\"",
+    )
+    .unwrap();
+    swap_in(fixtures::DENY_ALL);
+    assert!(
+        behaves(true).await,
+        "dropping in a deny-all plugin must take effect within 1 s"
+    );
+    swap_in(fixtures::TAGGER);
+    assert!(
+        behaves(false).await,
+        "replacing it must take effect within 1 s"
+    );
+    std::fs::write(
+        dir.join("gate.wasm"),
+        b"\0asm garbage that is not a component",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        behaves(false).await,
+        "a corrupt replacement changes nothing"
+    );
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request may fail during reloads"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 10 && denied.load(Ordering::Relaxed) > 0);
+    assert!(
+        gw.logs().contains("plugin rejected"),
+        "the corrupt file must be logged"
+    );
+}
+
+#[test]
+fn plugin_check_reports_kind_version_and_init() {
+    let out = std::process::Command::new(sluice_bin())
+        .args(["plugin", "check", fixtures::TAGGER])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("kind:     auth")
+            && text.contains("sluice:policy@1.0.0")
+            && text.contains("sluice:policy/types@1.0.0")
+            && text.contains("init:     ok"),
+        "{text}"
+    );
+    for bad in [fixtures::V2, fixtures::WRONG_WORLD, fixtures::INIT_FAILS] {
+        let out = std::process::Command::new(sluice_bin())
+            .args(["plugin", "check", bad])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad} must fail the check");
+        assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+    }
+}

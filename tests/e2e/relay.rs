@@ -1,0 +1,575 @@
+//! Client-facing behaviour: the OpenAI SDK against the gateway, transports,
+//! failover, streaming failures, disconnects, client IPs, large events.
+
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use serde_json::json;
+use sluice_tests::*;
+
+const MODEL: &str = "gpt-4o-mini";
+
+fn body(stream: bool) -> serde_json::Value {
+    json!({"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+#[tokio::test]
+async fn openai_sdk_sees_the_openai_api() {
+    let upstream = keyed_mock(MockConfig {
+        chunk_delay_ms: 40,
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = Gateway::builder()
+        .set("server", "max_body_bytes = 1048576")
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    let (key, key_id) = gw
+        .create_key(json!({"name": "sdk", "quota": 1_000_000}))
+        .await;
+    let (limited, _) = gw
+        .create_key(json!({"name": "limited", "models": ["other-model"]}))
+        .await;
+    let (broke, _) = gw.create_key(json!({"name": "broke", "quota": 0})).await;
+    let base = format!("http://{}/v1", gw.proxy);
+    let env = [
+        ("SLUICE_KEY_LIMITED", limited.as_str()),
+        ("SLUICE_KEY_BROKE", broke.as_str()),
+        ("SLUICE_CHUNK_DELAY_MS", "40"),
+    ];
+    for scenario in [
+        "models",
+        "chat",
+        "stream",
+        "stream_usage",
+        "embeddings",
+        "completions",
+        "errors",
+    ] {
+        let out = python(scenario, &base, &key, &env).await;
+        assert!(out.contains("ok"), "{scenario}: {out}");
+    }
+    let stats = &upstream.stats;
+    assert_eq!(
+        stats
+            .leaked_credentials
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a client credential reached the upstream"
+    );
+    assert!(
+        stats
+            .usage_requested
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3,
+        "streams must ask the upstream for usage"
+    );
+    // Every metered response left a usage record with tokens.
+    let ok = eventually(Duration::from_secs(5), async || {
+        let (_, page) = gw
+            .admin_json(
+                "GET",
+                &format!("/admin/usage?key_id={key_id}&status=200"),
+                None,
+            )
+            .await;
+        page["data"].as_array().is_some_and(|d| d.len() == 6)
+    })
+    .await;
+    assert!(ok, "usage records missing");
+    let (_, page) = gw
+        .admin_json(
+            "GET",
+            &format!("/admin/usage?key_id={key_id}&status=200"),
+            None,
+        )
+        .await;
+    assert!(
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["prompt_tokens"].as_u64() > Some(0))
+    );
+}
+
+#[tokio::test]
+async fn upstream_failures_are_5xx_for_the_sdk() {
+    let gw = Gateway::builder()
+        .channel(channel("down", "http://127.0.0.1:9/v1", &[MODEL], ""))
+        .set("upstream", "connect_timeout = \"500ms\"")
+        .start()
+        .await;
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    python(
+        "upstream_down",
+        &format!("http://{}/v1", gw.proxy),
+        &key,
+        &[],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn h2c_clients_and_https_upstreams() {
+    let tls_dir = tempfile::tempdir().unwrap();
+    let tls = sluice::mock::test_tls(tls_dir.path()).unwrap();
+    let upstream = sluice::mock::start(
+        "127.0.0.1:0".parse().unwrap(),
+        MockConfig {
+            api_key: Some(UPSTREAM_KEY.into()),
+            ..MockConfig::default()
+        },
+        Some(tls),
+    )
+    .await
+    .unwrap();
+    let ca = tls_dir.path().join("ca.pem");
+    let gw = Gateway::builder()
+        .channel(channel(
+            "tls",
+            &format!("https://127.0.0.1:{}/v1", upstream.addr.port()),
+            &[MODEL],
+            "",
+        ))
+        .set(
+            "upstream",
+            &format!("ca_file = {:?}", ca.display().to_string()),
+        )
+        .start()
+        .await;
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    let reply = request_h2c(
+        "POST",
+        &format!("http://{}/v1/chat/completions", gw.proxy),
+        &[("authorization", format!("Bearer {key}"))],
+        Some(body(false).to_string()),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["usage"]["completion_tokens"], 16);
+    assert_eq!(
+        upstream
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn failover_happens_before_the_first_byte() {
+    let backup = keyed_mock(MockConfig::default()).await;
+    let failing_500 = keyed_mock(MockConfig {
+        fail: "status".into(),
+        status: 500,
+        ..MockConfig::default()
+    })
+    .await;
+    let failing_429 = keyed_mock(MockConfig {
+        fail: "status".into(),
+        status: 429,
+        ..MockConfig::default()
+    })
+    .await;
+    let hanging = keyed_mock(MockConfig {
+        fail: "hang".into(),
+        ..MockConfig::default()
+    })
+    .await;
+    let dropping = keyed_mock(MockConfig {
+        fail: "drop".into(),
+        ..MockConfig::default()
+    })
+    .await;
+    let models = ["refused", "fail500", "fail429", "hang", "drop"];
+    let gw = Gateway::builder()
+        .set("upstream", "first_byte_timeout = \"300ms\"")
+        .channel(channel(
+            "refused",
+            "http://127.0.0.1:9/v1",
+            &["refused"],
+            "priority = 10",
+        ))
+        .channel(mock_channel(
+            "fail500",
+            &failing_500,
+            &["fail500"],
+            "priority = 10",
+        ))
+        .channel(mock_channel(
+            "fail429",
+            &failing_429,
+            &["fail429"],
+            "priority = 10",
+        ))
+        .channel(mock_channel("hang", &hanging, &["hang"], "priority = 10"))
+        .channel(mock_channel("drop", &dropping, &["drop"], "priority = 10"))
+        .channel(mock_channel("backup", &backup, &models, "priority = 0"))
+        .start()
+        .await;
+    let (key, key_id) = gw.create_key(json!({"name": "k"})).await;
+    for model in models {
+        let started = Instant::now();
+        let reply = gw.chat(&key, json!({"model": model, "messages": []})).await;
+        assert_eq!(reply.status, 200, "{model}: {}", reply.text());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{model} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        backup
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
+    let ok = eventually(Duration::from_secs(5), async || {
+        let (_, page) = gw
+            .admin_json("GET", &format!("/admin/usage?key_id={key_id}"), None)
+            .await;
+        page["data"]
+            .as_array()
+            .is_some_and(|d| d.len() == 5 && d.iter().all(|r| r["channel_id"] == "backup"))
+    })
+    .await;
+    assert!(
+        ok,
+        "every request should be recorded as served by the backup"
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("sluice_upstream_retries_total 5"),
+        "{metrics}"
+    );
+}
+
+async fn read_all(response: http::Response<hyper::body::Incoming>) -> (String, Duration) {
+    let started = Instant::now();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    (
+        String::from_utf8_lossy(&bytes).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn failures_after_the_first_byte_end_the_stream_with_an_error_event() {
+    let dropping = keyed_mock(MockConfig {
+        fail: "drop_mid_stream".into(),
+        chunks: 8,
+        ..MockConfig::default()
+    })
+    .await;
+    let stalling = keyed_mock(MockConfig {
+        fail: "stall".into(),
+        chunks: 8,
+        ..MockConfig::default()
+    })
+    .await;
+    let backup = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .set("upstream", "idle_timeout = \"300ms\"")
+        .channel(mock_channel("drop", &dropping, &["drop"], "priority = 5"))
+        .channel(mock_channel("stall", &stalling, &["stall"], "priority = 5"))
+        .channel(mock_channel("backup", &backup, &["drop", "stall"], ""))
+        .start()
+        .await;
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    let url = format!("http://{}/v1/chat/completions", gw.proxy);
+    for (model, code) in [
+        ("drop", "upstream_stream_error"),
+        ("stall", "upstream_idle_timeout"),
+    ] {
+        let response = open_stream(
+            &url,
+            &key,
+            json!({"model": model, "stream": true, "messages": []}),
+            &[],
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        let (text, took) = read_all(response).await;
+        assert!(
+            text.contains("tok0"),
+            "{model}: first chunks must have been relayed: {text}"
+        );
+        let last = text.trim_end().rsplit("\n\n").next().unwrap_or_default();
+        assert!(
+            last.starts_with("data: {\"error\"") && last.contains(code),
+            "{model}: {last}"
+        );
+        assert!(took < Duration::from_secs(3), "{model} took {took:?}");
+    }
+    assert_eq!(
+        backup
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "no failover after the first byte"
+    );
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_upstream_and_still_charges() {
+    let upstream = keyed_mock(MockConfig {
+        chunks: 200,
+        chunk_delay_ms: 50,
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = Gateway::builder()
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    let (key, key_id) = gw.create_key(json!({"name": "k", "quota": 100000})).await;
+    let url = format!("http://{}/v1/chat/completions", gw.proxy);
+    let response = open_stream(&url, &key, body(true), &[]).await;
+    let mut body = response.into_body();
+    let mut seen = 0;
+    while seen < 3 {
+        let frame = body.frame().await.unwrap().unwrap();
+        if frame.is_data() {
+            seen += 1;
+        }
+    }
+    drop(body);
+    let dropped_at = sluice::keys::now_ms();
+    let stats = upstream.stats.clone();
+    let cancelled = eventually(Duration::from_millis(500), async || {
+        stats
+            .cancelled_streams
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    assert!(cancelled, "the upstream never saw the cancel");
+    let lag = stats
+        .last_cancel_ms
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(dropped_at);
+    assert!(
+        lag <= 100,
+        "upstream saw the cancel {lag} ms after the client left"
+    );
+    let recorded = eventually(Duration::from_secs(5), async || {
+        let (_, page) = gw
+            .admin_json("GET", &format!("/admin/usage?key_id={key_id}"), None)
+            .await;
+        page["data"][0]["partial"] == true
+    })
+    .await;
+    assert!(recorded, "no partial usage record");
+    let (_, page) = gw
+        .admin_json("GET", &format!("/admin/usage?key_id={key_id}"), None)
+        .await;
+    let record = &page["data"][0];
+    assert!(
+        record["completion_tokens"].as_u64().unwrap() >= 3,
+        "{record}"
+    );
+    assert_eq!(record["error_kind"], "client_disconnected");
+    let cost = record["cost"].as_i64().unwrap();
+    assert!(cost > 0);
+    let (_, k) = gw
+        .admin_json("GET", &format!("/admin/keys/{key_id}"), None)
+        .await;
+    assert_eq!(
+        k["quota_remaining"].as_i64().unwrap(),
+        100_000 - cost,
+        "the key must be charged what was consumed"
+    );
+}
+
+#[tokio::test]
+async fn spoofed_forwarded_for_from_untrusted_peer_changes_nothing() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    let (local_only, _) = gw
+        .create_key(json!({"name": "local", "networks": ["127.0.0.1/32"]}))
+        .await;
+    let (office_only, _) = gw
+        .create_key(json!({"name": "office", "networks": ["10.0.0.0/8"]}))
+        .await;
+    let url = format!("http://{}/v1/chat/completions", gw.proxy);
+    let spoof = |key: &str| {
+        vec![
+            ("authorization", format!("Bearer {key}")),
+            ("x-forwarded-for", "10.1.2.3".to_string()),
+        ]
+    };
+    let allowed = request(
+        "POST",
+        &url,
+        &spoof(&local_only),
+        Some(body(false).to_string()),
+    )
+    .await;
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+    let denied = request(
+        "POST",
+        &url,
+        &spoof(&office_only),
+        Some(body(false).to_string()),
+    )
+    .await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.error_code(), "ip_not_allowed");
+}
+
+#[tokio::test]
+async fn trusted_proxies_supply_the_client_ip() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .set("server", "trusted_proxies = [\"127.0.0.1\"]")
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    let (office_only, _) = gw
+        .create_key(json!({"name": "office", "networks": ["10.0.0.0/8"]}))
+        .await;
+    let url = format!("http://{}/v1/chat/completions", gw.proxy);
+    let headers = [
+        ("authorization", format!("Bearer {office_only}")),
+        ("x-forwarded-for", "10.1.2.3".to_string()),
+    ];
+    assert_eq!(
+        request("POST", &url, &headers, Some(body(false).to_string()))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_one_mebibyte_event_relays_intact() {
+    let upstream = keyed_mock(MockConfig {
+        chunks: 2,
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = Gateway::builder()
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    let response = open_stream(
+        &format!("http://{}/v1/chat/completions", gw.proxy),
+        &key,
+        body(true),
+        &[("x-mock-event-bytes", "1048576".into())],
+    )
+    .await;
+    let (text, _) = read_all(response).await;
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| e.starts_with("data: {"))
+        .collect();
+    assert_eq!(events.len(), 3, "two content chunks and the finish chunk");
+    for event in &events[..2] {
+        let chunk: serde_json::Value =
+            serde_json::from_str(event.trim_start_matches("data: ")).unwrap();
+        assert_eq!(
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap()
+                .len(),
+            1 << 20
+        );
+    }
+    assert!(text.ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn every_response_carries_ids_timings_and_openai_errors() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    let url = format!("http://{}/v1/chat/completions", gw.proxy);
+    let reply = request(
+        "POST",
+        &url,
+        &[
+            ("authorization", format!("Bearer {key}")),
+            ("x-request-id", "req-abc".into()),
+        ],
+        Some(body(false).to_string()),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["x-request-id"], "req-abc");
+    assert!(
+        reply.headers["x-response-time"]
+            .to_str()
+            .unwrap()
+            .ends_with("ms")
+    );
+    let timing = reply.headers["server-timing"].to_str().unwrap();
+    assert!(
+        timing.contains("auth;dur=") && timing.contains("upstream;dur="),
+        "{timing}"
+    );
+    assert_eq!(
+        reply.headers["x-ratelimit-remaining-requests"], "999",
+        "upstream rate-limit headers pass through"
+    );
+    let cases = [
+        (
+            "POST",
+            "/v1/chat/completions",
+            Some("{not json"),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            Some("{\"messages\":[]}"),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            "GET",
+            "/v1/chat/completions",
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        ("POST", "/v1/nothing", Some("{}"), 404, "unknown_url"),
+        ("GET", "/v1/models/unknown", None, 404, "model_not_found"),
+    ];
+    for (method, path, payload, status, code) in cases {
+        let reply = request(
+            method,
+            &format!("http://{}{path}", gw.proxy),
+            &[("authorization", format!("Bearer {key}"))],
+            payload.map(String::from),
+        )
+        .await;
+        assert_eq!(reply.status, status, "{method} {path}: {}", reply.text());
+        assert_eq!(reply.error_code(), code, "{method} {path}");
+        let error = &reply.json()["error"];
+        assert!(
+            error["message"].is_string()
+                && error["type"].is_string()
+                && error.get("param").is_some(),
+            "{error}"
+        );
+        assert!(reply.headers.contains_key("x-request-id"));
+    }
+}
