@@ -1,5 +1,6 @@
-//! Builds the test-fixture components (hostile and helper plugins) from `plugins/testing`
-//! and exposes their paths to the end-to-end suite as `FIXTURE_<NAME>` constants.
+//! Builds the test-fixture components (hostile and helper plugins) from `plugins/testing`,
+//! plus the plugin template, and exposes their paths to the end-to-end suite as constants
+//! (`fixtures::TRAP`, `fixtures::TEAM_HEADER`, ...).
 // Cargo's build-script protocol is stdout: `cargo:` lines are the output.
 #![allow(clippy::print_stdout)]
 
@@ -22,17 +23,15 @@ const FIXTURES: &[&str] = &[
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
-    let dirs: Vec<String> = FIXTURES.iter().map(|f| format!("testing/{f}")).collect();
-    sluice_build_support::watch(
-        &manifest,
-        &dirs.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let packages: Vec<String> = FIXTURES.iter().map(|f| format!("fixture-{f}")).collect();
-    let built = match sluice_build_support::build(
-        &manifest,
-        &out,
-        &packages.iter().map(String::as_str).collect::<Vec<_>>(),
-    ) {
+    let mut dirs: Vec<String> = FIXTURES.iter().map(|f| format!("testing/{f}")).collect();
+    dirs.push("template".into());
+    let dirs: Vec<&str> = dirs.iter().map(String::as_str).collect();
+    sluice_build_support::watch(&manifest, &dirs);
+    let mut packages: Vec<String> = FIXTURES.iter().map(|f| format!("fixture-{f}")).collect();
+    // The plugin template is built and tested like a fixture.
+    packages.push("team-header".into());
+    let packages: Vec<&str> = packages.iter().map(String::as_str).collect();
+    let built = match sluice_build_support::build(&manifest, &out, &packages) {
         Ok(built) => built,
         Err(message) => {
             println!("cargo:warning={message}");

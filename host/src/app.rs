@@ -172,6 +172,12 @@ pub struct Bound {
     pub admin: SocketAddr,
 }
 
+/// Where a running gateway records its bound addresses (next to the store), so
+/// the CLI finds the admin API even when the config says port 0.
+pub fn runtime_file(config: &Config) -> std::path::PathBuf {
+    config.store.path.with_extension("runtime.json")
+}
+
 /// Runs the gateway until `stop` is cancelled, then shuts down gracefully.
 /// `ready` receives the bound addresses once both listeners accept.
 ///
@@ -214,8 +220,16 @@ pub async fn run(
         crate::server::Role::Admin,
     ));
     tracing::info!(proxy = %bound.proxy, admin = %bound.admin, backend = state.store.backend(), "sluice listening");
+    let runtime_file = runtime_file(&state.config);
+    if let Err(e) = serde_json::to_vec(&bound)
+        .map_err(std::io::Error::other)
+        .and_then(|json| std::fs::write(&runtime_file, json))
+    {
+        tracing::warn!(file = %runtime_file.display(), error = %e, "cannot write the runtime file the CLI uses to find the admin API");
+    }
     ready(bound);
     stop.cancelled().await;
+    let _ = std::fs::remove_file(&runtime_file);
 
     tracing::info!(
         grace_ms = state.config.server.shutdown_grace.as_millis() as u64,

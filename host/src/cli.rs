@@ -329,17 +329,31 @@ async fn admin_call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<Option<serde_json::Value>> {
-    let addr = config.admin.listen;
-    if tokio::time::timeout(
-        Duration::from_millis(500),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    .map(|r| r.is_err())
-    .unwrap_or(true)
+    let recorded = std::fs::read(crate::app::runtime_file(config))
+        .ok()
+        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+        .and_then(|v| {
+            v["admin"]
+                .as_str()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+        });
+    let mut addr = None;
+    for candidate in [Some(config.admin.listen), recorded]
+        .into_iter()
+        .flatten()
+        .filter(|a| a.port() != 0)
     {
-        return Ok(None);
+        let reachable = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(candidate),
+        )
+        .await;
+        if matches!(reachable, Ok(Ok(_))) {
+            addr = Some(candidate);
+            break;
+        }
     }
+    let Some(addr) = addr else { return Ok(None) };
     let token = config
         .admin
         .token

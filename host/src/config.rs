@@ -13,8 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// A configuration problem, rendered as `file:line:col: key: message`.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}:{column}: {key}: {message}")]
+#[derive(Debug)]
 pub struct ConfigError {
     /// The config file.
     pub file: String,
@@ -27,6 +26,18 @@ pub struct ConfigError {
     /// What is wrong.
     pub message: String,
 }
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// Where environment values come from: the process, or a map in tests.
 pub trait Env {
@@ -519,17 +530,31 @@ impl Validator<'_> {
         (line, column)
     }
 
+    /// The `[table]` or `[[table]]` header above `offset`, if any.
+    fn enclosing_table(&self, offset: usize) -> Option<String> {
+        let before = &self.text[..offset.min(self.text.len())];
+        before
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+    }
+
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let (line, column) = e.span().map_or((0, 0), |s| self.position(s.start));
         let message = e.message().to_string();
-        let key = message
+        let field = message
             .split('`')
             .nth(1)
             .filter(|_| {
                 message.starts_with("unknown field") || message.starts_with("missing field")
             })
-            .unwrap_or("")
-            .to_string();
+            .unwrap_or("");
+        let key = match e.span().and_then(|s| self.enclosing_table(s.start)) {
+            Some(table) if !field.is_empty() => format!("{table}.{field}"),
+            _ => field.to_string(),
+        };
         ConfigError {
             file: self.file.clone(),
             line,
@@ -939,5 +964,56 @@ mod tests {
         };
         assert_eq!(pricing.cost("x", 3, 4), 11);
         assert_eq!(pricing.cost("cheap", 3, 4), 1);
+    }
+
+    /// Each `tests/config-errors/NAME.toml` must fail with exactly `NAME.err`.
+    /// A missing `.err` is written from the current output, and the test fails so it gets reviewed.
+    #[test]
+    fn config_errors_match_their_golden_files() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config-errors");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let text = std::fs::read_to_string(&path)?;
+            let got = match parse(&text, Path::new(&name), &env()) {
+                Ok(_) => format!("{name}: unexpectedly valid"),
+                Err(e) => e.to_string(),
+            };
+            let golden = path.with_extension("err");
+            match std::fs::read_to_string(&golden) {
+                Ok(want) => assert_eq!(got, want.trim_end(), "{name}"),
+                Err(_) => {
+                    std::fs::write(&golden, format!("{got}\n"))?;
+                    return Err(format!("wrote {}; review and commit it", golden.display()).into());
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked >= 8, "only {checked} golden files");
+        Ok(())
+    }
+
+    #[test]
+    fn shipped_examples_are_valid() -> Result<(), ConfigError> {
+        let env = BTreeMap::from([
+            ("OPENAI_API_KEY".to_string(), "sk-x".to_string()),
+            ("SLUICE_ADMIN_TOKEN".to_string(), "t".to_string()),
+            ("MOCK_UPSTREAM_KEY".to_string(), "m".to_string()),
+        ]);
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for name in ["sluice.toml", "quickstart.toml"] {
+            let path = examples.join(name);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let config = parse(&text, &path, &env)?;
+            assert!(!config.channels.is_empty(), "{name}");
+        }
+        Ok(())
     }
 }

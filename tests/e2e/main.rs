@@ -2,6 +2,7 @@
 //! Every test starts the real `sluice` binary on port 0 against the fake upstream.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod operators;
 mod plugins;
 mod relay;
 mod storage;

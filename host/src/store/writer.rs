@@ -264,4 +264,118 @@ mod tests {
         assert_eq!(metrics.records_dropped.get(), 1);
         Ok(())
     }
+
+    /// A store that refuses the first `failures` commits until it is reopened.
+    struct Flaky {
+        inner: RedbStore,
+        failures: std::sync::atomic::AtomicU32,
+        reopened: std::sync::atomic::AtomicU32,
+    }
+
+    impl Store for Flaky {
+        fn backend(&self) -> &'static str {
+            "flaky"
+        }
+        fn append(&self, batch: &Batch) -> Result<(), crate::store::StoreError> {
+            let left = self.failures.load(std::sync::atomic::Ordering::Relaxed);
+            if left > 0 {
+                self.failures
+                    .store(left - 1, std::sync::atomic::Ordering::Relaxed);
+                return Err(crate::store::StoreError::backend("flaky", "disk says no"));
+            }
+            self.inner.append(batch)
+        }
+        fn create_key(
+            &self,
+            key: &crate::store::KeyRecord,
+        ) -> Result<(), crate::store::StoreError> {
+            self.inner.create_key(key)
+        }
+        fn key_by_digest(
+            &self,
+            digest: &str,
+        ) -> Result<Option<crate::store::KeyRecord>, crate::store::StoreError> {
+            self.inner.key_by_digest(digest)
+        }
+        fn key_by_id(
+            &self,
+            id: &str,
+        ) -> Result<Option<crate::store::KeyRecord>, crate::store::StoreError> {
+            self.inner.key_by_id(id)
+        }
+        fn list_keys(&self) -> Result<Vec<crate::store::KeyRecord>, crate::store::StoreError> {
+            self.inner.list_keys()
+        }
+        fn update_key(
+            &self,
+            id: &str,
+            patch: &crate::store::KeyPatch,
+        ) -> Result<crate::store::KeyRecord, crate::store::StoreError> {
+            self.inner.update_key(id, patch)
+        }
+        fn scan_usage(
+            &self,
+            q: &UsageQuery,
+            visit: &mut dyn FnMut(UsageRecord) -> bool,
+        ) -> Result<(), crate::store::StoreError> {
+            self.inner.scan_usage(q, visit)
+        }
+        fn purge_before(
+            &self,
+            cutoff_ms: u64,
+            limit: usize,
+        ) -> Result<usize, crate::store::StoreError> {
+            self.inner.purge_before(cutoff_ms, limit)
+        }
+        fn reopen(&self) -> Result<(), crate::store::StoreError> {
+            self.reopened
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.reopen()
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_commits_are_retried_and_the_store_reopened()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let flaky = Arc::new(Flaky {
+            inner: RedbStore::open(&dir.path().join("f.redb"))?,
+            failures: std::sync::atomic::AtomicU32::new(3),
+            reopened: std::sync::atomic::AtomicU32::new(0),
+        });
+        let metrics = Arc::new(Metrics::default());
+        let settings = WriterSettings {
+            batch_size: 8,
+            flush_interval: Duration::from_millis(5),
+            capacity: 64,
+            backpressure_wait: Duration::from_secs(5),
+        };
+        let writer = UsageWriter::start(flaky.clone(), settings, metrics.clone(), Arc::new(|_| {}));
+        for i in 0..5 {
+            let record = UsageRecord {
+                request_id: format!("r{i}"),
+                time_ms: 1 + i,
+                ..UsageRecord::default()
+            };
+            writer
+                .submit(Entry {
+                    record: Some(record),
+                    charge: None,
+                })
+                .await;
+        }
+        writer.close().await;
+        assert_eq!(
+            flaky.query_usage(&UsageQuery::default())?.len(),
+            5,
+            "nothing may be lost to transient failures"
+        );
+        assert_eq!(metrics.writer_commit_errors.get(), 3);
+        assert!(
+            flaky.reopened.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+            "a refusing backend is reopened"
+        );
+        assert_eq!(metrics.records_dropped.get(), 0);
+        Ok(())
+    }
 }

@@ -1,0 +1,388 @@
+//! What operators touch: the admin API, the CLI, metrics, logs — and the
+//! guarantee that no secret reaches a log line or a store file.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_tests::*;
+
+const MODEL: &str = "gpt-4o-mini";
+
+fn body() -> serde_json::Value {
+    json!({"model": MODEL, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+fn sample(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn admin_api_manages_keys_usage_channels_and_plugins() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    let admin = |path: &str| format!("http://{}{path}", gw.admin);
+    for token in ["", "Bearer wrong-token"] {
+        let reply = request(
+            "GET",
+            &admin("/admin/keys"),
+            &[("authorization", token.to_string())],
+            None,
+        )
+        .await;
+        assert_eq!(reply.status, 401);
+        assert_eq!(reply.error_code(), "invalid_admin_token");
+    }
+    let bad = request(
+        "POST",
+        &admin("/admin/keys"),
+        &[("authorization", format!("Bearer {ADMIN_TOKEN}"))],
+        Some("{nope".into()),
+    )
+    .await;
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (400, "invalid_request_error")
+    );
+    let (status, typo) = gw
+        .admin_json(
+            "POST",
+            "/admin/keys",
+            Some(json!({"name": "x", "qouta": 5})),
+        )
+        .await;
+    assert_eq!(status, 400, "{typo}");
+    let (status, _) = gw.admin_json("GET", "/admin/nothing", None).await;
+    assert_eq!(status, 404);
+
+    let (key, id) = gw.create_key(json!({"name": "ops", "quota": 1000})).await;
+    let (_, listed) = gw.admin_json("GET", "/admin/keys", None).await;
+    assert!(
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["id"] == id.as_str() && k.get("digest").is_none())
+    );
+    let (status, patched) = gw
+        .admin_json(
+            "PATCH",
+            &format!("/admin/keys/{id}"),
+            Some(json!({"quota": 50000, "rpm_limit": 100})),
+        )
+        .await;
+    assert_eq!(
+        (
+            status,
+            patched["quota_remaining"].as_i64(),
+            patched["rpm_limit"].as_u64()
+        ),
+        (200, Some(50000), Some(100))
+    );
+    assert_eq!(gw.chat(&key, body()).await.status, 200);
+
+    let written = eventually(Duration::from_secs(5), async || {
+        let (_, page) = gw
+            .admin_json(
+                "GET",
+                &format!("/admin/usage?key_id={id}&model={MODEL}&status=200"),
+                None,
+            )
+            .await;
+        page["data"].as_array().is_some_and(|d| d.len() == 1)
+    })
+    .await;
+    assert!(written);
+    let (status, summary) = gw
+        .admin_json("GET", "/admin/usage/summary?group=key&bucket=day", None)
+        .await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["data"][0]["group"], id.as_str());
+    assert_eq!(summary["data"][0]["requests"], 1);
+    let (status, _) = gw.admin_json("GET", "/admin/usage?limit=nope", None).await;
+    assert_eq!(status, 400);
+
+    let (_, channels) = gw.admin_json("GET", "/admin/channels", None).await;
+    assert_eq!(channels["data"][0]["healthy"], true);
+    gw.admin_json("POST", "/admin/channels/main/disable", None)
+        .await;
+    let reply = gw.chat(&key, body()).await;
+    assert_eq!(
+        (reply.status, reply.error_code().as_str()),
+        (503, "no_healthy_channel")
+    );
+    gw.admin_json("POST", "/admin/channels/main/enable", None)
+        .await;
+    assert_eq!(gw.chat(&key, body()).await.status, 200);
+
+    let (_, plugins) = gw.admin_json("GET", "/admin/plugins", None).await;
+    assert_eq!(plugins["data"].as_array().unwrap().len(), 3);
+    assert!(plugins["data"][0]["calls"].as_u64().unwrap() >= 2);
+    let (status, report) = gw.admin_json("POST", "/admin/plugins/reload", None).await;
+    assert_eq!(status, 200, "{report}");
+
+    let (status, _) = gw
+        .admin_json("POST", &format!("/admin/keys/{id}/revoke"), None)
+        .await;
+    assert_eq!(status, 200);
+    let reply = gw.chat(&key, body()).await;
+    assert_eq!(
+        (reply.status, reply.error_code().as_str()),
+        (401, "key_revoked"),
+        "revocation must hit the very next request"
+    );
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn cli_works_against_a_running_and_a_stopped_gateway() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let mut gw = Gateway::builder()
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    let config = gw.config_path().to_str().unwrap().to_string();
+    let created = stdout(&gw.cli(&[
+        "keys", "create", "--config", &config, "--name", "cli", "--models", MODEL, "--quota",
+        "9000", "--rpm", "50",
+    ]));
+    let key = created.trim();
+    assert!(
+        key.starts_with("sk-sl-") && !key.contains(char::is_whitespace),
+        "the key alone on its line: {created:?}"
+    );
+    assert_eq!(gw.chat(key, body()).await.status, 200);
+    let list = stdout(&gw.cli(&["keys", "list", "--config", &config]));
+    let id = list
+        .lines()
+        .find(|l| l.contains(" cli "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert!(list.contains("9000") || list.contains("89"), "{list}");
+    assert!(
+        stdout(&gw.cli(&["keys", "update", "--config", &config, &id, "--rpm", "10"])).contains(&id)
+    );
+    let seen = eventually(Duration::from_secs(5), async || {
+        stdout(&gw.cli(&["usage", "--config", &config, "--since", "1h"])).contains("1 records")
+    })
+    .await;
+    assert!(seen, "usage table");
+    let usage = stdout(&gw.cli(&["usage", "--config", &config, "--since", "1h", "--key", &id]));
+    assert!(
+        usage.contains("REQUEST") && usage.contains(MODEL),
+        "{usage}"
+    );
+    assert!(stdout(&gw.cli(&["plugin", "list", "--config", &config])).contains("builtin-key-auth"));
+    assert!(stdout(&gw.cli(&["plugin", "reload", "--config", &config])).contains("loaded"));
+    assert!(stdout(&gw.cli(&["keys", "revoke", "--config", &config, &id])).contains("revoked"));
+    assert_eq!(gw.chat(key, body()).await.status, 401);
+
+    assert!(gw.stop().success());
+    let offline = stdout(&gw.cli(&["keys", "create", "--config", &config, "--name", "offline"]));
+    let offline_key = offline.trim().to_string();
+    assert!(stdout(&gw.cli(&["keys", "list", "--config", &config])).contains("offline"));
+    assert!(stdout(&gw.cli(&["usage", "--config", &config, "--since", "1h"])).contains("records"));
+    gw.restart().await;
+    assert_eq!(
+        gw.chat(&offline_key, body()).await.status,
+        200,
+        "a key created while stopped works after restart"
+    );
+
+    assert!(stdout(&gw.cli(&["config", "check", &config])).contains("ok"));
+    let broken = gw.dir.path().join("broken.toml");
+    std::fs::write(&broken, "[store]\nbackend = \"mongo\"\n").unwrap();
+    let out = gw.cli(&["config", "check", broken.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("broken.toml:2:11: store.backend: unknown backend 'mongo'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn metrics_move_by_the_right_amounts() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    let (key, _) = gw.create_key(json!({"name": "m"})).await;
+    let ok = "sluice_requests_total{endpoint=\"chat.completions\",model=\"gpt-4o-mini\",channel=\"main\",status=\"200\"}";
+    let denied = "sluice_requests_total{endpoint=\"chat.completions\",model=\"gpt-4o-mini\",channel=\"\",status=\"401\"}";
+    let before = gw.metrics().await;
+    for _ in 0..3 {
+        assert_eq!(gw.chat(&key, body()).await.status, 200);
+    }
+    assert_eq!(gw.chat("sk-sl-nope", body()).await.status, 401);
+    let flushed = eventually(Duration::from_secs(5), async || {
+        sample(&gw.metrics().await, "sluice_usage_records_written_total") >= 3.0
+    })
+    .await;
+    assert!(flushed);
+    let after = gw.metrics().await;
+    assert_eq!(sample(&after, ok) - sample(&before, ok), 3.0, "{after}");
+    assert_eq!(
+        sample(&after, denied) - sample(&before, denied),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(sample(&after, "sluice_usage_records_written_total"), 3.0);
+    assert_eq!(sample(&after, "sluice_usage_records_dropped_total"), 0.0);
+    assert_eq!(
+        sample(&after, "sluice_tokens_total{channel=\"main\"}")
+            - sample(&before, "sluice_tokens_total{channel=\"main\"}"),
+        3.0 * (16.0 + f64::from(u32::try_from(body().to_string().len() / 4).unwrap()))
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "sluice_policy_calls_total{plugin=\"builtin-key-auth\""
+        ),
+        4.0
+    );
+    assert!(sample(&after, "sluice_key_cache_hits_total") >= 2.0);
+    assert_eq!(
+        sample(&after, "sluice_channel_healthy{channel=\"main\"}"),
+        1.0
+    );
+    assert!(after.contains("sluice_request_latency_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn no_secret_reaches_logs_or_store_files() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let mut gw = Gateway::builder()
+        .set("log", "level = \"debug\"")
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .channel(channel(
+            "dead",
+            "http://127.0.0.1:9/v1",
+            &[MODEL],
+            "priority = 5",
+        ))
+        .start()
+        .await;
+    let (key, _) = gw.create_key(json!({"name": "secretive"})).await;
+    let (revoked, revoked_id) = gw.create_key(json!({"name": "revoked"})).await;
+    gw.admin_json("POST", &format!("/admin/keys/{revoked_id}/revoke"), None)
+        .await;
+    for _ in 0..3 {
+        assert_eq!(gw.chat(&key, body()).await.status, 200);
+    }
+    gw.chat(&revoked, body()).await;
+    let url = format!("http://{}/v1/chat/completions", gw.proxy);
+    request(
+        "POST",
+        &url,
+        &[("x-api-key", key.clone())],
+        Some("{broken".into()),
+    )
+    .await;
+    let reply = request(
+        "POST",
+        &url,
+        &[("authorization", format!("Bearer {key}"))],
+        Some(json!({"model": MODEL, "stream": true, "messages": []}).to_string()),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert!(gw.stop().success());
+    let mut haystack = gw.logs().into_bytes();
+    for entry in walk(gw.dir.path()) {
+        haystack.extend(std::fs::read(entry).unwrap_or_default());
+    }
+    assert!(haystack.len() > 10_000, "nothing was logged or stored");
+    for secret in [key.as_str(), revoked.as_str(), UPSTREAM_KEY, ADMIN_TOKEN] {
+        assert!(
+            !contains(&haystack, secret.as_bytes()),
+            "a secret leaked into logs or store files"
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else if path.extension().is_none_or(|e| e != "toml") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn the_plugin_template_enforces_team_headers() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .plugin(
+            "team-header",
+            fixtures::TEAM_HEADER,
+            Some("header = \"x-team\"\nteams = [\"blue\", \"red\"]\nrpm_per_team = 2\n"),
+        )
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    let (key, id) = gw.create_key(json!({"name": "t"})).await;
+    let url = format!("http://{}/v1/chat/completions", gw.proxy);
+    let send = |team: Option<&str>| {
+        let mut headers = vec![("authorization", format!("Bearer {key}"))];
+        if let Some(t) = team {
+            headers.push(("x-team", t.to_string()));
+        }
+        let url = url.clone();
+        async move { request("POST", &url, &headers, Some(body().to_string())).await }
+    };
+    assert_eq!(send(None).await.error_code(), "team_not_allowed");
+    assert_eq!(send(Some("green")).await.status, 403);
+    assert_eq!(send(Some("blue")).await.status, 200);
+    assert_eq!(send(Some("blue")).await.status, 200);
+    let limited = send(Some("blue")).await;
+    assert_eq!(
+        (limited.status, limited.error_code().as_str()),
+        (429, "rate_limit_exceeded")
+    );
+    assert!(limited.headers.contains_key("retry-after"));
+    assert_eq!(send(Some("red")).await.status, 200, "budgets are per team");
+    let labelled = eventually(Duration::from_secs(5), async || {
+        let (_, page) = gw
+            .admin_json("GET", &format!("/admin/usage?key_id={id}&status=200"), None)
+            .await;
+        page["data"]
+            .as_array()
+            .is_some_and(|d| d.len() == 3 && d.iter().all(|r| r["labels"]["team"].is_string()))
+    })
+    .await;
+    assert!(labelled);
+    assert!(
+        gw.logs()
+            .contains("team-header: 2 teams allowed via x-team"),
+        "plugin log lines reach the gateway log"
+    );
+}
