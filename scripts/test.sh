@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --python
-cargo test --workspace --locked "$@"
+# One test at a time: the end-to-end tests measure latencies and pacing, and on
+# a 2-core machine parallel gateways would measure each other instead.
+cargo test --workspace --locked "$@" -- --test-threads=1

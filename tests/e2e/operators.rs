@@ -6,21 +6,6 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_tests::*;
 
-const MODEL: &str = "gpt-4o-mini";
-
-fn body() -> serde_json::Value {
-    json!({"model": MODEL, "messages": [{"role": "user", "content": "hello"}]})
-}
-
-fn sample(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn admin_api_manages_keys_usage_channels_and_plugins() {
     let upstream = keyed_mock(MockConfig::default()).await;
@@ -86,7 +71,7 @@ async fn admin_api_manages_keys_usage_channels_and_plugins() {
         ),
         (200, Some(50000), Some(100))
     );
-    assert_eq!(gw.chat(&key, body()).await.status, 200);
+    assert_eq!(gw.chat(&key, chat_body()).await.status, 200);
 
     let written = eventually(Duration::from_secs(5), async || {
         let (_, page) = gw
@@ -113,14 +98,14 @@ async fn admin_api_manages_keys_usage_channels_and_plugins() {
     assert_eq!(channels["data"][0]["healthy"], true);
     gw.admin_json("POST", "/admin/channels/main/disable", None)
         .await;
-    let reply = gw.chat(&key, body()).await;
+    let reply = gw.chat(&key, chat_body()).await;
     assert_eq!(
         (reply.status, reply.error_code().as_str()),
         (503, "no_healthy_channel")
     );
     gw.admin_json("POST", "/admin/channels/main/enable", None)
         .await;
-    assert_eq!(gw.chat(&key, body()).await.status, 200);
+    assert_eq!(gw.chat(&key, chat_body()).await.status, 200);
 
     let (_, plugins) = gw.admin_json("GET", "/admin/plugins", None).await;
     assert_eq!(plugins["data"].as_array().unwrap().len(), 3);
@@ -132,7 +117,7 @@ async fn admin_api_manages_keys_usage_channels_and_plugins() {
         .admin_json("POST", &format!("/admin/keys/{id}/revoke"), None)
         .await;
     assert_eq!(status, 200);
-    let reply = gw.chat(&key, body()).await;
+    let reply = gw.chat(&key, chat_body()).await;
     assert_eq!(
         (reply.status, reply.error_code().as_str()),
         (401, "key_revoked"),
@@ -167,7 +152,7 @@ async fn cli_works_against_a_running_and_a_stopped_gateway() {
         key.starts_with("sk-sl-") && !key.contains(char::is_whitespace),
         "the key alone on its line: {created:?}"
     );
-    assert_eq!(gw.chat(key, body()).await.status, 200);
+    assert_eq!(gw.chat(key, chat_body()).await.status, 200);
     let list = stdout(&gw.cli(&["keys", "list", "--config", &config]));
     let id = list
         .lines()
@@ -192,7 +177,7 @@ async fn cli_works_against_a_running_and_a_stopped_gateway() {
     assert!(stdout(&gw.cli(&["plugin", "list", "--config", &config])).contains("builtin-key-auth"));
     assert!(stdout(&gw.cli(&["plugin", "reload", "--config", &config])).contains("loaded"));
     assert!(stdout(&gw.cli(&["keys", "revoke", "--config", &config, &id])).contains("revoked"));
-    assert_eq!(gw.chat(key, body()).await.status, 401);
+    assert_eq!(gw.chat(key, chat_body()).await.status, 401);
 
     assert!(gw.stop().success());
     let offline = stdout(&gw.cli(&["keys", "create", "--config", &config, "--name", "offline"]));
@@ -201,7 +186,7 @@ async fn cli_works_against_a_running_and_a_stopped_gateway() {
     assert!(stdout(&gw.cli(&["usage", "--config", &config, "--since", "1h"])).contains("records"));
     gw.restart().await;
     assert_eq!(
-        gw.chat(&offline_key, body()).await.status,
+        gw.chat(&offline_key, chat_body()).await.status,
         200,
         "a key created while stopped works after restart"
     );
@@ -231,38 +216,38 @@ async fn metrics_move_by_the_right_amounts() {
     let denied = "sluice_requests_total{endpoint=\"chat.completions\",model=\"gpt-4o-mini\",channel=\"\",status=\"401\"}";
     let before = gw.metrics().await;
     for _ in 0..3 {
-        assert_eq!(gw.chat(&key, body()).await.status, 200);
+        assert_eq!(gw.chat(&key, chat_body()).await.status, 200);
     }
-    assert_eq!(gw.chat("sk-sl-nope", body()).await.status, 401);
+    assert_eq!(gw.chat("sk-sl-nope", chat_body()).await.status, 401);
     let flushed = eventually(Duration::from_secs(5), async || {
-        sample(&gw.metrics().await, "sluice_usage_records_written_total") >= 3.0
+        metric(&gw.metrics().await, "sluice_usage_records_written_total") >= 3.0
     })
     .await;
     assert!(flushed);
     let after = gw.metrics().await;
-    assert_eq!(sample(&after, ok) - sample(&before, ok), 3.0, "{after}");
+    assert_eq!(metric(&after, ok) - metric(&before, ok), 3.0, "{after}");
     assert_eq!(
-        sample(&after, denied) - sample(&before, denied),
+        metric(&after, denied) - metric(&before, denied),
         1.0,
         "{after}"
     );
-    assert_eq!(sample(&after, "sluice_usage_records_written_total"), 3.0);
-    assert_eq!(sample(&after, "sluice_usage_records_dropped_total"), 0.0);
+    assert_eq!(metric(&after, "sluice_usage_records_written_total"), 3.0);
+    assert_eq!(metric(&after, "sluice_usage_records_dropped_total"), 0.0);
     assert_eq!(
-        sample(&after, "sluice_tokens_total{channel=\"main\"}")
-            - sample(&before, "sluice_tokens_total{channel=\"main\"}"),
-        3.0 * (16.0 + f64::from(u32::try_from(body().to_string().len() / 4).unwrap()))
+        metric(&after, "sluice_tokens_total{channel=\"main\"}")
+            - metric(&before, "sluice_tokens_total{channel=\"main\"}"),
+        3.0 * (16.0 + f64::from(u32::try_from(chat_body().to_string().len() / 4).unwrap()))
     );
     assert_eq!(
-        sample(
+        metric(
             &after,
             "sluice_policy_calls_total{plugin=\"builtin-key-auth\""
         ),
         4.0
     );
-    assert!(sample(&after, "sluice_key_cache_hits_total") >= 2.0);
+    assert!(metric(&after, "sluice_key_cache_hits_total") >= 2.0);
     assert_eq!(
-        sample(&after, "sluice_channel_healthy{channel=\"main\"}"),
+        metric(&after, "sluice_channel_healthy{channel=\"main\"}"),
         1.0
     );
     assert!(after.contains("sluice_request_latency_seconds_bucket"));
@@ -287,9 +272,9 @@ async fn no_secret_reaches_logs_or_store_files() {
     gw.admin_json("POST", &format!("/admin/keys/{revoked_id}/revoke"), None)
         .await;
     for _ in 0..3 {
-        assert_eq!(gw.chat(&key, body()).await.status, 200);
+        assert_eq!(gw.chat(&key, chat_body()).await.status, 200);
     }
-    gw.chat(&revoked, body()).await;
+    gw.chat(&revoked, chat_body()).await;
     let url = format!("http://{}/v1/chat/completions", gw.proxy);
     request(
         "POST",
@@ -357,7 +342,7 @@ async fn the_plugin_template_enforces_team_headers() {
             headers.push(("x-team", t.to_string()));
         }
         let url = url.clone();
-        async move { request("POST", &url, &headers, Some(body().to_string())).await }
+        async move { request("POST", &url, &headers, Some(chat_body().to_string())).await }
     };
     assert_eq!(send(None).await.error_code(), "team_not_allowed");
     assert_eq!(send(Some("green")).await.status, 403);

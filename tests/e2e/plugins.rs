@@ -8,22 +8,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice_tests::*;
 
-const MODEL: &str = "gpt-4o-mini";
-
-fn body() -> serde_json::Value {
-    json!({"model": MODEL, "messages": [{"role": "user", "content": "hello"}]})
-}
-
-/// The value of a Prometheus sample line that starts with `prefix`.
-fn sample(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn the_default_auth_policy_decides() {
     let upstream = keyed_mock(MockConfig::default()).await;
@@ -49,7 +33,7 @@ async fn the_default_auth_policy_decides() {
     let mut requests = 0;
     let mut expect = async |key: &str, status: u16, code: &str| {
         requests += 1;
-        let reply = gw.chat(key, body()).await;
+        let reply = gw.chat(key, chat_body()).await;
         assert_eq!(reply.status, status, "{code}: {}", reply.text());
         if !code.is_empty() {
             assert_eq!(reply.error_code(), code);
@@ -74,7 +58,7 @@ async fn the_default_auth_policy_decides() {
     expect(&tpm, 200, "").await; // 32 tokens: over the 10-token budget from now on
     expect(&tpm, 429, "rate_limit_exceeded").await;
     let metrics = gw.metrics().await;
-    let calls = sample(
+    let calls = metric(
         &metrics,
         "sluice_policy_calls_total{plugin=\"builtin-key-auth\"",
     );
@@ -155,7 +139,7 @@ async fn failing_auth_plugins_fail_closed_and_are_named() {
         );
         let metrics = gw.metrics().await;
         assert_eq!(
-            sample(
+            metric(
                 &metrics,
                 &format!("sluice_policy_failures_total{{plugin=\"{name}\"")
             ),
@@ -164,7 +148,7 @@ async fn failing_auth_plugins_fail_closed_and_are_named() {
         );
         if name == "spin" {
             assert_eq!(
-                gw.chat(&key, body()).await.status,
+                gw.chat(&key, chat_body()).await.status,
                 200,
                 "other models pass the spin plugin"
             );
@@ -180,7 +164,7 @@ async fn skip_mode_lets_requests_through_a_broken_auth_plugin() {
         &[("plugins", "on_failure = { trap = \"skip\" }")],
     )
     .await;
-    assert_eq!(gw.chat(&key, body()).await.status, 200);
+    assert_eq!(gw.chat(&key, chat_body()).await.status, 200);
 }
 
 #[tokio::test]
@@ -199,7 +183,7 @@ async fn broken_components_are_rejected_at_load_and_the_gateway_serves_on() {
         .start()
         .await;
     let (key, _) = gw.create_key(json!({"name": "k"})).await;
-    assert_eq!(gw.chat(&key, body()).await.status, 200);
+    assert_eq!(gw.chat(&key, chat_body()).await.status, 200);
     let logs = gw.logs();
     let rejected = |name: &str| {
         logs.lines()
@@ -256,16 +240,7 @@ async fn router_and_shaper_failures_fall_back() {
         .start()
         .await;
     let (key, key_id) = gw.create_key(json!({"name": "k"})).await;
-    let reply = request(
-        "POST",
-        &format!("http://{}/v1/chat/completions", gw.proxy),
-        &[
-            ("authorization", format!("Bearer {key}")),
-            ("x-team", "blue".into()),
-        ],
-        Some(body().to_string()),
-    )
-    .await;
+    let reply = gw.chat_with_headers(&key, &[("x-team", "blue")]).await;
     assert_eq!(
         reply.status,
         200,
@@ -298,14 +273,14 @@ async fn router_and_shaper_failures_fall_back() {
     );
     let metrics = gw.metrics().await;
     assert_eq!(
-        sample(
+        metric(
             &metrics,
             "sluice_policy_failures_total{plugin=\"bad-router\""
         ),
         1.0
     );
     assert_eq!(
-        sample(
+        metric(
             &metrics,
             "sluice_policy_failures_total{plugin=\"bad-shaper\""
         ),
@@ -316,16 +291,7 @@ async fn router_and_shaper_failures_fall_back() {
 #[tokio::test]
 async fn auth_labels_reach_the_usage_record() {
     let (gw, key, _up) = with_plugin("tagger", fixtures::TAGGER, &[]).await;
-    let reply = request(
-        "POST",
-        &format!("http://{}/v1/chat/completions", gw.proxy),
-        &[
-            ("authorization", format!("Bearer {key}")),
-            ("x-team", "blue".into()),
-        ],
-        Some(body().to_string()),
-    )
-    .await;
+    let reply = gw.chat_with_headers(&key, &[("x-team", "blue")]).await;
     assert_eq!(reply.status, 200);
     let ok = eventually(Duration::from_secs(5), async || {
         let (_, page) = gw.admin_json("GET", "/admin/usage", None).await;
@@ -345,7 +311,7 @@ async fn looping_plugins_do_not_stall_healthy_requests() {
     .await;
     let gw = Arc::new(gw);
     // Warm up the healthy path.
-    assert_eq!(gw.chat(&key, body()).await.status, 200);
+    assert_eq!(gw.chat(&key, chat_body()).await.status, 200);
     let mut spinners = Vec::new();
     for _ in 0..16 {
         let (gw, key) = (gw.clone(), key.clone());
@@ -357,7 +323,7 @@ async fn looping_plugins_do_not_stall_healthy_requests() {
     }
     tokio::time::sleep(Duration::from_millis(5)).await;
     let started = Instant::now();
-    let healthy = gw.chat(&key, body()).await;
+    let healthy = gw.chat(&key, chat_body()).await;
     let took = started.elapsed();
     assert_eq!(healthy.status, 200);
     assert!(
@@ -400,7 +366,7 @@ async fn hot_reload_under_load_changes_behaviour_without_failures() {
         );
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let reply = gw.chat(&key, body()).await;
+                let reply = gw.chat(&key, chat_body()).await;
                 match (reply.status, reply.error_code().as_str()) {
                     (200, _) => ok.fetch_add(1, Ordering::Relaxed),
                     (403, "blocked_by_policy") => denied.fetch_add(1, Ordering::Relaxed),
@@ -420,7 +386,7 @@ async fn hot_reload_under_load_changes_behaviour_without_failures() {
         let key = key.clone();
         async move {
             eventually(Duration::from_secs(1), async || {
-                let reply = gw.chat(&key, body()).await;
+                let reply = gw.chat(&key, chat_body()).await;
                 (reply.status == 403) == want_denied
             })
             .await

@@ -7,8 +7,6 @@ use http_body_util::BodyExt;
 use serde_json::json;
 use sluice_tests::*;
 
-const MODEL: &str = "gpt-4o-mini";
-
 fn body(stream: bool) -> serde_json::Value {
     json!({"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": "hello"}]})
 }
@@ -161,28 +159,10 @@ async fn h2c_clients_and_https_upstreams() {
 #[tokio::test]
 async fn failover_happens_before_the_first_byte() {
     let backup = keyed_mock(MockConfig::default()).await;
-    let failing_500 = keyed_mock(MockConfig {
-        fail: "status".into(),
-        status: 500,
-        ..MockConfig::default()
-    })
-    .await;
-    let failing_429 = keyed_mock(MockConfig {
-        fail: "status".into(),
-        status: 429,
-        ..MockConfig::default()
-    })
-    .await;
-    let hanging = keyed_mock(MockConfig {
-        fail: "hang".into(),
-        ..MockConfig::default()
-    })
-    .await;
-    let dropping = keyed_mock(MockConfig {
-        fail: "drop".into(),
-        ..MockConfig::default()
-    })
-    .await;
+    let failing_500 = failing_mock("status", 500, 16).await;
+    let failing_429 = failing_mock("status", 429, 16).await;
+    let hanging = failing_mock("hang", 500, 16).await;
+    let dropping = failing_mock("drop", 500, 16).await;
     let models = ["refused", "fail500", "fail429", "hang", "drop"];
     let gw = Gateway::builder()
         .set("upstream", "first_byte_timeout = \"300ms\"")
@@ -263,18 +243,8 @@ async fn read_all(response: http::Response<hyper::body::Incoming>) -> (String, D
 
 #[tokio::test]
 async fn failures_after_the_first_byte_end_the_stream_with_an_error_event() {
-    let dropping = keyed_mock(MockConfig {
-        fail: "drop_mid_stream".into(),
-        chunks: 8,
-        ..MockConfig::default()
-    })
-    .await;
-    let stalling = keyed_mock(MockConfig {
-        fail: "stall".into(),
-        chunks: 8,
-        ..MockConfig::default()
-    })
-    .await;
+    let dropping = failing_mock("drop_mid_stream", 500, 8).await;
+    let stalling = failing_mock("stall", 500, 8).await;
     let backup = keyed_mock(MockConfig::default()).await;
     let gw = Gateway::builder()
         .set("upstream", "idle_timeout = \"300ms\"")

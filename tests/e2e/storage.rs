@@ -10,8 +10,6 @@ use http_body_util::BodyExt;
 use serde_json::json;
 use sluice_tests::*;
 
-const MODEL: &str = "gpt-4o-mini";
-
 async fn all_usage(gw: &Gateway) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     let mut cursor = String::new();
@@ -224,15 +222,6 @@ async fn crash_keeps_record_and_charge_atomic_sqlite() {
     crash_keeps_record_and_charge_atomic(true).await;
 }
 
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn key_lookups_stay_off_the_store() {
     let upstream = keyed_mock(MockConfig {
@@ -259,7 +248,7 @@ async fn key_lookups_stay_off_the_store() {
         );
         n += 1;
     }
-    let reads = sample(&gw.metrics().await, "sluice_key_cache_misses_total");
+    let reads = metric(&gw.metrics().await, "sluice_key_cache_misses_total");
     assert!(n > 100, "{n} requests");
     assert!(
         (1.0..=4.0).contains(&reads),
@@ -283,7 +272,7 @@ async fn key_lookups_stay_off_the_store() {
     for t in tasks {
         t.await.unwrap();
     }
-    let after = sample(&gw.metrics().await, "sluice_key_cache_misses_total");
+    let after = metric(&gw.metrics().await, "sluice_key_cache_misses_total");
     assert!(
         after - reads <= 2.0,
         "10,000 invalid keys caused {} store reads",

@@ -20,6 +20,24 @@ pub mod fixtures {
     include!(concat!(env!("OUT_DIR"), "/fixtures.rs"));
 }
 
+/// The model every test channel serves.
+pub const MODEL: &str = "gpt-4o-mini";
+
+/// A minimal non-streamed chat request body.
+pub fn chat_body() -> serde_json::Value {
+    serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+/// The value of the first Prometheus sample line starting with `prefix` (0 if absent).
+pub fn metric(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The admin token every test gateway uses.
 pub const ADMIN_TOKEN: &str = "test-admin-token-4f1c";
 /// The upstream secret every test channel uses.
@@ -92,6 +110,17 @@ pub fn channel(id: &str, base: &str, models: &[&str], extra: &str) -> String {
         "[[channels]]\nid = {id:?}\nbase_url = {base:?}\napi_key = \"env::UPSTREAM_KEY\"\nmodels = [{}]\n{extra}\n",
         models.join(", ")
     )
+}
+
+/// A keyed mock in failure mode `fail` (see [`MockConfig::fail`]) with `status` and `chunks`.
+pub async fn failing_mock(fail: &str, status: u16, chunks: u32) -> Mock {
+    keyed_mock(MockConfig {
+        fail: fail.into(),
+        status,
+        chunks,
+        ..MockConfig::default()
+    })
+    .await
 }
 
 /// A channel for a mock.
@@ -196,6 +225,19 @@ impl Gateway {
             &format!("http://{}/v1/chat/completions", self.proxy),
             &[("authorization", format!("Bearer {key}"))],
             Some(body.to_string()),
+        )
+        .await
+    }
+
+    /// `POST /v1/chat/completions` with `key`, extra headers, and the standard chat body.
+    pub async fn chat_with_headers(&self, key: &str, extra: &[(&str, &str)]) -> Reply {
+        let mut headers = vec![("authorization", format!("Bearer {key}"))];
+        headers.extend(extra.iter().map(|(k, v)| (*k, (*v).to_string())));
+        request(
+            "POST",
+            &format!("http://{}/v1/chat/completions", self.proxy),
+            &headers,
+            Some(chat_body().to_string()),
         )
         .await
     }
