@@ -279,3 +279,39 @@ async fn key_lookups_stay_off_the_store() {
         after - reads
     );
 }
+
+#[tokio::test]
+async fn quota_is_enforced_from_the_live_view_before_the_store_catches_up() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .set("store", "flush_interval = \"30s\"\nbatch_size = 100000")
+        .set("plugins", "instance_mode = \"fresh\"")
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    // Each request costs prompt (body bytes / 4) + 16 completion credits, about 32.
+    let (key, id) = gw.create_key(json!({"name": "small", "quota": 50})).await;
+    assert_eq!(gw.chat(&key, chat_body()).await.status, 200);
+    assert_eq!(gw.chat(&key, chat_body()).await.status, 200);
+    let third = gw.chat(&key, chat_body()).await;
+    assert_eq!(
+        (third.status, third.error_code().as_str()),
+        (429, "insufficient_quota"),
+        "the live quota view must refuse before any flush"
+    );
+    let (_, stored) = gw
+        .admin_json("GET", &format!("/admin/keys/{id}"), None)
+        .await;
+    assert_eq!(
+        stored["quota_remaining"], 50,
+        "nothing was flushed yet: the refusal came from memory"
+    );
+    let x_api_key = request(
+        "POST",
+        &format!("http://{}/v1/chat/completions", gw.proxy),
+        &[("x-api-key", key.clone())],
+        Some(chat_body().to_string()),
+    )
+    .await;
+    assert_eq!(x_api_key.status, 429, "x-api-key resolves the same key");
+}

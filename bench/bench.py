@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""Sluice benchmark driver (run through bench/run.sh).
+
+Starts the project's fake upstream (release build, fast), Sluice in release mode
+with its default policies, key auth and redb usage logging, and nginx as a plain
+keep-alive `proxy_pass` with buffering off, all on 127.0.0.1. Every scenario runs
+against direct-to-upstream, nginx and Sluice interleaved, repeated, and reports
+medians with ratios, because these machines are noisy. Writes bench/results/<time>.md.
+"""
+import http.client
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+SLUICE = str(TARGET / "release" / "sluice")
+QUICK = "--quick" in sys.argv
+DURATION = "3s" if QUICK else "10s"
+ROUNDS = 1 if QUICK else 3
+TTFT_SAMPLES = 30 if QUICK else 150
+HOST = "127.0.0.1"
+MOCKS = {"fast": (19100, 0, 16), "paced": (19101, 20, 16), "slow": (19102, 1000, 30)}
+NGINX = {"fast": 19090, "paced": 19091, "slow": 19092}
+PROXY, ADMIN = 19080, 19081
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def body(model, stream):
+    return json.dumps({"model": model, "stream": stream, "messages": [{"role": "user", "content": "Write one sentence."}]})
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            conn = http.client.HTTPConnection(HOST, port, timeout=1)
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def cpu_seconds(pid):
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid):
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Bench:
+    def __init__(self):
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="sluice-bench-"))
+        self.procs = []
+        self.rows = []
+        self.notes = []
+
+    def spawn(self, args, **kw):
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.dir / "stderr.log", "ab"), **kw)
+        self.procs.append(p)
+        return p
+
+    def start(self):
+        for name, (port, delay, chunks) in MOCKS.items():
+            self.spawn([SLUICE, "mock-upstream", "--listen", f"{HOST}:{port}", "--chunk-delay-ms", str(delay), "--chunks", str(chunks)])
+        servers = "\n".join(
+            f"""    upstream up_{name} {{ server {HOST}:{MOCKS[name][0]}; keepalive 256; }}
+    server {{
+        listen {HOST}:{port};
+        location / {{
+            proxy_pass http://up_{name};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }}
+    }}"""
+            for name, port in NGINX.items()
+        )
+        (self.dir / "nginx.conf").write_text(f"""worker_processes auto;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/nginx-error.log warn;
+daemon off;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+{servers}
+}}
+""")
+        self.nginx = self.spawn(["nginx", "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")])
+        models = {name: f"{name}-model" for name in MOCKS}
+        channels = "\n".join(
+            f'[[channels]]\nid = "{name}"\nbase_url = "http://{HOST}:{port}/v1"\napi_key = "env::BENCH_UPSTREAM_KEY"\nmodels = ["{models[name]}"]\n'
+            for name, (port, _, _) in MOCKS.items()
+        )
+        self.config = self.dir / "sluice.toml"
+        self.config.write_text(f"""[server]
+listen = "{HOST}:{PROXY}"
+[admin]
+listen = "{HOST}:{ADMIN}"
+token = "env::SLUICE_ADMIN_TOKEN"
+[log]
+level = "warn"
+[store]
+backend = "redb"
+path = "store.redb"
+[plugins]
+dir = "plugins"
+cache_dir = "plugin-cache"
+{channels}""")
+        self.env = dict(os.environ, BENCH_UPSTREAM_KEY="bench-upstream", SLUICE_ADMIN_TOKEN="bench-admin")
+        self.key = subprocess.check_output([SLUICE, "keys", "create", "--config", str(self.config), "--name", "bench"], env=self.env, text=True).strip()
+        self.sluice = self.spawn([SLUICE, "serve", "--config", str(self.config)], env=self.env)
+        for port in [p for p, _, _ in MOCKS.values()] + list(NGINX.values()) + [PROXY]:
+            wait_port(port)
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def targets(self, mock):
+        model = f"{mock}-model"
+        return [
+            ("direct", f"http://{HOST}:{MOCKS[mock][0]}/v1/chat/completions", [], model),
+            ("nginx", f"http://{HOST}:{NGINX[mock]}/v1/chat/completions", [], model),
+            ("sluice", f"http://{HOST}:{PROXY}/v1/chat/completions", ["-H", f"authorization: Bearer {self.key}"], model),
+        ]
+
+    def oha(self, url, headers, payload, *extra):
+        cmd = ["oha", "--no-tui", "--output-format", "json", "-m", "POST", "-H", "content-type: application/json", *headers, "-d", payload, *extra, url]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return json.loads(out)
+
+    def closed_loop(self, title, stream):
+        results = {name: [] for name in ("direct", "nginx", "sluice")}
+        cpu_per_request = []
+        for _ in range(ROUNDS):
+            for name, url, headers, model in self.targets("fast"):
+                before = cpu_seconds(self.sluice.pid)
+                report = self.oha(url, headers, body(model, stream), "-z", DURATION, "-c", "64")
+                ok = report["statusCodeDistribution"].get("200", 0)
+                results[name].append(report["summary"]["requestsPerSec"])
+                if name == "sluice" and ok:
+                    cpu_per_request.append((cpu_seconds(self.sluice.pid) - before) / ok * 1e6)
+                assert set(report["statusCodeDistribution"]) <= {"200"}, (name, report["statusCodeDistribution"])
+        med = {k: statistics.median(v) for k, v in results.items()}
+        self.row(title, med, "req/s", higher_is_better=True)
+        self.notes.append(f"{title}: Sluice CPU time per request {statistics.median(cpu_per_request):.0f} µs (median of rounds; gateway process only)")
+
+    def open_loop(self, rate):
+        p50 = {name: [] for name in ("direct", "nginx", "sluice")}
+        p99 = {name: [] for name in ("direct", "nginx", "sluice")}
+        for _ in range(ROUNDS):
+            for name, url, headers, model in self.targets("fast"):
+                report = self.oha(url, headers, body(model, False), "-z", DURATION, "-c", "128", "-q", str(rate), "--latency-correction")
+                pct = report["latencyPercentiles"]
+                p50[name].append(pct["p50"] * 1e6)
+                p99[name].append(pct["p99"] * 1e6)
+        for label, series in (("p50", p50), ("p99", p99)):
+            med = {k: statistics.median(v) for k, v in series.items()}
+            self.row(f"open loop {rate} req/s, latency {label}", med, "µs", added=True)
+
+    def ttft(self):
+        ttft = {name: [] for name in ("direct", "nginx", "sluice")}
+        gaps = {name: [] for name in ("direct", "nginx", "sluice")}
+        for _ in range(TTFT_SAMPLES):
+            for name, url, headers, model in self.targets("paced"):
+                port = int(url.split(":")[2].split("/")[0])
+                conn = http.client.HTTPConnection(HOST, port)
+                hdrs = {"content-type": "application/json"}
+                if headers:
+                    hdrs["authorization"] = headers[1].split(": ", 1)[1]
+                start = time.perf_counter()
+                conn.request("POST", "/v1/chat/completions", body(model, True), hdrs)
+                resp = conn.getresponse()
+                stamps = []
+                while True:
+                    line = resp.fp.readline()
+                    if not line:
+                        break
+                    if line.startswith(b"data: {"):
+                        stamps.append(time.perf_counter())
+                conn.close()
+                ttft[name].append((stamps[0] - start) * 1e6)
+                gaps[name].extend((b - a) * 1e6 for a, b in zip(stamps, stamps[1:]))
+        self.row("streaming TTFT (paced upstream, 20 ms/chunk), p50", {k: statistics.median(v) for k, v in ttft.items()}, "µs", added=True)
+        self.row("between-chunk gap, p50 (pace 20,000 µs)", {k: statistics.median(v) for k, v in gaps.items()}, "µs", added=True)
+
+    def concurrent_streams(self, n=1000):
+        idle = rss_mb(self.sluice.pid)
+        for name, url, headers, model in self.targets("slow"):
+            if name == "direct":
+                continue
+            proc = subprocess.Popen(["oha", "--no-tui", "--output-format", "json", "-m", "POST", "-H", "content-type: application/json", *headers, "-d", body(model, True), "-n", str(n), "-c", str(n), url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(8)
+            if name == "sluice":
+                cpu0 = cpu_seconds(self.sluice.pid)
+                time.sleep(5)
+                cpu = (cpu_seconds(self.sluice.pid) - cpu0) / 5 * 100
+                streaming = rss_mb(self.sluice.pid)
+                self.notes.append(f"{n} concurrent open streams: Sluice RSS {streaming:.0f} MB (idle before: {idle:.0f} MB), CPU {cpu:.1f}% of one core")
+            else:
+                workers = subprocess.run(["pgrep", "-P", str(self.nginx.pid)], capture_output=True, text=True).stdout.split()
+                total = sum(rss_mb(int(w)) for w in workers) + rss_mb(self.nginx.pid)
+                self.notes.append(f"{n} concurrent open streams: nginx RSS {total:.0f} MB (master + {len(workers)} workers)")
+            proc.kill()
+            proc.wait()
+            time.sleep(2)
+
+    def startup(self):
+        times, rss = [], []
+        for i in range(3 if QUICK else 7):
+            ready = self.dir / f"ready-{i}.json"
+            env = dict(self.env, SLUICE_LISTEN=f"{HOST}:0", SLUICE_ADMIN_LISTEN=f"{HOST}:0")
+            config = self.dir / "startup.toml"
+            config.write_text(self.config.read_text().replace("store.redb", "startup.redb"))
+            start = time.perf_counter()
+            p = subprocess.Popen([SLUICE, "serve", "--config", str(config), "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while not ready.exists():
+                time.sleep(0.001)
+            times.append((time.perf_counter() - start) * 1000)
+            time.sleep(1)
+            rss.append(rss_mb(p.pid))
+            p.terminate()
+            p.wait()
+        self.notes.append(f"start-up to listening with cached plugins: median {statistics.median(times[1:] or times):.0f} ms (first, cold cache: {times[0]:.0f} ms); idle RSS {statistics.median(rss):.0f} MB")
+
+    def row(self, title, med, unit, higher_is_better=False, added=False):
+        self.rows.append((title, med, unit, higher_is_better, added))
+        print(f"{title}: " + ", ".join(f"{k} {v:,.0f} {unit}" for k, v in med.items()), flush=True)
+
+    def report(self):
+        load = pathlib.Path("/proc/loadavg").read_text().split()[:3]
+        lines = [
+            f"# Sluice benchmark {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            "",
+            f"Machine: {os.cpu_count()} cores, load average {' '.join(load)} at the end; everything (load generator, upstream, proxies) shares the cores.",
+            f"Each figure is the median of {ROUNDS} interleaved rounds of {DURATION} ({'quick run' if QUICK else 'full run'}).",
+            "",
+            "| scenario | direct | nginx | sluice | sluice / direct | sluice / nginx |",
+            "|---|---|---|---|---|---|",
+        ]
+        for title, med, unit, higher, added in self.rows:
+            d, n, s = med["direct"], med["nginx"], med["sluice"]
+            if added:
+                ratios = f"+{s - d:,.0f} {unit} | {s / n:.2f}× (nginx adds {n - d:,.0f})"
+            else:
+                ratios = f"{s / d:.2f}× | {s / n:.2f}×"
+            lines.append(f"| {title} | {d:,.0f} {unit} | {n:,.0f} {unit} | {s:,.0f} {unit} | {ratios} |")
+        lines += ["", *[f"- {n}" for n in self.notes], ""]
+        out = ROOT / "bench" / "results"
+        out.mkdir(exist_ok=True)
+        path = out / f"{time.strftime('%Y%m%d-%H%M%S')}.md"
+        path.write_text("\n".join(lines))
+        print("\n".join(lines))
+        print(f"written to {path}")
+
+
+def main():
+    b = Bench()
+    try:
+        b.start()
+        b.startup()
+        b.closed_loop("closed loop, non-stream, 64 connections", False)
+        b.closed_loop("closed loop, stream (16 chunks), 64 connections", True)
+        b.open_loop(5000)
+        b.ttft()
+        b.concurrent_streams()
+    finally:
+        b.stop()
+    b.report()
+
+
+if __name__ == "__main__":
+    main()
