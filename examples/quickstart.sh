@@ -25,4 +25,4 @@ Your key (shown once): $key
   curl http://127.0.0.1:8081/admin/usage -H "Authorization: Bearer $SLUICE_ADMIN_TOKEN"
 
 MSG
-exec "$bin" serve --config examples/quickstart.toml
+"$bin" serve --config examples/quickstart.toml
