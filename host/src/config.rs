@@ -60,14 +60,6 @@ impl Env for BTreeMap<String, String> {
     }
 }
 
-/// Environment variables that override config values (see [`apply_overrides`]).
-pub const OVERRIDES: &[(&str, &str)] = &[
-    ("SLUICE_LISTEN", "server.listen"),
-    ("SLUICE_ADMIN_LISTEN", "admin.listen"),
-    ("SLUICE_LOG_LEVEL", "log.level"),
-    ("SLUICE_ADMIN_TOKEN", "admin.token (a secret reference)"),
-];
-
 type Text = Spanned<String>;
 
 #[derive(Debug, Deserialize)]
@@ -134,7 +126,6 @@ struct RawStore {
 #[serde(deny_unknown_fields)]
 struct RawCache {
     key_ttl: Option<Text>,
-    negative_ttl: Option<Text>,
     capacity: Option<u64>,
 }
 
@@ -309,8 +300,6 @@ pub struct StoreConfig {
 pub struct CacheConfig {
     /// How long a found key is cached.
     pub key_ttl: Duration,
-    /// How long an unknown key is remembered as unknown.
-    pub negative_ttl: Duration,
     /// Maximum cached entries.
     pub capacity: u64,
 }
@@ -491,7 +480,8 @@ pub fn parse(text: &str, path: &Path, env: &dyn Env) -> Result<Config, ConfigErr
     v.validate(raw, env)
 }
 
-/// Applies the environment overrides listed in [`OVERRIDES`]. Overridden values
+/// Applies the environment overrides (`SLUICE_LISTEN`, `SLUICE_ADMIN_LISTEN`,
+/// `SLUICE_LOG_LEVEL`, `SLUICE_ADMIN_TOKEN`). Overridden values
 /// carry no span, so errors about them point at line 0.
 fn apply_overrides(raw: &mut RawConfig, env: &dyn Env) {
     let spanned = |value: String| Spanned::new(0..0, value);
@@ -743,11 +733,6 @@ impl Validator<'_> {
                 "cache.key_ttl",
                 raw.cache.key_ttl.as_ref(),
                 Duration::from_secs(30),
-            )?,
-            negative_ttl: self.duration(
-                "cache.negative_ttl",
-                raw.cache.negative_ttl.as_ref(),
-                Duration::from_secs(5),
             )?,
             capacity: raw.cache.capacity.unwrap_or(100_000),
         };

@@ -371,3 +371,58 @@ async fn the_plugin_template_enforces_team_headers() {
         "plugin log lines reach the gateway log"
     );
 }
+
+#[tokio::test]
+async fn json_logs_have_one_access_line_per_request_and_slow_warnings() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .set("log", "format = \"json\"")
+        .set("server", "slow_request = \"0ms\"")
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    let (key, _) = gw.create_key(json!({"name": "logs"})).await;
+    let reply = request(
+        "POST",
+        &format!("http://{}/v1/chat/completions", gw.proxy),
+        &[
+            ("authorization", format!("Bearer {key}")),
+            ("x-request-id", "log-me".into()),
+        ],
+        Some(chat_body().to_string()),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let found = eventually(Duration::from_secs(3), async || {
+        gw.logs().contains("slow request")
+    })
+    .await;
+    assert!(found);
+    let lines: Vec<serde_json::Value> = gw
+        .logs()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every log line is JSON"))
+        .collect();
+    let access: Vec<_> = lines
+        .iter()
+        .filter(|l| l["target"] == "sluice::access" && l["request_id"] == "log-me")
+        .collect();
+    assert_eq!(access.len(), 1, "one access line per request");
+    let a = access[0];
+    assert_eq!(
+        (
+            a["status"].as_u64(),
+            a["channel"].as_str(),
+            a["model"].as_str()
+        ),
+        (Some(200), Some("main"), Some(MODEL))
+    );
+    assert_eq!(a["completion_tokens"], 16);
+    assert!(
+        a["key"].as_str().unwrap().starts_with("sk-sl-") && a["key"].as_str().unwrap().len() == 12,
+        "only the key prefix is logged"
+    );
+    assert!(lines.iter().any(|l| l["level"] == "WARN"
+        && l["message"] == "slow request"
+        && l["request_id"] == "log-me"));
+}

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::ChannelConfig;
 use crate::metrics::{ChannelLabels, Metrics};
@@ -247,9 +247,4 @@ pub fn native_plan<'a>(candidates: impl Iterator<Item = &'a Arc<Channel>>) -> Ve
         (b.config.priority, b.config.weight).cmp(&(a.config.priority, a.config.weight))
     });
     plan
-}
-
-/// Time since `start` in whole milliseconds, saturating.
-pub fn millis_since(start: Instant) -> u32 {
-    u32::try_from(start.elapsed().as_millis()).unwrap_or(u32::MAX)
 }
