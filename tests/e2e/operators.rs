@@ -179,11 +179,47 @@ async fn cli_works_against_a_running_and_a_stopped_gateway() {
     assert!(stdout(&gw.cli(&["keys", "revoke", "--config", &config, &id])).contains("revoked"));
     assert_eq!(gw.chat(key, chat_body()).await.status, 401);
 
+    let exported = gw.dir.path().join("export.jsonl");
+    assert!(
+        stdout(&gw.cli(&[
+            "export",
+            "--config",
+            &config,
+            "--output",
+            exported.to_str().unwrap()
+        ]))
+        .contains("records written")
+    );
+    let lines = std::fs::read_to_string(&exported).unwrap();
+    let exported: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        exported.iter().filter(|r| r["status"] == 200).count(),
+        1,
+        "{lines}"
+    );
+    assert!(
+        !gw.cli(&["purge", "--config", &config, "--older-than", "0s"])
+            .status
+            .success(),
+        "purge refuses while running"
+    );
     assert!(gw.stop().success());
     let offline = stdout(&gw.cli(&["keys", "create", "--config", &config, "--name", "offline"]));
     let offline_key = offline.trim().to_string();
     assert!(stdout(&gw.cli(&["keys", "list", "--config", &config])).contains("offline"));
     assert!(stdout(&gw.cli(&["usage", "--config", &config, "--since", "1h"])).contains("records"));
+    let purged = gw.cli(&["purge", "--config", &config, "--older-than", "0s"]);
+    assert!(stdout(&purged).contains("records older than 0s deleted"));
+    assert!(
+        String::from_utf8_lossy(&purged.stderr).contains("records, done."),
+        "progress on stderr"
+    );
+    assert!(
+        stdout(&gw.cli(&["usage", "--config", &config, "--since", "1h"])).contains("0 records")
+    );
     gw.restart().await;
     assert_eq!(
         gw.chat(&offline_key, chat_body()).await.status,
