@@ -177,6 +177,27 @@ fn bench(c: &mut Criterion) {
         });
         samples.sort();
         let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p) as usize];
+        let phase = |name: &str, samples: &mut Vec<Duration>| {
+            samples.sort();
+            println!("  {label} {name}: p50 = {:.2} µs", samples[samples.len() / 2].as_secs_f64() * 1e6);
+        };
+        let (mut auth, mut route, mut shape) = (Vec::new(), Vec::new(), Vec::new());
+        rt.block_on(async {
+            for _ in 0..5_000 {
+                let t = Instant::now();
+                policies.authorize(&set, &i.req, Some(&i.key)).await.expect("allowed");
+                auth.push(t.elapsed());
+                let t = Instant::now();
+                policies.route(&set, &i.req, &i.candidates).await.expect("routed");
+                route.push(t.elapsed());
+                let t = Instant::now();
+                policies.shape(&set, i.record.clone()).await.expect("kept");
+                shape.push(t.elapsed());
+            }
+        });
+        phase("auth", &mut auth);
+        phase("route", &mut route);
+        phase("shape", &mut shape);
         println!(
             "policy path ({label}): auth+route+shape p50 = {:.2} µs, p99 = {:.2} µs (20,000 requests)",
             pct(0.5).as_secs_f64() * 1e6,

@@ -100,13 +100,11 @@ impl Store for RedbStore {
                 let mut by_time = tx.open_table(USAGE_BY_TIME).map_err(err)?;
                 let mut seq = meta.get("next_seq").map_err(err)?.map_or(1, |v| v.value());
                 let mut buf = Vec::with_capacity(512);
+                // The sequence number is the key; records are stored with `seq = 0`
+                // and get it back from the key when read.
                 for record in &batch.records {
                     buf.clear();
-                    let stored = UsageRecord {
-                        seq,
-                        ..record.clone()
-                    };
-                    serde_json::to_writer(&mut buf, &stored).map_err(err)?;
+                    serde_json::to_writer(&mut buf, record).map_err(err)?;
                     usage.insert(seq, buf.as_slice()).map_err(err)?;
                     by_time.insert((record.time_ms, seq), ()).map_err(err)?;
                     seq += 1;
@@ -235,8 +233,9 @@ impl Store for RedbStore {
             let upper = q.before_seq.unwrap_or(u64::MAX);
             let floor = q.since_ms.map(|t| t.saturating_sub(SCAN_SLACK_MS));
             for entry in usage.range(..upper).map_err(err)?.rev() {
-                let (_, value) = entry.map_err(err)?;
-                let record: UsageRecord = serde_json::from_slice(value.value()).map_err(err)?;
+                let (key, value) = entry.map_err(err)?;
+                let mut record: UsageRecord = serde_json::from_slice(value.value()).map_err(err)?;
+                record.seq = key.value();
                 if floor.is_some_and(|f| record.time_ms < f) {
                     break;
                 }
