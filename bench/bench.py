@@ -194,7 +194,7 @@ cache_dir = "plugin-cache"
                 stamps = []
                 while True:
                     line = resp.fp.readline()
-                    if not line:
+                    if not line or line.startswith(b"data: [DONE]"):
                         break
                     if line.startswith(b"data: {"):
                         stamps.append(time.perf_counter())
