@@ -179,16 +179,25 @@ fn bench(c: &mut Criterion) {
         let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p) as usize];
         let phase = |name: &str, samples: &mut Vec<Duration>| {
             samples.sort();
-            println!("  {label} {name}: p50 = {:.2} µs", samples[samples.len() / 2].as_secs_f64() * 1e6);
+            println!(
+                "  {label} {name}: p50 = {:.2} µs",
+                samples[samples.len() / 2].as_secs_f64() * 1e6
+            );
         };
         let (mut auth, mut route, mut shape) = (Vec::new(), Vec::new(), Vec::new());
         rt.block_on(async {
             for _ in 0..5_000 {
                 let t = Instant::now();
-                policies.authorize(&set, &i.req, Some(&i.key)).await.expect("allowed");
+                policies
+                    .authorize(&set, &i.req, Some(&i.key))
+                    .await
+                    .expect("allowed");
                 auth.push(t.elapsed());
                 let t = Instant::now();
-                policies.route(&set, &i.req, &i.candidates).await.expect("routed");
+                policies
+                    .route(&set, &i.req, &i.candidates)
+                    .await
+                    .expect("routed");
                 route.push(t.elapsed());
                 let t = Instant::now();
                 policies.shape(&set, i.record.clone()).await.expect("kept");
