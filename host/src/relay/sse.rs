@@ -214,4 +214,41 @@ mod tests {
         assert!(inspect(b"data: [DONE]\n\n").done);
         assert!(!inspect(b"data: {\"x\":\"[DONE]\"}\n\n").done);
     }
+
+    /// Property: however a stream of events is cut into chunks, the framer
+    /// yields exactly the original events (deterministic pseudo-random cases).
+    #[test]
+    fn any_chunking_yields_the_same_events() {
+        let mut seed: u64 = 0x5eed;
+        let mut next = |bound: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            usize::try_from(seed >> 33).unwrap_or(0) % bound.max(1)
+        };
+        for _ in 0..300 {
+            let mut events = Vec::new();
+            for _ in 0..1 + next(12) {
+                let body: String = (0..next(300))
+                    .map(|_| char::from(b'a' + u8::try_from(next(26)).unwrap_or(0)))
+                    .collect();
+                let delimiter = ["\n\n", "\r\n\r\n", "\r\r"][next(3)];
+                events.push(format!("data: {body}{delimiter}"));
+            }
+            let stream = events.concat();
+            let mut cuts: Vec<usize> = (0..next(20)).map(|_| next(stream.len())).collect();
+            cuts.push(0);
+            cuts.push(stream.len());
+            cuts.sort_unstable();
+            let chunks: Vec<&[u8]> = cuts
+                .windows(2)
+                .map(|w| &stream.as_bytes()[w[0]..w[1]])
+                .collect();
+            let got: Vec<String> = frames(&chunks)
+                .iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect();
+            assert_eq!(got, events);
+        }
+    }
 }
