@@ -12,7 +12,7 @@ use crate::keys::LiveKey;
 use crate::metrics::{ChannelLabels, EndpointLabels, RequestLabels};
 use crate::plugins::PolicySet;
 use crate::relay::sse::Usage;
-use crate::store::writer::Entry;
+use crate::store::writer::{Entry, Slot};
 use crate::store::{Charge, UsageRecord};
 
 /// What is known about a request before its response is finished.
@@ -43,6 +43,8 @@ pub struct Draft {
     pub prompt_estimate: u32,
     /// Prompt text, when content logging is on.
     pub prompt: Option<String>,
+    /// The queue place reserved for this request's record (keyed requests).
+    pub slot: Option<Slot>,
 }
 
 /// How the response ended.

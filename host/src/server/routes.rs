@@ -184,6 +184,12 @@ async fn dispatch(
     let parsed = relay::parse(bytes)?;
     let policy_started = Instant::now();
     let key = lookup_key(state, &parts.headers).await?;
+    // Keyed requests leave a usage record: reserve its queue place before any
+    // response can be sent, so a crash loses at most the queue plus one batch.
+    let slot = match key {
+        Some(_) => state.writer.reserve().await,
+        None => None,
+    };
     let info = request_info(
         state,
         ctx,
@@ -207,6 +213,7 @@ async fn dispatch(
         channel_id: String::new(),
         upstream_model: String::new(),
         prompt_estimate,
+        slot,
         prompt: state
             .config
             .log

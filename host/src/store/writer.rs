@@ -40,6 +40,11 @@ pub struct WriterSettings {
 /// Retries of one batch before it is counted as dropped.
 const MAX_COMMIT_ATTEMPTS: u32 = 20;
 
+/// A place reserved in the queue before a response is sent. Records travel
+/// with their slot until queued, so records that are neither queued nor
+/// committed never exceed the queue capacity plus the batch being committed.
+pub struct Slot(mpsc::OwnedPermit<Entry>);
+
 /// Handle to the writer task.
 pub struct UsageWriter {
     sender: Mutex<Option<mpsc::Sender<Entry>>>,
@@ -68,6 +73,29 @@ impl UsageWriter {
 
     fn sender(&self) -> Option<mpsc::Sender<Entry>> {
         self.sender.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Reserves a place in the queue, waiting up to the backpressure limit when it
+    /// is full; `None` when the queue stayed full or the writer is closed (the
+    /// entry then goes through [`Self::submit`], which counts a drop if needed).
+    pub async fn reserve(&self) -> Option<Slot> {
+        let tx = self.sender()?;
+        let tx = match tx.try_reserve_owned() {
+            Ok(permit) => return Some(Slot(permit)),
+            Err(mpsc::error::TrySendError::Full(tx)) => tx,
+            Err(mpsc::error::TrySendError::Closed(_)) => return None,
+        };
+        self.metrics.writer_backpressure.inc();
+        match tokio::time::timeout(self.backpressure_wait, tx.reserve_owned()).await {
+            Ok(Ok(permit)) => Some(Slot(permit)),
+            _ => None,
+        }
+    }
+
+    /// Queues an entry in its reserved place (never waits, never drops).
+    pub fn submit_reserved(&self, slot: Slot, entry: Entry) {
+        slot.0.send(entry);
+        self.metrics.writer_queue_depth.inc();
     }
 
     /// Queues an entry, waiting up to the backpressure limit when the queue is full.
