@@ -139,21 +139,7 @@ fn bench(c: &mut Criterion) {
         ("fresh", InstanceMode::Fresh),
     ] {
         let config = plugins_config(mode);
-        let settings = InstanceSettings {
-            memory_limit: config.memory_limit,
-            call_timeout: config.call_timeout,
-            init_timeout: Duration::from_secs(1),
-            max_idle: if mode == InstanceMode::Fresh {
-                0
-            } else {
-                config.max_idle_instances
-            },
-            max_uses: if mode == InstanceMode::Fresh {
-                1
-            } else {
-                config.instance_max_uses
-            },
-        };
+        let settings = InstanceSettings::from_config(&config);
         let engine = Arc::new(PolicyEngine::new(settings, None).unwrap());
         let policies = Arc::new(Policies::new(
             Default::default(),

@@ -6,14 +6,13 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, InstanceMode};
+use crate::config::Config;
 use crate::keys::KeyCache;
 use crate::metrics::Metrics;
 use crate::plugins::engine::{InstanceSettings, PolicyEngine};
@@ -83,26 +82,6 @@ pub enum StartError {
     },
 }
 
-/// Instance limits from the config.
-pub fn instance_settings(config: &Config) -> InstanceSettings {
-    let p = &config.plugins;
-    InstanceSettings {
-        memory_limit: p.memory_limit,
-        call_timeout: p.call_timeout,
-        init_timeout: (p.call_timeout * 50).max(Duration::from_secs(1)),
-        max_idle: if p.instance_mode == InstanceMode::Fresh {
-            0
-        } else {
-            p.max_idle_instances
-        },
-        max_uses: if p.instance_mode == InstanceMode::Fresh {
-            1
-        } else {
-            p.instance_max_uses
-        },
-    }
-}
-
 impl AppState {
     /// Opens the store, loads plugins, and starts the writer and background tasks.
     ///
@@ -119,7 +98,7 @@ impl AppState {
             metrics.clone(),
         )?);
         let engine = Arc::new(PolicyEngine::new(
-            instance_settings(&config),
+            InstanceSettings::from_config(&config.plugins),
             config.plugins.cache_dir.clone(),
         )?);
         let policies = Arc::new(Policies::new(

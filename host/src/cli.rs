@@ -750,7 +750,7 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             let engine = Arc::new(PolicyEngine::new(
-                crate::app::instance_settings(&defaults),
+                crate::plugins::engine::InstanceSettings::from_config(&defaults.plugins),
                 None,
             )?);
             let name = file

@@ -37,6 +37,20 @@ pub struct InstanceSettings {
     pub max_uses: u32,
 }
 
+impl InstanceSettings {
+    /// The limits a `[plugins]` configuration asks for.
+    pub fn from_config(p: &crate::config::PluginsConfig) -> Self {
+        let fresh = p.instance_mode == crate::config::InstanceMode::Fresh;
+        Self {
+            memory_limit: p.memory_limit,
+            call_timeout: p.call_timeout,
+            init_timeout: (p.call_timeout * 50).max(Duration::from_secs(1)),
+            max_idle: if fresh { 0 } else { p.max_idle_instances },
+            max_uses: if fresh { 1 } else { p.instance_max_uses },
+        }
+    }
+}
+
 /// Pool slots: concurrent instances across all plugins.
 const POOL_INSTANCES: u32 = 1000;
 
