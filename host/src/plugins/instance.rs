@@ -13,6 +13,7 @@ use super::bindings::{auth, router, shaper};
 use super::engine::{EPOCH_TICK, PolicyEngine};
 use super::host_state::{HostState, PluginShared};
 use super::{PluginError, PolicyKind};
+use crate::metrics::PluginLabels;
 
 /// Raised from the epoch callback when a call outlives its deadline.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,8 @@ pub struct Plugin {
     pub info: PluginInfo,
     /// State shared with this plugin's other instances and versions.
     pub shared: Arc<PluginShared>,
+    /// Its metric labels, built once instead of on every call.
+    pub labels: PluginLabels,
     pre: Pre,
     config_json: String,
     engine: wasmtime::Engine,
@@ -98,7 +101,12 @@ impl Plugin {
                 Pre::Shaper(shaper::ShaperPolicyPre::new(instance_pre).map_err(link)?)
             }
         };
+        let labels = PluginLabels {
+            plugin: info.name.clone(),
+            kind: info.kind.as_str().into(),
+        };
         let plugin = Self {
+            labels,
             info,
             shared,
             pre,

@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::FailureMode;
 use crate::error::ApiError;
-use crate::metrics::{Metrics, PluginLabels};
+use crate::metrics::Metrics;
 use crate::store::UsageRecord;
 use bindings::auth::exports::sluice::policy::auth::Decision;
 use bindings::types;
@@ -145,17 +145,14 @@ impl Policies {
     }
 
     fn observe(&self, plugin: &Plugin, started: Instant, failed: Option<&PluginError>) {
-        let labels = PluginLabels {
-            plugin: plugin.info.name.clone(),
-            kind: plugin.info.kind.as_str().into(),
-        };
-        self.metrics.policy_calls.get_or_create(&labels).inc();
+        let labels = &plugin.labels;
+        self.metrics.policy_calls.get_or_create(labels).inc();
         self.metrics
             .policy_seconds
-            .get_or_create(&labels)
+            .get_or_create(labels)
             .observe(started.elapsed().as_secs_f64());
         if let Some(e) = failed {
-            self.metrics.policy_failures.get_or_create(&labels).inc();
+            self.metrics.policy_failures.get_or_create(labels).inc();
             tracing::error!(plugin = %plugin.info.name, kind = plugin.info.kind.as_str(), error = %e, "policy plugin failed");
         }
     }
