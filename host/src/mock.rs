@@ -253,12 +253,7 @@ async fn handle(
         ));
     }
     if path == "/_mock/config" {
-        let bytes = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let bytes = read_body(req).await;
         let mut current = serde_json::to_value(&base).unwrap_or_default();
         if let (Some(map), Ok(serde_json::Value::Object(patch))) = (
             current.as_object_mut(),
@@ -321,12 +316,7 @@ async fn handle(
         }
         _ => {}
     }
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = read_body(req).await;
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let model = json["model"].as_str().unwrap_or("mock").to_string();
     let prompt_tokens = u32::try_from(body.len() / 4).unwrap_or(u32::MAX).max(1);
@@ -386,6 +376,15 @@ async fn handle(
             serde_json::json!({"error": {"message": "unknown path", "type": "invalid_request_error", "code": null}}),
         ),
     })
+}
+
+/// The whole request body (empty if it cannot be read).
+async fn read_body(req: Request<Incoming>) -> Bytes {
+    req.into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
 }
 
 fn word(i: u32, size: usize) -> String {
