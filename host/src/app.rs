@@ -124,7 +124,7 @@ impl AppState {
             Arc::new(move |charges| committed.committed(charges)),
         );
         let state = Arc::new(Self {
-            channels: Channels::new(&config.channels),
+            channels: Channels::new(&config.channels, &metrics),
             config,
             store,
             keys,

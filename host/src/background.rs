@@ -46,13 +46,12 @@ fn every(state: &Arc<AppState>, period: Duration, job: Job) {
 async fn probe_channels(state: Arc<AppState>) {
     state.channels.publish(&state.metrics);
     for channel in state.channels.all().iter().filter(|c| c.due_for_probe()) {
-        let uri = format!(
-            "{}/models",
-            channel.config.base_url.to_string().trim_end_matches('/')
-        );
-        let mut request = http::Request::get(uri);
-        if let Some(key) = &channel.config.api_key {
-            request = request.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
+        let Some(uri) = channel.uri("/models") else {
+            continue;
+        };
+        let mut request = http::Request::get(uri.clone());
+        if let Some(authorization) = &channel.authorization {
+            request = request.header(http::header::AUTHORIZATION, authorization.clone());
         }
         let ok = match request.body(Full::default()) {
             Ok(req) => matches!(

@@ -869,7 +869,17 @@ impl Validator<'_> {
                 api_key: c
                     .api_key
                     .as_ref()
-                    .map(|k| self.secret(&key("api_key"), k, env))
+                    .map(|k| {
+                        let secret = self.secret(&key("api_key"), k, env)?;
+                        if http::HeaderValue::from_str(&secret).is_err() {
+                            return Err(self.error(
+                                &key("api_key"),
+                                Some(k),
+                                "the secret contains characters not allowed in an HTTP header",
+                            ));
+                        }
+                        Ok(secret)
+                    })
                     .transpose()?,
                 models: c.models.clone(),
                 model_map: c.model_map.clone(),

@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// mimalloc: the gateway allocates many short-lived buffers per request on
+/// several threads, where it measured cheaper than glibc's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = sluice::cli::Cli::parse();

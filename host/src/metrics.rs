@@ -25,7 +25,7 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     /// Endpoint name.
-    pub endpoint: String,
+    pub endpoint: &'static str,
 }
 
 /// Labels naming a channel and a failure kind.

@@ -116,7 +116,7 @@ pub fn finish(state: &Arc<AppState>, draft: Draft, outcome: Outcome) {
     if let Some(ttft) = outcome.ttft {
         m.ttft
             .get_or_create(&EndpointLabels {
-                endpoint: draft.endpoint.into(),
+                endpoint: draft.endpoint,
             })
             .observe(ttft.as_secs_f64());
     }
@@ -183,14 +183,15 @@ pub fn finish(state: &Arc<AppState>, draft: Draft, outcome: Outcome) {
     };
     let state = state.clone();
     let policies = draft.policies;
+    let slot = draft.slot;
     state.tracker.clone().spawn(async move {
-        let shaped = state.policies.shape(&policies, record).await;
-        state
-            .writer
-            .submit(Entry {
-                record: shaped,
-                charge,
-            })
-            .await;
+        let entry = Entry {
+            record: state.policies.shape(&policies, record).await,
+            charge,
+        };
+        match slot {
+            Some(slot) => state.writer.submit_reserved(slot, entry),
+            None => state.writer.submit(entry).await,
+        }
     });
 }

@@ -20,7 +20,7 @@ use super::{PluginError, PolicyKind};
 /// The WIT package version this host implements.
 pub const WIT_VERSION: &str = "1.0.0";
 /// How often the epoch advances; also the granularity of call deadlines and yields.
-pub const EPOCH_TICK: Duration = Duration::from_micros(250);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Limits applied to every plugin instance.
 #[derive(Debug, Clone, Copy)]

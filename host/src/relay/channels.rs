@@ -7,8 +7,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use http::{HeaderValue, Uri};
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::config::ChannelConfig;
 use crate::metrics::{ChannelLabels, Metrics};
+
+/// The upstream paths Sluice calls, relative to a channel's base URL; their
+/// full URIs are built once per channel.
+pub const UPSTREAM_PATHS: [&str; 4] = [
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/models",
+];
 
 /// Live state of one channel.
 #[derive(Debug, Default)]
@@ -22,13 +34,19 @@ pub struct Health {
     disabled: AtomicBool,
 }
 
-/// A channel: its configuration and health.
+/// A channel: its configuration, health, and what every request to it reuses.
 #[derive(Debug)]
 pub struct Channel {
     /// Configuration.
     pub config: ChannelConfig,
     /// Live health.
     pub health: Health,
+    /// `Authorization: Bearer …` for the upstream, built once, marked sensitive.
+    pub authorization: Option<HeaderValue>,
+    /// The full URI of each of [`UPSTREAM_PATHS`].
+    uris: Vec<(&'static str, Uri)>,
+    /// This channel's `sluice_channel_in_flight` gauge.
+    in_flight_gauge: Gauge,
 }
 
 /// A snapshot of a channel's health, for policies and the admin API.
@@ -55,7 +73,6 @@ pub struct HealthView {
 /// Decrements a channel's in-flight count when dropped.
 pub struct InFlight {
     channel: Arc<Channel>,
-    metrics: Arc<Metrics>,
 }
 
 impl Drop for InFlight {
@@ -64,12 +81,7 @@ impl Drop for InFlight {
             .health
             .in_flight
             .fetch_sub(1, Ordering::Relaxed);
-        self.metrics
-            .channel_in_flight
-            .get_or_create(&ChannelLabels {
-                channel: self.channel.config.id.clone(),
-            })
-            .dec();
+        self.channel.in_flight_gauge.dec();
     }
 }
 
@@ -82,6 +94,42 @@ fn ewma(old: u64, sample: u64) -> u64 {
 }
 
 impl Channel {
+    /// A channel with fresh health, its URIs and credential header built once.
+    pub fn new(config: ChannelConfig, metrics: &Metrics) -> Self {
+        let base = config.base_url.to_string();
+        let base = base.trim_end_matches('/');
+        let uris = UPSTREAM_PATHS
+            .iter()
+            .filter_map(|path| Some((*path, format!("{base}{path}").parse().ok()?)))
+            .collect();
+        let authorization = config.api_key.as_ref().and_then(|key| {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        });
+        let in_flight_gauge = metrics
+            .channel_in_flight
+            .get_or_create(&ChannelLabels {
+                channel: config.id.clone(),
+            })
+            .clone();
+        Self {
+            config,
+            health: Health::default(),
+            authorization,
+            uris,
+            in_flight_gauge,
+        }
+    }
+
+    /// The full URI of one of [`UPSTREAM_PATHS`].
+    pub fn uri(&self, path: &str) -> Option<&Uri> {
+        self.uris
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, uri)| uri)
+    }
+
     /// Healthy: not disabled, not cooling down, and below its concurrency limit.
     pub fn is_healthy(&self) -> bool {
         !self.health.disabled.load(Ordering::Relaxed)
@@ -95,17 +143,11 @@ impl Channel {
     }
 
     /// Counts a request in flight until the guard drops.
-    pub fn enter(self: &Arc<Self>, metrics: &Arc<Metrics>) -> InFlight {
+    pub fn enter(self: &Arc<Self>) -> InFlight {
         self.health.in_flight.fetch_add(1, Ordering::Relaxed);
-        metrics
-            .channel_in_flight
-            .get_or_create(&ChannelLabels {
-                channel: self.config.id.clone(),
-            })
-            .inc();
+        self.in_flight_gauge.inc();
         InFlight {
             channel: self.clone(),
-            metrics: metrics.clone(),
         }
     }
 
@@ -192,16 +234,11 @@ pub struct Channels {
 
 impl Channels {
     /// Channels from the config, in file order.
-    pub fn new(configs: &[ChannelConfig]) -> Self {
+    pub fn new(configs: &[ChannelConfig], metrics: &Metrics) -> Self {
         Self {
             all: configs
                 .iter()
-                .map(|c| {
-                    Arc::new(Channel {
-                        config: c.clone(),
-                        health: Health::default(),
-                    })
-                })
+                .map(|c| Arc::new(Channel::new(c.clone(), metrics)))
                 .collect(),
         }
     }

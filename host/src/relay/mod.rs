@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 
 use crate::app::{AppState, ResponseBody, boxed};
@@ -27,37 +27,40 @@ use channels::Channel;
 const MAX_UPSTREAM_BODY: usize = 64 << 20;
 
 /// Request headers never forwarded upstream (hop-by-hop, credentials, framing).
-const NOT_FORWARDED: &[&str] = &[
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "authorization",
-    "x-api-key",
-    "cookie",
-    "content-length",
-    "accept-encoding",
-    "http2-settings",
+static NOT_FORWARDED: [HeaderName; 16] = [
+    header::HOST,
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    header::COOKIE,
+    header::CONTENT_LENGTH,
+    header::ACCEPT_ENCODING,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Response headers never passed back (hop-by-hop and framing).
-const NOT_RETURNED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "set-cookie",
+static NOT_RETURNED: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::CONTENT_LENGTH,
+    header::SET_COOKIE,
 ];
+
+/// The request id header, sent upstream and returned to clients.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The fields the relay reads from a JSON request body.
 #[derive(serde::Deserialize)]
@@ -278,35 +281,37 @@ fn build_request(
     headers: &HeaderMap,
     request_id: &str,
 ) -> Result<Request<Full<Bytes>>, ApiError> {
-    let base = &channel.config.base_url;
-    let uri = format!(
-        "{}{}",
-        base.to_string().trim_end_matches('/'),
-        endpoint_path
-    );
-    let mut builder = Request::post(uri);
+    let uri = channel.uri(endpoint_path).cloned().ok_or_else(|| {
+        ApiError::Internal(format!(
+            "channel {} has no URI for {endpoint_path}",
+            channel.config.id
+        ))
+    })?;
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri;
+    let out = request.headers_mut();
+    out.reserve(headers.len() + 4);
     for (name, value) in headers {
-        if !NOT_FORWARDED.contains(&name.as_str()) {
-            builder = builder.header(name, value);
+        if !NOT_FORWARDED.contains(name) {
+            out.append(name, value.clone());
         }
     }
-    builder = builder
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT_ENCODING, "identity")
-        .header("x-request-id", request_id);
-    if let Some(key) = &channel.config.api_key {
-        let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-            ApiError::Internal(format!(
-                "channel {} has an unusable api key",
-                channel.config.id
-            ))
-        })?;
-        value.set_sensitive(true);
-        builder = builder.header(header::AUTHORIZATION, value);
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    out.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        out.insert(X_REQUEST_ID, id);
     }
-    builder
-        .body(Full::new(body))
-        .map_err(|e| ApiError::Internal(e.to_string()))
+    if let Some(authorization) = &channel.authorization {
+        out.insert(header::AUTHORIZATION, authorization.clone());
+    }
+    Ok(request)
 }
 
 /// Relays one parsed request through its plan.
@@ -352,7 +357,7 @@ pub async fn relay(
             Ok(r) => r,
             Err(e) => return Err((e, draft)),
         };
-        let in_flight = channel.enter(&state.metrics);
+        let in_flight = channel.enter();
         let sent = Instant::now();
         let failure = match tokio::time::timeout(
             cfg.first_byte_timeout,
@@ -424,8 +429,8 @@ async fn respond(
     let (parts, body) = response.into_parts();
     let status = parts.status;
     let mut headers = parts.headers;
-    for name in NOT_RETURNED {
-        headers.remove(*name);
+    for name in &NOT_RETURNED {
+        headers.remove(name);
     }
     let is_sse = headers
         .get(header::CONTENT_TYPE)

@@ -3,6 +3,7 @@
 //! cuts whatever is still running when the grace period ends.
 
 pub mod client_ip;
+pub mod request_id;
 pub mod routes;
 
 use std::net::SocketAddr;

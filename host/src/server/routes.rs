@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
@@ -88,7 +88,7 @@ pub async fn handle(
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), String::from);
+        .map_or_else(super::request_id::new, String::from);
     let mut ctx = Ctx {
         request_id,
         started,
@@ -113,27 +113,45 @@ pub async fn handle(
         .metrics
         .latency
         .get_or_create(&EndpointLabels {
-            endpoint: endpoint_name.into(),
+            endpoint: endpoint_name,
         })
         .observe(elapsed.as_secs_f64());
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-        headers.insert("x-request-id", v);
+        headers.insert(relay::X_REQUEST_ID, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("{:.3}ms", elapsed.as_secs_f64() * 1000.0)) {
-        headers.insert("x-response-time", v);
+    let mut text = String::with_capacity(16);
+    push_millis(&mut text, elapsed);
+    text.push_str("ms");
+    if let Ok(v) = HeaderValue::from_str(&text) {
+        headers.insert(X_RESPONSE_TIME, v);
     }
     if !ctx.timing.is_empty() {
-        let timing: Vec<String> = ctx
-            .timing
-            .iter()
-            .map(|(name, d)| format!("{name};dur={:.3}", d.as_secs_f64() * 1000.0))
-            .collect();
-        if let Ok(v) = HeaderValue::from_str(&timing.join(", ")) {
-            headers.insert("server-timing", v);
+        text.clear();
+        for (i, (name, d)) in ctx.timing.iter().enumerate() {
+            if i > 0 {
+                text.push_str(", ");
+            }
+            text.push_str(name);
+            text.push_str(";dur=");
+            push_millis(&mut text, *d);
+        }
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            headers.insert(SERVER_TIMING, v);
         }
     }
     response
+}
+
+const X_RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time");
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+
+/// Appends a duration as milliseconds with three decimals (`12.345`), without
+/// going through float formatting.
+fn push_millis(out: &mut String, d: Duration) {
+    use std::fmt::Write;
+    let us = d.as_micros();
+    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
 }
 
 fn endpoint_label(path: &str) -> &'static str {
