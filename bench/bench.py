@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 SLUICE = str(TARGET / "release" / "sluice")
+# The same binary built with frame pointers (bench/run.sh), for the phase profile.
+PROFILER = ROOT / "target" / "profiling" / "release" / "sluice"
 QUICK = "--quick" in sys.argv
 DURATION = "3s" if QUICK else "10s"
 ROUNDS = 1 if QUICK else 3
@@ -28,6 +31,7 @@ HOST = "127.0.0.1"
 MOCKS = {"fast": (19100, 0, 16), "paced": (19101, 20, 16), "slow": (19102, 1000, 30)}
 NGINX = {"fast": 19090, "paced": 19091, "slow": 19092}
 PROXY, ADMIN = 19080, 19081
+PROFILE_PROXY, PROFILE_ADMIN = 19082, 19083
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -66,6 +70,7 @@ class Bench:
         self.procs = []
         self.rows = []
         self.notes = []
+        self.phases = []
 
     def spawn(self, args, **kw):
         p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.dir / "stderr.log", "ab"), **kw)
@@ -149,21 +154,58 @@ cache_dir = "plugin-cache"
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         return json.loads(out)
 
+    def proxy_pids(self, name):
+        if name == "sluice":
+            return [self.sluice.pid]
+        if name == "nginx":
+            return [int(w) for w in subprocess.run(["pgrep", "-P", str(self.nginx.pid)], capture_output=True, text=True).stdout.split()]
+        return []
+
     def closed_loop(self, title, stream):
         results = {name: [] for name in ("direct", "nginx", "sluice")}
-        cpu_per_request = []
+        cpu_per_request = {"nginx": [], "sluice": []}
         for _ in range(ROUNDS):
             for name, url, headers, model in self.targets("fast"):
-                before = cpu_seconds(self.sluice.pid)
+                pids = self.proxy_pids(name)
+                before = sum(cpu_seconds(p) for p in pids)
                 report = self.oha(url, headers, body(model, stream), "-z", DURATION, "-c", "64")
                 ok = report["statusCodeDistribution"].get("200", 0)
                 results[name].append(report["summary"]["requestsPerSec"])
-                if name == "sluice" and ok:
-                    cpu_per_request.append((cpu_seconds(self.sluice.pid) - before) / ok * 1e6)
+                if pids and ok:
+                    cpu_per_request[name].append((sum(cpu_seconds(p) for p in pids) - before) / ok * 1e6)
                 assert set(report["statusCodeDistribution"]) <= {"200"}, (name, report["statusCodeDistribution"])
         med = {k: statistics.median(v) for k, v in results.items()}
         self.row(title, med, "req/s", higher_is_better=True)
-        self.notes.append(f"{title}: Sluice CPU time per request {statistics.median(cpu_per_request):.0f} µs (median of rounds; gateway process only)")
+        sluice_cpu, nginx_cpu = (statistics.median(cpu_per_request[k]) for k in ("sluice", "nginx"))
+        self.notes.append(f"{title}: CPU time per request: Sluice {sluice_cpu:.0f} µs, nginx {nginx_cpu:.0f} µs ({sluice_cpu / nginx_cpu:.2f}×; proxy processes only, median of rounds)")
+
+    def profile(self):
+        """Where Sluice's CPU goes, by phase: perf samples of a frame-pointer build under closed-loop load."""
+        if not shutil.which("perf") or not PROFILER.exists():
+            self.notes.append("phase profile skipped: perf or the frame-pointer build (target/profiling) is missing")
+            return
+        config = self.dir / "profile.toml"
+        config.write_text(self.config.read_text().replace("store.redb", "profile.redb").replace(f":{PROXY}", f":{PROFILE_PROXY}").replace(f":{ADMIN}", f":{PROFILE_ADMIN}"))
+        key = subprocess.check_output([str(PROFILER), "keys", "create", "--config", str(config), "--name", "profile"], env=self.env, text=True).strip()
+        proc = self.spawn([str(PROFILER), "serve", "--config", str(config)], env=self.env)
+        wait_port(PROFILE_PROXY)
+        url = f"http://{HOST}:{PROFILE_PROXY}/v1/chat/completions"
+        headers = ["-H", f"authorization: Bearer {key}"]
+        for stream in (False, True):
+            self.oha(url, headers, body("fast-model", stream), "-z", "1s", "-c", "64")
+            data = self.dir / f"perf-{stream}.data"
+            before = cpu_seconds(proc.pid)
+            record = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", str(data), "-p", str(proc.pid), "--", "sleep", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            report = self.oha(url, headers, body("fast-model", stream), "-z", "4s", "-c", "64")
+            record.wait()
+            ok = report["statusCodeDistribution"].get("200", 0)
+            cpu = (cpu_seconds(proc.pid) - before) / max(ok, 1) * 1e6
+            script = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,ip,sym"], capture_output=True, text=True).stdout
+            split = subprocess.run([sys.executable, str(ROOT / "bench" / "phases.py")], input=script, capture_output=True, text=True, check=True).stdout
+            kind = "stream (16 chunks)" if stream else "non-stream"
+            self.phases.append((kind, cpu, [(name, float(share)) for name, share in (line.split("\t") for line in split.splitlines())]))
+        proc.terminate()
+        proc.wait()
 
     def open_loop(self, rate):
         p50 = {name: [] for name in ("direct", "nginx", "sluice")}
@@ -218,8 +260,8 @@ cache_dir = "plugin-cache"
                 streaming = rss_mb(self.sluice.pid)
                 self.notes.append(f"{n} concurrent open streams: Sluice RSS {streaming:.0f} MB (idle before: {idle:.0f} MB), CPU {cpu:.1f}% of one core")
             else:
-                workers = subprocess.run(["pgrep", "-P", str(self.nginx.pid)], capture_output=True, text=True).stdout.split()
-                total = sum(rss_mb(int(w)) for w in workers) + rss_mb(self.nginx.pid)
+                workers = self.proxy_pids("nginx")
+                total = sum(rss_mb(w) for w in workers) + rss_mb(self.nginx.pid)
                 self.notes.append(f"{n} concurrent open streams: nginx RSS {total:.0f} MB (master + {len(workers)} workers)")
             proc.kill()
             proc.wait()
@@ -266,6 +308,15 @@ cache_dir = "plugin-cache"
                 ratios = f"{s / d:.2f}× | {s / n:.2f}×"
             lines.append(f"| {title} | {d:,.0f} {unit} | {n:,.0f} {unit} | {s:,.0f} {unit} | {ratios} |")
         lines += ["", *[f"- {n}" for n in self.notes], ""]
+        for kind, cpu, split in self.phases:
+            lines += [
+                f"Sluice CPU by phase, closed loop {kind}: {cpu:.0f} µs per request under `perf record -g` (frame-pointer build)",
+                "",
+                "| phase | share of samples | µs per request |",
+                "|---|---|---|",
+                *[f"| {name} | {share:.1%} | {share * cpu:.0f} |" for name, share in split],
+                "",
+            ]
         out = ROOT / "bench" / "results"
         out.mkdir(exist_ok=True)
         path = out / f"{time.strftime('%Y%m%d-%H%M%S')}.md"
@@ -284,6 +335,7 @@ def main():
         b.open_loop(5000)
         b.ttft()
         b.concurrent_streams()
+        b.profile()
     finally:
         b.stop()
     b.report()

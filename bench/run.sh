@@ -9,8 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --locked -p sluice
-if ! command -v nginx >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light
+# The same binary with frame pointers, for the per-phase CPU profile (perf -g).
+RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release --locked -p sluice --target-dir target/profiling
+missing=()
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v perf >/dev/null || missing+=(linux-perf)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 tools="$PWD/bench/.tools"
 if ! command -v oha >/dev/null && [ ! -x "$tools/bin/oha" ]; then

@@ -25,13 +25,24 @@ impl SseFramer {
     ///
     /// # Errors
     /// When an unfinished event exceeds [`MAX_EVENT_BYTES`].
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<Bytes>) -> Result<(), EventTooLarge> {
-        self.buf.extend_from_slice(chunk);
-        while let Some(end) = find_event_end(&self.buf[self.searched..]).map(|e| e + self.searched)
-        {
-            out.push(self.buf.split_to(end).freeze());
-            self.searched = 0;
+    pub fn push(&mut self, mut chunk: Bytes, out: &mut Vec<Bytes>) -> Result<(), EventTooLarge> {
+        if self.buf.is_empty() {
+            // The usual case, one or more whole events per upstream chunk: slice
+            // them out of the chunk without copying.
+            while let Some(end) = find_event_end(&chunk) {
+                out.push(chunk.split_to(end));
+            }
+        } else {
+            self.buf.extend_from_slice(&chunk);
+            chunk.clear();
+            while let Some(end) =
+                find_event_end(&self.buf[self.searched..]).map(|e| e + self.searched)
+            {
+                out.push(self.buf.split_to(end).freeze());
+                self.searched = 0;
+            }
         }
+        self.buf.extend_from_slice(&chunk);
         self.searched = self.buf.len().saturating_sub(3);
         if self.buf.len() > MAX_EVENT_BYTES {
             Err(EventTooLarge)
@@ -50,12 +61,13 @@ impl SseFramer {
 
 /// The index just past the first blank-line delimiter (`\n\n`, `\r\n\r\n`, `\r\r`).
 fn find_event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        match (buf[i], buf[i + 1]) {
-            (b'\n', b'\n') | (b'\r', b'\r') => return Some(i + 2),
-            (b'\r', b'\n') if buf.get(i + 2..i + 4) == Some(b"\r\n") => return Some(i + 4),
-            _ => i += 1,
+    let mut from = 0;
+    while let Some(at) = memchr::memchr2(b'\n', b'\r', &buf[from..]) {
+        let i = from + at;
+        match (buf[i], buf.get(i + 1)) {
+            (b'\n', Some(b'\n')) | (b'\r', Some(b'\r')) => return Some(i + 2),
+            (b'\r', Some(b'\n')) if buf.get(i + 2..i + 4) == Some(b"\r\n") => return Some(i + 4),
+            _ => from = i + 1,
         }
     }
     None
@@ -134,7 +146,7 @@ pub fn inspect(event: &[u8]) -> EventInfo {
 }
 
 fn memfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 #[cfg(test)]
@@ -145,7 +157,7 @@ mod tests {
         let mut framer = SseFramer::default();
         let mut out = Vec::new();
         for c in chunks {
-            assert!(framer.push(c, &mut out).is_ok());
+            assert!(framer.push(Bytes::copy_from_slice(c), &mut out).is_ok());
         }
         out.extend(framer.finish());
         out
@@ -183,10 +195,10 @@ mod tests {
     fn oversized_events_are_refused() {
         let mut framer = SseFramer::default();
         let mut out = Vec::new();
-        let chunk = vec![b'x'; 1 << 20];
+        let chunk = Bytes::from(vec![b'x'; 1 << 20]);
         let mut result = Ok(());
         for _ in 0..40 {
-            result = framer.push(&chunk, &mut out);
+            result = framer.push(chunk.clone(), &mut out);
             if result.is_err() {
                 break;
             }

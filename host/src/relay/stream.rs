@@ -37,6 +37,7 @@ pub struct RelayStream {
     scratch: Vec<Bytes>,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
+    last_data: tokio::time::Instant,
     show_usage: bool,
     capture: Option<String>,
     outcome: Outcome,
@@ -64,6 +65,7 @@ impl RelayStream {
             scratch: Vec::new(),
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
+            last_data: tokio::time::Instant::now(),
             show_usage,
             capture,
             started: draft.started,
@@ -109,6 +111,19 @@ impl RelayStream {
         self.ready
             .push_back(Bytes::from(format!("data: {body}\n\n")));
         self.ended = true;
+    }
+
+    /// Whether the upstream has been silent for the idle timeout. The timer is
+    /// re-armed lazily from the last data's time, not reset on every chunk.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.idle.as_mut().poll(cx).is_ready() {
+            let due = self.last_data + self.idle_timeout;
+            if tokio::time::Instant::now() >= due {
+                return true;
+            }
+            self.idle.as_mut().reset(due);
+        }
+        false
     }
 
     fn account(&mut self) {
@@ -157,12 +172,11 @@ impl Body for RelayStream {
             }
             match Pin::new(&mut this.upstream).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
-                    this.idle.as_mut().reset(deadline);
+                    this.last_data = tokio::time::Instant::now();
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    if this.framer.push(&data, &mut this.scratch).is_err() {
+                    if this.framer.push(data, &mut this.scratch).is_err() {
                         this.fail(
                             "upstream_event_too_large",
                             "The upstream sent an event larger than the gateway accepts.",
@@ -184,7 +198,7 @@ impl Body for RelayStream {
                     this.ended = true;
                 }
                 Poll::Pending => {
-                    if this.idle.as_mut().poll(cx).is_ready() {
+                    if this.idle_expired(cx) {
                         this.fail(
                             "upstream_idle_timeout",
                             "The upstream stalled between chunks for longer than the idle timeout.",

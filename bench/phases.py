@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Splits a `perf record -g` profile of the gateway into request phases.
+
+Reads `perf script -F comm,ip,sym` output on stdin. Each sample is given to the
+first phase, in the order below, with a matching frame anywhere on its stack, so
+a wasm call made while hyper polls the request handler counts as "policies",
+not as client I/O. Prints `phase<TAB>share` lines (shares of all samples).
+"""
+import re
+import sys
+
+# (phase, frame pattern), most specific first.
+PHASES = [
+    ("policies (wasm auth, route, shape)", r"wasmtime|sluice::plugins::"),
+    ("usage record, batch writer, store", r"sluice::usage::|sluice::store::|redb::|rusqlite|tracing_subscriber"),
+    ("key lookup", r"sluice::keys::|routes::lookup_key|moka::|sha2::"),
+    ("stream tap (SSE framing, usage)", r"sluice::relay::stream::|sluice::relay::sse::"),
+    ("parse request, build upstream request", r"sluice::relay::parse|sluice::relay::read_body|sluice::relay::build_request|routes::request_info"),
+    ("upstream I/O (hyper client)", r"hyper_util::client|hyper::client|role::Client|futures_util::future::future::Map"),
+    ("gateway logic (routing, relay, metrics)", r"sluice::"),
+    ("client I/O (hyper server)", r"hyper::server|hyper::proto|hyper_util::server"),
+    ("runtime, scheduler, other", r""),
+]
+
+
+def samples(lines):
+    frames = []
+    for line in lines:
+        if not line.strip():
+            if frames:
+                yield frames
+            frames = []
+        elif line[0] in " \t":
+            parts = line.strip().split(None, 1)
+            frames.append(parts[1] if len(parts) > 1 else "")
+    if frames:
+        yield frames
+
+
+def main():
+    compiled = [(name, re.compile(pattern)) for name, pattern in PHASES]
+    counts = {name: 0 for name, _ in PHASES}
+    total = 0
+    for stack in samples(sys.stdin):
+        total += 1
+        for name, pattern in compiled:
+            if any(pattern.search(frame) for frame in stack):
+                counts[name] += 1
+                break
+    for name, _ in PHASES:
+        print(f"{name}\t{counts[name] / max(total, 1):.4f}")
+
+
+if __name__ == "__main__":
+    main()
