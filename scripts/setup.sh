@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Sluice needs beyond rustup's toolchain:
 # the wasm32-wasip2 target (RUSTUP_AUTO_INSTALL=0 machines do not add it from
-# rust-toolchain.toml) and, with --python, the official openai SDK for the suite.
+# rust-toolchain.toml) and, with --python, what the suite runs in Python: the
+# official openai SDK, and componentize-py to build the Python example plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
@@ -11,6 +12,9 @@ fi
 if ! rustup target list --installed --toolchain "$toolchain" | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2 --toolchain "$toolchain"
 fi
-if [ "${1:-}" = "--python" ] && ! python3 -c 'import openai' 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check openai
+if [ "${1:-}" = "--python" ]; then
+  python3 -c 'import openai' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check openai
+  python3 -c 'import componentize_py' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check componentize-py==0.25.1
 fi

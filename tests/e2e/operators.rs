@@ -409,6 +409,68 @@ async fn the_plugin_template_enforces_team_headers() {
 }
 
 #[tokio::test]
+async fn a_python_plugin_decides_through_the_same_interface() {
+    let build = tempfile::tempdir().unwrap();
+    let wasm = build_python_plugin("python-user-quota", "auth-policy", build.path()).await;
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .plugin(
+            "user-quota",
+            wasm.to_str().unwrap(),
+            Some("header = \"x-user-id\"\nrpm_per_user = 2\n"),
+        )
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        // An 18 MB component (CPython inside) is compiled once, then cached.
+        .ready_within(Duration::from_secs(300))
+        .start()
+        .await;
+    let (key, id) = gw.create_key(json!({"name": "py"})).await;
+    let url = format!("http://{}/v1/chat/completions", gw.proxy);
+    let send = |user: Option<&str>| {
+        let mut headers = vec![("authorization", format!("Bearer {key}"))];
+        if let Some(u) = user {
+            headers.push(("x-user-id", u.to_string()));
+        }
+        let url = url.clone();
+        async move { request("POST", &url, &headers, Some(chat_body().to_string())).await }
+    };
+    let anonymous = send(None).await;
+    assert_eq!(
+        (anonymous.status, anonymous.error_code().as_str()),
+        (403, "user_required"),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(send(Some("ada")).await.status, 200);
+    assert_eq!(send(Some("ada")).await.status, 200);
+    let limited = send(Some("ada")).await;
+    assert_eq!(
+        (limited.status, limited.error_code().as_str()),
+        (429, "rate_limit_exceeded")
+    );
+    assert!(limited.headers.contains_key("retry-after"));
+    assert_eq!(
+        send(Some("grace")).await.status,
+        200,
+        "budgets are per user"
+    );
+    let labelled = eventually(Duration::from_secs(5), async || {
+        let (_, page) = gw
+            .admin_json("GET", &format!("/admin/usage?key_id={id}&status=200"), None)
+            .await;
+        page["data"]
+            .as_array()
+            .is_some_and(|d| d.len() == 3 && d.iter().all(|r| r["labels"]["user"].is_string()))
+    })
+    .await;
+    assert!(labelled, "the plugin's label reaches the usage record");
+    assert!(
+        gw.logs().contains("user-quota: 2 rpm per x-user-id"),
+        "the Python plugin's log line reaches the gateway log"
+    );
+}
+
+#[tokio::test]
 async fn json_logs_have_one_access_line_per_request_and_slow_warnings() {
     let upstream = keyed_mock(MockConfig::default()).await;
     let gw = Gateway::builder()

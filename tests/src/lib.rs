@@ -101,6 +101,7 @@ pub struct GatewayBuilder {
     plugins: Vec<(String, PathBuf, Option<String>)>,
     env: Vec<(String, String)>,
     tables: std::collections::BTreeMap<&'static str, String>,
+    ready_within: Duration,
 }
 
 /// A `[[channels]]` entry pointing at `base` (e.g. `http://127.0.0.1:1234/v1`).
@@ -138,6 +139,7 @@ impl Gateway {
             plugins: Vec::new(),
             env: Vec::new(),
             tables: std::collections::BTreeMap::new(),
+            ready_within: Duration::from_secs(60),
         }
     }
 
@@ -184,7 +186,13 @@ impl Gateway {
     /// Starts the process again on the same directory and config.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill first");
-        let (child, proxy, admin) = spawn(self.dir.path(), &self.config_path, &[]).await;
+        let (child, proxy, admin) = spawn(
+            self.dir.path(),
+            &self.config_path,
+            &[],
+            Duration::from_secs(60),
+        )
+        .await;
         self.child = Some(child);
         self.proxy = proxy;
         self.admin = admin;
@@ -273,7 +281,12 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
-async fn spawn(dir: &Path, config: &Path, env: &[(String, String)]) -> (Child, String, String) {
+async fn spawn(
+    dir: &Path,
+    config: &Path,
+    env: &[(String, String)],
+    ready_within: Duration,
+) -> (Child, String, String) {
     let ready = dir.join("ready.json");
     let _ = std::fs::remove_file(&ready);
     let log = std::fs::OpenOptions::new()
@@ -298,7 +311,7 @@ async fn spawn(dir: &Path, config: &Path, env: &[(String, String)]) -> (Child, S
         .stderr(Stdio::from(log))
         .spawn()
         .expect("spawn sluice");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + ready_within;
     loop {
         if let Ok(text) = std::fs::read_to_string(&ready) {
             let v: serde_json::Value = serde_json::from_str(&text).expect("ready json");
@@ -355,6 +368,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Allows a slower start (the default is 60 s), e.g. for a large plugin
+    /// compiled on first load.
+    pub fn ready_within(mut self, limit: Duration) -> Self {
+        self.ready_within = limit;
+        self
+    }
+
     /// Sets an environment variable for the process.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
@@ -389,7 +409,8 @@ impl GatewayBuilder {
         );
         let config_path = dir.path().join("sluice.toml");
         std::fs::write(&config_path, config).unwrap();
-        let (child, proxy, admin) = spawn(dir.path(), &config_path, &self.env).await;
+        let (child, proxy, admin) =
+            spawn(dir.path(), &config_path, &self.env, self.ready_within).await;
         Gateway {
             dir,
             proxy,
@@ -535,6 +556,37 @@ pub async fn python(
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// Builds the Python plugin in `examples/plugins/NAME` (module `app`) against
+/// `world` with componentize-py (installed by `scripts/setup.sh --python`) and
+/// returns the component's path inside `out`.
+pub async fn build_python_plugin(name: &str, world: &str, out: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasm = out.join(format!("{name}.wasm"));
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg("import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())")
+        .arg("-d")
+        .arg(root.join("wit"))
+        .arg("-w")
+        .arg(world)
+        .arg("componentize")
+        .arg("-p")
+        .arg(root.join("examples").join("plugins").join(name))
+        .arg("app")
+        .arg("-o")
+        .arg(&wasm);
+    let output = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "componentize-py failed (run scripts/setup.sh --python to install it):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    wasm
 }
 
 /// Polls `check` every 10 ms until it returns true or `limit` passes.
