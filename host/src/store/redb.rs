@@ -25,6 +25,11 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::backend("redb", e)
 }
 
+/// redb's page cache. Its default (1 GiB) lets the gateway's RSS grow with the
+/// usage table; appends and key reads need only the hot pages, so a small cache
+/// (like SQLite's) keeps memory flat.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// The redb store.
 pub struct RedbStore {
     path: PathBuf,
@@ -45,7 +50,10 @@ impl RedbStore {
     }
 
     fn open_db(path: &Path) -> Result<Database, StoreError> {
-        let db = Database::create(path).map_err(err)?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(err)?;
         let tx = db.begin_write().map_err(err)?;
         {
             let mut meta = tx.open_table(META).map_err(err)?;
