@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Sluice's benchmark suite (not part of `cargo test`). Builds the release binary,
-# installs nginx (Debian package) and oha (cargo install --locked) if missing,
-# runs every scenario against direct-to-upstream, nginx and Sluice interleaved on
-# 127.0.0.1, then the criterion benchmarks, and writes bench/results/<time>.md.
+# Sluice's benchmark suite (not part of `cargo test`). Builds the release binary
+# (plus a frame-pointer copy for the phase profile), installs nginx, perf (Debian
+# packages) and oha (cargo install --locked) if missing, runs every scenario
+# against direct-to-upstream, nginx and Sluice interleaved on 127.0.0.1, profiles
+# Sluice by phase, then runs the criterion benchmarks, and writes
+# bench/results/<time>.md.
 #   bench/run.sh            full run (about 15 minutes after the build)
 #   bench/run.sh --quick    shorter runs, for a smoke test
 set -euo pipefail

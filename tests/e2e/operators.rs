@@ -358,6 +358,35 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// A chat request with `key`, plus `header: value` when a value is given.
+async fn chat_with_header(
+    gw: &Gateway,
+    key: &str,
+    header: &'static str,
+    value: Option<&'static str>,
+) -> Reply {
+    let url = format!("http://{}/v1/chat/completions", gw.proxy);
+    let mut headers = vec![("authorization", format!("Bearer {key}"))];
+    if let Some(v) = value {
+        headers.push((header, v.to_string()));
+    }
+    request("POST", &url, &headers, Some(chat_body().to_string())).await
+}
+
+/// Whether, within 5 s, key `id` has exactly `n` successful usage records and
+/// every one carries the label `label`.
+async fn records_labelled(gw: &Gateway, id: &str, n: usize, label: &str) -> bool {
+    eventually(Duration::from_secs(5), async || {
+        let (_, page) = gw
+            .admin_json("GET", &format!("/admin/usage?key_id={id}&status=200"), None)
+            .await;
+        page["data"]
+            .as_array()
+            .is_some_and(|d| d.len() == n && d.iter().all(|r| r["labels"][label].is_string()))
+    })
+    .await
+}
+
 #[tokio::test]
 async fn the_plugin_template_enforces_team_headers() {
     let upstream = keyed_mock(MockConfig::default()).await;
@@ -371,15 +400,7 @@ async fn the_plugin_template_enforces_team_headers() {
         .start()
         .await;
     let (key, id) = gw.create_key(json!({"name": "t"})).await;
-    let url = format!("http://{}/v1/chat/completions", gw.proxy);
-    let send = |team: Option<&str>| {
-        let mut headers = vec![("authorization", format!("Bearer {key}"))];
-        if let Some(t) = team {
-            headers.push(("x-team", t.to_string()));
-        }
-        let url = url.clone();
-        async move { request("POST", &url, &headers, Some(chat_body().to_string())).await }
-    };
+    let send = |team: Option<&'static str>| chat_with_header(&gw, &key, "x-team", team);
     assert_eq!(send(None).await.error_code(), "team_not_allowed");
     assert_eq!(send(Some("green")).await.status, 403);
     assert_eq!(send(Some("blue")).await.status, 200);
@@ -391,16 +412,7 @@ async fn the_plugin_template_enforces_team_headers() {
     );
     assert!(limited.headers.contains_key("retry-after"));
     assert_eq!(send(Some("red")).await.status, 200, "budgets are per team");
-    let labelled = eventually(Duration::from_secs(5), async || {
-        let (_, page) = gw
-            .admin_json("GET", &format!("/admin/usage?key_id={id}&status=200"), None)
-            .await;
-        page["data"]
-            .as_array()
-            .is_some_and(|d| d.len() == 3 && d.iter().all(|r| r["labels"]["team"].is_string()))
-    })
-    .await;
-    assert!(labelled);
+    assert!(records_labelled(&gw, &id, 3, "team").await);
     assert!(
         gw.logs()
             .contains("team-header: 2 teams allowed via x-team"),
@@ -425,15 +437,7 @@ async fn a_python_plugin_decides_through_the_same_interface() {
         .start()
         .await;
     let (key, id) = gw.create_key(json!({"name": "py"})).await;
-    let url = format!("http://{}/v1/chat/completions", gw.proxy);
-    let send = |user: Option<&str>| {
-        let mut headers = vec![("authorization", format!("Bearer {key}"))];
-        if let Some(u) = user {
-            headers.push(("x-user-id", u.to_string()));
-        }
-        let url = url.clone();
-        async move { request("POST", &url, &headers, Some(chat_body().to_string())).await }
-    };
+    let send = |user: Option<&'static str>| chat_with_header(&gw, &key, "x-user-id", user);
     let anonymous = send(None).await;
     assert_eq!(
         (anonymous.status, anonymous.error_code().as_str()),
@@ -454,16 +458,10 @@ async fn a_python_plugin_decides_through_the_same_interface() {
         200,
         "budgets are per user"
     );
-    let labelled = eventually(Duration::from_secs(5), async || {
-        let (_, page) = gw
-            .admin_json("GET", &format!("/admin/usage?key_id={id}&status=200"), None)
-            .await;
-        page["data"]
-            .as_array()
-            .is_some_and(|d| d.len() == 3 && d.iter().all(|r| r["labels"]["user"].is_string()))
-    })
-    .await;
-    assert!(labelled, "the plugin's label reaches the usage record");
+    assert!(
+        records_labelled(&gw, &id, 3, "user").await,
+        "the plugin's label reaches the usage record"
+    );
     assert!(
         gw.logs().contains("user-quota: 2 rpm per x-user-id"),
         "the Python plugin's log line reaches the gateway log"
