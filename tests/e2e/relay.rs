@@ -542,4 +542,19 @@ async fn every_response_carries_ids_timings_and_openai_errors() {
         );
         assert!(reply.headers.contains_key("x-request-id"));
     }
+    let unauthenticated = request(
+        "POST",
+        &url,
+        &[("authorization", "Bearer sk-sl-not-a-key".into())],
+        Some("{not json".into()),
+    )
+    .await;
+    assert_eq!(
+        (
+            unauthenticated.status,
+            unauthenticated.error_code().as_str()
+        ),
+        (401, "invalid_api_key"),
+        "a bad key is refused before the body is judged, as OpenAI does"
+    );
 }

@@ -199,7 +199,18 @@ async fn dispatch(
     let (parts, body) = req.into_parts();
     let bytes = relay::read_body(body, state.config.server.max_body_bytes).await?;
     let prompt_estimate = u32::try_from(bytes.len() / 4).unwrap_or(u32::MAX);
-    let parsed = relay::parse(bytes)?;
+    let prompt = state
+        .config
+        .log
+        .content
+        .then(|| String::from_utf8_lossy(&bytes).into_owned());
+    // A malformed body is reported only after auth, as OpenAI does: a bad key
+    // gets its 401 whatever the body says. Auth then sees an empty model.
+    let parsed = relay::parse(bytes);
+    let (model, stream) = match &parsed {
+        Ok(p) => (p.model.clone(), p.stream),
+        Err(_) => (String::new(), false),
+    };
     let policy_started = Instant::now();
     let key = lookup_key(state, &parts.headers).await?;
     // Keyed requests leave a usage record: reserve its queue place before any
@@ -208,21 +219,14 @@ async fn dispatch(
         Some(_) => state.writer.reserve().await,
         None => None,
     };
-    let info = request_info(
-        state,
-        ctx,
-        endpoint.name(),
-        &parsed.model,
-        parsed.stream,
-        &parts.headers,
-    );
+    let info = request_info(state, ctx, endpoint.name(), &model, stream, &parts.headers);
     let policies = state.policies.snapshot();
     let key_info = key.as_deref().map(crate::plugins::key_info);
     let mut draft = Draft {
         request_id: ctx.request_id.clone(),
         endpoint: endpoint.name(),
-        model: parsed.model.clone(),
-        stream: parsed.stream,
+        model,
+        stream,
         client_ip: info.client_ip.clone(),
         key: key.clone(),
         labels: BTreeMap::new(),
@@ -232,11 +236,7 @@ async fn dispatch(
         upstream_model: String::new(),
         prompt_estimate,
         slot,
-        prompt: state
-            .config
-            .log
-            .content
-            .then(|| String::from_utf8_lossy(&parsed.body).into_owned()),
+        prompt,
     };
     let labels = match state
         .policies
@@ -248,6 +248,10 @@ async fn dispatch(
     };
     ctx.timing.push(("auth", policy_started.elapsed()));
     draft.labels = labels.into_iter().map(|l| (l.name, l.value)).collect();
+    let parsed = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) => return Err(account_failure(state, draft, error)),
+    };
     match relay::relay(
         state,
         draft,
