@@ -222,17 +222,23 @@ enum ConfigCommand {
     },
 }
 
-/// Sets up logging from the config (stderr; text or JSON).
-pub fn init_logging(format: LogFormat, level: &str) {
+/// Sets up logging from the config: text or JSON on stderr, written by a
+/// dedicated thread so that a slow stderr (a full pipe, a stalled journald)
+/// never blocks request handling; beyond 128k buffered lines, lines are
+/// dropped rather than waited for. Keep the guard alive for the whole command:
+/// dropping it flushes what is still buffered.
+pub fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    guard
 }
 
 fn out(text: &str) -> anyhow::Result<()> {
@@ -282,7 +288,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tls_dir,
             ready_file,
         } => {
-            init_logging(LogFormat::Text, "info");
+            let _logging = init_logging(LogFormat::Text, "info");
             let tls = tls_dir
                 .as_deref()
                 .map(crate::mock::test_tls)
@@ -324,7 +330,7 @@ async fn shutdown_signal() {
 
 async fn serve(path: &Path, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load(path)?;
-    init_logging(config.log.format, &config.log.level);
+    let _logging = init_logging(config.log.format, &config.log.level);
     let stop = CancellationToken::new();
     let trigger = stop.clone();
     tokio::spawn(async move {
@@ -739,7 +745,7 @@ async fn purge(target: &Target, older_than: &str) -> anyhow::Result<()> {
 async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
     match command {
         PluginCommand::Check { file, config } => {
-            init_logging(LogFormat::Text, "warn");
+            let _logging = init_logging(LogFormat::Text, "warn");
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let toml_text = config.as_deref().map(std::fs::read_to_string).transpose()?;

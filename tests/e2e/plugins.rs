@@ -128,15 +128,14 @@ async fn failing_auth_plugins_fail_closed_and_are_named() {
                 started.elapsed()
             );
         }
-        let logs = gw.logs();
-        let line = logs
-            .lines()
-            .find(|l| l.contains("policy plugin failed") && l.contains(name))
-            .unwrap_or_default();
-        assert!(
-            line.contains(reason),
-            "{name}: log should say {reason}: {line}"
-        );
+        // Logs are written by their own thread: give the line a moment.
+        let logged = eventually(Duration::from_secs(3), async || {
+            gw.logs().lines().any(|l| {
+                l.contains("policy plugin failed") && l.contains(name) && l.contains(reason)
+            })
+        })
+        .await;
+        assert!(logged, "{name}: log should say {reason}:\n{}", gw.logs());
         let metrics = gw.metrics().await;
         assert_eq!(
             metric(
