@@ -132,6 +132,26 @@ fn minimal(full: &Inputs) -> Inputs {
     }
 }
 
+/// 20,000 timed requests, sorted.
+fn sorted_samples(
+    rt: &tokio::runtime::Runtime,
+    policies: &Policies,
+    set: &PolicySet,
+    inputs: &Inputs,
+) -> Vec<Duration> {
+    let mut samples: Vec<Duration> = rt.block_on(async {
+        let mut samples = Vec::with_capacity(20_000);
+        for _ in 0..20_000 {
+            let start = Instant::now();
+            one_request(policies, set, inputs).await;
+            samples.push(start.elapsed());
+        }
+        samples
+    });
+    samples.sort();
+    samples
+}
+
 async fn one_request(policies: &Policies, set: &PolicySet, i: &Inputs) {
     policies
         .authorize(set, &i.req, Some(&i.key))
@@ -166,19 +186,12 @@ fn bench(c: &mut Criterion) {
             .block_on(Loader::start(engine, policies.clone(), config))
             .unwrap();
         let set = policies.snapshot();
-        let mut samples: Vec<Duration> = rt.block_on(async {
+        rt.block_on(async {
             for _ in 0..2_000 {
                 one_request(&policies, &set, &i).await;
             }
-            let mut samples = Vec::with_capacity(20_000);
-            for _ in 0..20_000 {
-                let start = Instant::now();
-                one_request(&policies, &set, &i).await;
-                samples.push(start.elapsed());
-            }
-            samples
         });
-        samples.sort();
+        let samples = sorted_samples(&rt, &policies, &set, &i);
         let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p) as usize];
         let phase = |name: &str, samples: &mut Vec<Duration>| {
             samples.sort();
@@ -218,17 +231,7 @@ fn bench(c: &mut Criterion) {
         if mode == InstanceMode::Pooled {
             // The same calls with almost nothing to lower: how much of the cost is
             // per-string canonical-ABI work rather than the calls themselves.
-            let lean = minimal(&i);
-            let mut lean_samples: Vec<Duration> = rt.block_on(async {
-                let mut samples = Vec::with_capacity(20_000);
-                for _ in 0..20_000 {
-                    let start = Instant::now();
-                    one_request(&policies, &set, &lean).await;
-                    samples.push(start.elapsed());
-                }
-                samples
-            });
-            lean_samples.sort();
+            let lean_samples = sorted_samples(&rt, &policies, &set, &minimal(&i));
             println!(
                 "policy path ({label}, minimal inputs: no headers, no allowed models or networks, 1 channel, no labels): auth+route+shape p50 = {:.2} µs",
                 lean_samples[lean_samples.len() / 2].as_secs_f64() * 1e6
