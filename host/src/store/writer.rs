@@ -79,16 +79,23 @@ impl UsageWriter {
     /// is full; `None` when the queue stayed full or the writer is closed (the
     /// entry then goes through [`Self::submit`], which counts a drop if needed).
     pub async fn reserve(&self) -> Option<Slot> {
-        let tx = self.sender()?;
+        self.reserve_or_why().await.ok()
+    }
+
+    /// [`Self::reserve`], saying why no place could be had.
+    async fn reserve_or_why(&self) -> Result<Slot, &'static str> {
+        const CLOSED: &str = "writer is closed";
+        let tx = self.sender().ok_or(CLOSED)?;
         let tx = match tx.try_reserve_owned() {
-            Ok(permit) => return Some(Slot(permit)),
+            Ok(permit) => return Ok(Slot(permit)),
             Err(mpsc::error::TrySendError::Full(tx)) => tx,
-            Err(mpsc::error::TrySendError::Closed(_)) => return None,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(CLOSED),
         };
         self.metrics.writer_backpressure.inc();
         match tokio::time::timeout(self.backpressure_wait, tx.reserve_owned()).await {
-            Ok(Ok(permit)) => Some(Slot(permit)),
-            _ => None,
+            Ok(Ok(permit)) => Ok(Slot(permit)),
+            Ok(Err(_)) => Err(CLOSED),
+            Err(_) => Err("queue full after backpressure wait"),
         }
     }
 
@@ -101,31 +108,9 @@ impl UsageWriter {
     /// Queues an entry, waiting up to the backpressure limit when the queue is full.
     /// An entry that still cannot be queued is counted and logged, never silently lost.
     pub async fn submit(&self, entry: Entry) {
-        let Some(tx) = self.sender() else {
-            self.dropped(&entry, "writer is closed");
-            return;
-        };
-        let entry = match tx.try_send(entry) {
-            Ok(()) => {
-                self.metrics.writer_queue_depth.inc();
-                return;
-            }
-            Err(mpsc::error::TrySendError::Closed(entry)) => {
-                return self.dropped(&entry, "writer is closed");
-            }
-            Err(mpsc::error::TrySendError::Full(entry)) => entry,
-        };
-        self.metrics.writer_backpressure.inc();
-        match tx.send_timeout(entry, self.backpressure_wait).await {
-            Ok(()) => {
-                self.metrics.writer_queue_depth.inc();
-            }
-            Err(
-                mpsc::error::SendTimeoutError::Timeout(entry)
-                | mpsc::error::SendTimeoutError::Closed(entry),
-            ) => {
-                self.dropped(&entry, "queue full after backpressure wait");
-            }
+        match self.reserve_or_why().await {
+            Ok(slot) => self.submit_reserved(slot, entry),
+            Err(why) => self.dropped(&entry, why),
         }
     }
 
