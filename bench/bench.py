@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+import phases
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 SLUICE = str(TARGET / "release" / "sluice")
@@ -201,9 +203,8 @@ cache_dir = "plugin-cache"
             ok = report["statusCodeDistribution"].get("200", 0)
             cpu = (cpu_seconds(proc.pid) - before) / max(ok, 1) * 1e6
             script = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,ip,sym"], capture_output=True, text=True).stdout
-            split = subprocess.run([sys.executable, str(ROOT / "bench" / "phases.py")], input=script, capture_output=True, text=True, check=True).stdout
             kind = "stream (16 chunks)" if stream else "non-stream"
-            self.phases.append((kind, cpu, [(name, float(share)) for name, share in (line.split("\t") for line in split.splitlines())]))
+            self.phases.append((kind, cpu, phases.split(script.splitlines(keepends=True))))
         proc.terminate()
         proc.wait()
 

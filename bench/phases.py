@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Splits a `perf record -g` profile of the gateway into request phases.
 
-Reads `perf script -F comm,ip,sym` output on stdin. Each sample is given to the
+Reads `perf script -F comm,ip,sym` output on stdin (or use `split` from
+bench.py). Each sample is given to the
 first phase, in the order below, with a matching frame anywhere on its stack, so
 a wasm call made while hyper polls the request handler counts as "policies",
 not as client I/O. Prints `phase<TAB>share` lines (shares of all samples).
@@ -37,18 +38,23 @@ def samples(lines):
         yield frames
 
 
-def main():
+def split(lines):
+    """[(phase, share of all samples)] for `perf script -F comm,ip,sym` lines."""
     compiled = [(name, re.compile(pattern)) for name, pattern in PHASES]
     counts = {name: 0 for name, _ in PHASES}
     total = 0
-    for stack in samples(sys.stdin):
+    for stack in samples(lines):
         total += 1
         for name, pattern in compiled:
             if any(pattern.search(frame) for frame in stack):
                 counts[name] += 1
                 break
-    for name, _ in PHASES:
-        print(f"{name}\t{counts[name] / max(total, 1):.4f}")
+    return [(name, counts[name] / max(total, 1)) for name, _ in PHASES]
+
+
+def main():
+    for name, share in split(sys.stdin):
+        print(f"{name}\t{share:.4f}")
 
 
 if __name__ == "__main__":
