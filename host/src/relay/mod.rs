@@ -39,7 +39,7 @@ static NOT_FORWARDED: [HeaderName; 16] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::AUTHORIZATION,
-    HeaderName::from_static("x-api-key"),
+    X_API_KEY,
     header::COOKIE,
     header::CONTENT_LENGTH,
     header::ACCEPT_ENCODING,
@@ -61,6 +61,9 @@ static NOT_RETURNED: [HeaderName; 9] = [
 
 /// The request id header, sent upstream and returned to clients.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The alternative credential header (Anthropic style); never forwarded.
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// The fields the relay reads from a JSON request body.
 #[derive(serde::Deserialize)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
@@ -23,19 +23,19 @@ use crate::relay;
 use crate::usage::{self, Draft, Outcome};
 
 /// Request headers policies may see.
-pub const POLICY_HEADERS: &[&str] = &[
-    "user-agent",
-    "content-type",
-    "openai-organization",
-    "openai-project",
-    "x-request-id",
-    "x-forwarded-for",
-    "x-real-ip",
-    "x-client-name",
-    "x-user-id",
-    "x-team",
-    "x-session-id",
-    "x-sluice-tag",
+pub static POLICY_HEADERS: [HeaderName; 12] = [
+    header::USER_AGENT,
+    header::CONTENT_TYPE,
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    relay::X_REQUEST_ID,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-name"),
+    HeaderName::from_static("x-user-id"),
+    HeaderName::from_static("x-team"),
+    HeaderName::from_static("x-session-id"),
+    HeaderName::from_static("x-sluice-tag"),
 ];
 
 /// The OpenAI endpoints that relay a JSON body.
@@ -85,7 +85,7 @@ pub async fn handle(
     let started = Instant::now();
     let request_id = req
         .headers()
-        .get("x-request-id")
+        .get(relay::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(super::request_id::new, String::from);
@@ -306,7 +306,7 @@ fn credential(headers: &HeaderMap) -> Option<&str> {
             .filter(|t| !t.is_empty());
     }
     headers
-        .get("x-api-key")
+        .get(relay::X_API_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|t| !t.is_empty())
@@ -346,10 +346,10 @@ fn request_info(
             .iter()
             .filter_map(|name| {
                 headers
-                    .get(*name)
+                    .get(name)
                     .and_then(|v| v.to_str().ok())
                     .map(|v| types::Label {
-                        name: (*name).into(),
+                        name: name.as_str().into(),
                         value: v.into(),
                     })
             })
