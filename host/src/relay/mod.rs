@@ -26,37 +26,29 @@ use channels::Channel;
 /// Largest non-streamed upstream response the relay buffers.
 const MAX_UPSTREAM_BODY: usize = 64 << 20;
 
-/// Request headers never forwarded upstream (hop-by-hop, credentials, framing).
-static NOT_FORWARDED: [HeaderName; 16] = [
-    header::HOST,
+/// Hop-by-hop and framing headers: never passed on in either direction.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    header::CONTENT_LENGTH,
+];
+
+/// Request headers never forwarded upstream besides [`HOP_BY_HOP`]: the host,
+/// the client's credentials, cookies, encoding and h2c negotiation.
+static NOT_FORWARDED: [HeaderName; 8] = [
+    header::HOST,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
     header::AUTHORIZATION,
     X_API_KEY,
     header::COOKIE,
-    header::CONTENT_LENGTH,
     header::ACCEPT_ENCODING,
     HeaderName::from_static("http2-settings"),
-];
-
-/// Response headers never passed back (hop-by-hop and framing).
-static NOT_RETURNED: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::CONTENT_LENGTH,
-    header::SET_COOKIE,
 ];
 
 /// The request id header, sent upstream and returned to clients.
@@ -296,7 +288,7 @@ fn build_request(
     let out = request.headers_mut();
     out.reserve(headers.len() + 4);
     for (name, value) in headers {
-        if !NOT_FORWARDED.contains(name) {
+        if !HOP_BY_HOP.contains(name) && !NOT_FORWARDED.contains(name) {
             out.append(name, value.clone());
         }
     }
@@ -432,7 +424,8 @@ async fn respond(
     let (parts, body) = response.into_parts();
     let status = parts.status;
     let mut headers = parts.headers;
-    for name in &NOT_RETURNED {
+    // Upstream cookies are not the client's business either.
+    for name in HOP_BY_HOP.iter().chain([&header::SET_COOKIE]) {
         headers.remove(name);
     }
     let is_sse = headers
