@@ -16,6 +16,7 @@ const FIXTURES: &[&str] = &[
     "tagger",
     "bad-router",
     "bad-shaper",
+    "bad-editor",
     "wrong-world",
     "v2",
 ];

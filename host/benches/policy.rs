@@ -37,8 +37,8 @@ fn plugins_config(mode: InstanceMode) -> PluginsConfig {
 }
 
 struct Inputs {
-    req: types::RequestInfo,
-    key: types::KeyInfo,
+    req: Arc<types::RequestInfo>,
+    key: Arc<types::KeyInfo>,
     candidates: Vec<types::Channel>,
     record: UsageRecord,
 }
@@ -57,7 +57,7 @@ fn inputs() -> Inputs {
     ];
     let models: Vec<String> = (0..20).map(|i| format!("model-{i}")).collect();
     Inputs {
-        req: types::RequestInfo {
+        req: Arc::new(types::RequestInfo {
             request_id: "01J0000000000000000000000".into(),
             endpoint: "chat.completions".into(),
             model: "model-17".into(),
@@ -70,8 +70,8 @@ fn inputs() -> Inputs {
                     value: format!("value of {h}"),
                 })
                 .collect(),
-        },
-        key: types::KeyInfo {
+        }),
+        key: Arc::new(types::KeyInfo {
             id: "key_0123456789abcdef".into(),
             name: "bench".into(),
             owner: "team".into(),
@@ -83,7 +83,7 @@ fn inputs() -> Inputs {
             quota_remaining: Some(1 << 40),
             rpm_limit: Some(u32::MAX),
             tpm_limit: Some(u32::MAX),
-        },
+        }),
         candidates: (0..4)
             .map(|i| types::Channel {
                 id: format!("channel-{i}"),
@@ -117,16 +117,16 @@ fn inputs() -> Inputs {
 
 /// `full` with every list emptied and a single candidate channel.
 fn minimal(full: &Inputs) -> Inputs {
-    let mut req = full.req.clone();
+    let mut req = (*full.req).clone();
     req.headers.clear();
-    let mut key = full.key.clone();
+    let mut key = (*full.key).clone();
     key.models.clear();
     key.networks.clear();
     let mut record = full.record.clone();
     record.labels.clear();
     Inputs {
-        req,
-        key,
+        req: Arc::new(req),
+        key: Arc::new(key),
         candidates: full.candidates[..1].to_vec(),
         record,
     }

@@ -779,6 +779,7 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             .with_context(|| format!("{} is not a usable Sluice plugin", file.display()))?;
             out(&format!("file:     {}", file.display()))?;
             out(&format!("kind:     {}", plugin.info.kind.as_str()))?;
+            out(&format!("world:    {}", plugin.info.world.as_str()))?;
             out(&format!("package:  sluice:policy@{}", plugin.info.version))?;
             out(&format!("sha256:   {}", plugin.info.hash))?;
             out(&format!("imports:  {}", imports.join(", ")))?;

@@ -230,10 +230,20 @@ async fn broken_components_are_rejected_at_load_and_the_gateway_serves_on() {
 
 #[tokio::test]
 async fn router_and_shaper_failures_fall_back() {
+    // A 1.0 shaper that traps, and a 1.1 editor that traps after editing the record.
+    for (shaper, wasm) in [
+        ("bad-shaper", fixtures::BAD_SHAPER),
+        ("bad-editor", fixtures::BAD_EDITOR),
+    ] {
+        shaper_failure_falls_back(shaper, wasm).await;
+    }
+}
+
+async fn shaper_failure_falls_back(shaper: &str, wasm: &str) {
     let upstream = keyed_mock(MockConfig::default()).await;
     let gw = Gateway::builder()
         .plugin("bad-router", fixtures::BAD_ROUTER, None)
-        .plugin("bad-shaper", fixtures::BAD_SHAPER, None)
+        .plugin(shaper, wasm, None)
         .plugin("tagger", fixtures::TAGGER, None)
         .channel(mock_channel("main", &upstream, &[MODEL], ""))
         .start()
@@ -255,7 +265,7 @@ async fn router_and_shaper_failures_fall_back() {
     .await;
     assert!(
         stored,
-        "the host-redacted record must be stored when the shaper fails"
+        "{shaper}: the host-redacted record must be stored when the shaper fails"
     );
     let (_, page) = gw
         .admin_json("GET", &format!("/admin/usage?key_id={key_id}"), None)
@@ -263,12 +273,12 @@ async fn router_and_shaper_failures_fall_back() {
     let record = &page["data"][0];
     assert_eq!(
         record["completion_tokens"], 16,
-        "accounting survives shaper failure"
+        "{shaper}: accounting survives shaper failure"
     );
     assert_eq!(
         record["labels"],
         json!({}),
-        "host redaction drops plugin labels"
+        "{shaper}: host redaction drops plugin labels"
     );
     let metrics = gw.metrics().await;
     assert_eq!(
@@ -281,7 +291,7 @@ async fn router_and_shaper_failures_fall_back() {
     assert_eq!(
         metric(
             &metrics,
-            "sluice_policy_failures_total{plugin=\"bad-shaper\""
+            &format!("sluice_policy_failures_total{{plugin=\"{shaper}\"")
         ),
         1.0
     );

@@ -15,10 +15,10 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings;
 use super::host_state::HostState;
-use super::{PluginError, PolicyKind};
+use super::{PluginError, World};
 
 /// The WIT package version this host implements.
-pub const WIT_VERSION: &str = "1.0.0";
+pub const WIT_VERSION: &str = "1.1.0";
 /// How often the epoch advances; also the granularity of call deadlines and yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
@@ -106,6 +106,8 @@ impl PolicyEngine {
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         bindings::host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        bindings::context::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let (ticking, stop) = (engine.clone(), stop_ticker.clone());
         std::thread::Builder::new()
@@ -191,12 +193,12 @@ impl PolicyEngine {
         Ok(component)
     }
 
-    /// Reads the policy kind and WIT version from a component's exports.
+    /// Reads the policy world and WIT version from a component's exports.
     ///
     /// # Errors
     /// [`PluginError::IncompatibleVersion`] for another major version of
     /// `sluice:policy`, [`PluginError::WrongWorld`] when no policy is exported.
-    pub fn detect(&self, component: &Component) -> Result<(PolicyKind, String), PluginError> {
+    pub fn detect(&self, component: &Component) -> Result<(World, String), PluginError> {
         let ty = component.component_type();
         let mut exports = Vec::new();
         let mut other_major = None;
@@ -206,14 +208,11 @@ impl PolicyEngine {
                 continue;
             };
             let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
-            let kind = match interface {
-                "auth" => PolicyKind::Auth,
-                "router" => PolicyKind::Router,
-                "shaper" => PolicyKind::Shaper,
-                _ => continue,
+            let Some(world) = World::exporting(interface) else {
+                continue;
             };
             if version.split('.').next() == WIT_VERSION.split('.').next() {
-                return Ok((kind, version.to_string()));
+                return Ok((world, version.to_string()));
             }
             other_major = Some(version.to_string());
         }

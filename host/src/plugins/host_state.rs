@@ -151,6 +151,11 @@ impl HostState {
         }
     }
 
+    /// The store's resource table, which holds the views lent to 1.1 policies.
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
     /// The store's resource limiter.
     pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.limits

@@ -1,19 +1,26 @@
 //! One loaded plugin: its pre-linked component, its instances (a warm pool, or a
 //! fresh instance per call), and the typed calls into it under a deadline and a
 //! memory limit. An instance that failed in any way is dropped, never reused.
+//! Both generations of the interface are called here: 1.0 plugins receive
+//! records, 1.1 plugins handles to views the host lends for the call.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use wasmtime::component::{Component, InstancePre};
+use wasmtime::component::{Component, InstancePre, Resource};
 use wasmtime::{Store, UpdateDeadline};
 
-use super::bindings::types::{Channel, KeyInfo, RequestInfo, RouteStep, UsageRecord};
-use super::bindings::{auth, router, shaper};
+use super::bindings::planner::exports::sluice::policy::planner::Candidate;
+use super::bindings::types::{Channel, Denial, KeyInfo, RequestInfo, RouteStep};
+use super::bindings::{auth, authorizer, editor, planner, router, shaper};
 use super::engine::{EPOCH_TICK, PolicyEngine};
 use super::host_state::{HostState, PluginShared};
-use super::{PluginError, PolicyKind};
+use super::views::{self, KeyView, RequestView, UsageView};
+use super::{PluginError, PolicyKind, World};
 use crate::metrics::PluginLabels;
+use crate::store::UsageRecord;
+use auth::exports::sluice::policy::auth::Decision;
+use authorizer::exports::sluice::policy::authorizer::Verdict;
 
 /// Raised from the epoch callback when a call outlives its deadline.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +34,8 @@ pub struct PluginInfo {
     pub name: String,
     /// Policy kind.
     pub kind: PolicyKind,
+    /// The world it implements.
+    pub world: World,
     /// WIT package version it was built against.
     pub version: String,
     /// Hex SHA-256 of the component bytes (and config).
@@ -41,12 +50,44 @@ enum Pre {
     Auth(auth::AuthPolicyPre<HostState>),
     Router(router::RouterPolicyPre<HostState>),
     Shaper(shaper::ShaperPolicyPre<HostState>),
+    Authorizer(authorizer::AuthorizerPolicyPre<HostState>),
+    Planner(planner::PlannerPolicyPre<HostState>),
+    Editor(editor::EditorPolicyPre<HostState>),
 }
 
 enum Bindings {
     Auth(auth::AuthPolicy),
     Router(router::RouterPolicy),
     Shaper(shaper::ShaperPolicy),
+    Authorizer(authorizer::AuthorizerPolicy),
+    Planner(planner::PlannerPolicy),
+    Editor(editor::EditorPolicy),
+}
+
+/// Applies `$body` to the value inside any `$from` variant, wrapping the result
+/// in the same variant of `$to`: the six worlds' generated types differ, the
+/// code that uses them does not.
+macro_rules! per_world {
+    ($value:expr, $from:ident => $to:ident, |$x:ident| $body:expr) => {
+        match $value {
+            $from::Auth($x) => $to::Auth($body),
+            $from::Router($x) => $to::Router($body),
+            $from::Shaper($x) => $to::Shaper($body),
+            $from::Authorizer($x) => $to::Authorizer($body),
+            $from::Planner($x) => $to::Planner($body),
+            $from::Editor($x) => $to::Editor($body),
+        }
+    };
+    ($value:expr, $from:ident, |$x:ident| $body:expr) => {
+        match $value {
+            $from::Auth($x) => $body,
+            $from::Router($x) => $body,
+            $from::Shaper($x) => $body,
+            $from::Authorizer($x) => $body,
+            $from::Planner($x) => $body,
+            $from::Editor($x) => $body,
+        }
+    };
 }
 
 struct Warm {
@@ -92,13 +133,22 @@ impl Plugin {
             .instantiate_pre(component)
             .map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let link = |e: wasmtime::Error| PluginError::Link(format!("{e:#}"));
-        let pre = match info.kind {
-            PolicyKind::Auth => Pre::Auth(auth::AuthPolicyPre::new(instance_pre).map_err(link)?),
-            PolicyKind::Router => {
+        let pre = match info.world {
+            World::AuthPolicy => Pre::Auth(auth::AuthPolicyPre::new(instance_pre).map_err(link)?),
+            World::RouterPolicy => {
                 Pre::Router(router::RouterPolicyPre::new(instance_pre).map_err(link)?)
             }
-            PolicyKind::Shaper => {
+            World::ShaperPolicy => {
                 Pre::Shaper(shaper::ShaperPolicyPre::new(instance_pre).map_err(link)?)
+            }
+            World::AuthorizerPolicy => Pre::Authorizer(
+                authorizer::AuthorizerPolicyPre::new(instance_pre).map_err(link)?,
+            ),
+            World::PlannerPolicy => {
+                Pre::Planner(planner::PlannerPolicyPre::new(instance_pre).map_err(link)?)
+            }
+            World::EditorPolicy => {
+                Pre::Editor(editor::EditorPolicyPre::new(instance_pre).map_err(link)?)
             }
         };
         let labels = PluginLabels {
@@ -138,35 +188,15 @@ impl Plugin {
         });
         store.data_mut().budget_ticks = ticks(self.settings.init_timeout);
         store.set_epoch_deadline(1);
-        let bindings = match &self.pre {
-            Pre::Auth(pre) => {
-                Bindings::Auth(pre.instantiate_async(&mut store).await.map_err(classify)?)
-            }
-            Pre::Router(pre) => {
-                Bindings::Router(pre.instantiate_async(&mut store).await.map_err(classify)?)
-            }
-            Pre::Shaper(pre) => {
-                Bindings::Shaper(pre.instantiate_async(&mut store).await.map_err(classify)?)
-            }
-        };
+        let bindings = per_world!(&self.pre, Pre => Bindings, |pre| pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(classify)?);
         let config = self.config_json.as_str();
-        let init = match &bindings {
-            Bindings::Auth(b) => {
-                b.sluice_policy_lifecycle()
-                    .call_init(&mut store, config)
-                    .await
-            }
-            Bindings::Router(b) => {
-                b.sluice_policy_lifecycle()
-                    .call_init(&mut store, config)
-                    .await
-            }
-            Bindings::Shaper(b) => {
-                b.sluice_policy_lifecycle()
-                    .call_init(&mut store, config)
-                    .await
-            }
-        };
+        let init = per_world!(&bindings, Bindings, |b| b
+            .sluice_policy_lifecycle()
+            .call_init(&mut store, config)
+            .await);
         init.map_err(classify)?.map_err(PluginError::Init)?;
         Ok(Warm {
             store,
@@ -212,72 +242,175 @@ impl Plugin {
         }
     }
 
-    /// Calls `authorize`.
+    /// Asks an auth plugin about a request: `authorize` with records (1.0) or
+    /// with handles to the host's views (1.1).
     ///
     /// # Errors
     /// Trap, deadline, memory limit, or a plugin of another kind.
     pub async fn authorize(
         &self,
-        req: &RequestInfo,
-        key: Option<&KeyInfo>,
-    ) -> Result<auth::exports::sluice::policy::auth::Decision, PluginError> {
+        req: &Arc<RequestInfo>,
+        key: Option<&Arc<KeyInfo>>,
+    ) -> Result<Decision, PluginError> {
         let mut warm = self.checkout().await?;
         let Warm {
-            store,
-            bindings: Bindings::Auth(b),
-            ..
-        } = &mut warm
-        else {
-            return Err(PluginError::WrongKind);
+            store, bindings, ..
+        } = &mut warm;
+        let result = match bindings {
+            Bindings::Auth(b) => {
+                b.sluice_policy_auth()
+                    .call_authorize(&mut *store, req, key.map(|k| &**k))
+                    .await
+            }
+            Bindings::Authorizer(b) => {
+                let table = store.data_mut().table();
+                let lent_req = views::lend(table, RequestView(req.clone()));
+                let lent_key = key.map(|k| views::lend(table, KeyView(k.clone())));
+                let call = async {
+                    let req = lent_req?;
+                    let key = lent_key.transpose()?;
+                    let reps = (req.rep(), key.as_ref().map(Resource::rep));
+                    let verdict = b
+                        .sluice_policy_authorizer()
+                        .call_authorize(&mut *store, req, key)
+                        .await;
+                    let table = store.data_mut().table();
+                    views::take_back(table, Resource::<RequestView>::new_own(reps.0))?;
+                    if let Some(rep) = reps.1 {
+                        views::take_back(table, Resource::<KeyView>::new_own(rep))?;
+                    }
+                    verdict
+                };
+                call.await.map(|verdict| match verdict {
+                    Verdict::Allow(labels) => Decision::Allow(labels),
+                    Verdict::Deny(denial) => Decision::Deny(denial),
+                })
+            }
+            _ => return Err(PluginError::WrongKind),
         };
-        let result = b
-            .sluice_policy_auth()
-            .call_authorize(&mut *store, req, key)
-            .await;
         self.finish(warm, result)
     }
 
-    /// Calls `route`.
+    /// Asks a router plugin for a plan: `route` with records (1.0) or `plan`
+    /// over candidate positions with a handle to the request (1.1).
     ///
     /// # Errors
     /// Trap, deadline, memory limit, or a plugin of another kind.
     pub async fn route(
         &self,
-        req: &RequestInfo,
+        req: &Arc<RequestInfo>,
         candidates: &[Channel],
-    ) -> Result<Result<Vec<RouteStep>, super::bindings::types::Denial>, PluginError> {
+    ) -> Result<Result<Vec<RouteStep>, Denial>, PluginError> {
         let mut warm = self.checkout().await?;
         let Warm {
-            store,
-            bindings: Bindings::Router(b),
-            ..
-        } = &mut warm
-        else {
-            return Err(PluginError::WrongKind);
+            store, bindings, ..
+        } = &mut warm;
+        let result = match bindings {
+            Bindings::Router(b) => {
+                b.sluice_policy_router()
+                    .call_route(&mut *store, req, candidates)
+                    .await
+            }
+            Bindings::Planner(b) => {
+                let offered: Vec<Candidate> = candidates.iter().map(candidate).collect();
+                let call = async {
+                    let lent = views::lend(store.data_mut().table(), RequestView(req.clone()))?;
+                    let rep = lent.rep();
+                    let plan = b
+                        .sluice_policy_planner()
+                        .call_plan(&mut *store, lent, &offered)
+                        .await;
+                    views::take_back(
+                        store.data_mut().table(),
+                        Resource::<RequestView>::new_own(rep),
+                    )?;
+                    plan
+                };
+                call.await.map(|plan| {
+                    plan.map(|steps| {
+                        steps
+                            .into_iter()
+                            .filter_map(|step| {
+                                let channel = candidates.get(usize::try_from(step.candidate).ok()?)?;
+                                Some(RouteStep {
+                                    channel_id: channel.id.clone(),
+                                    upstream_model: step
+                                        .model
+                                        .unwrap_or_else(|| channel.upstream_model.clone()),
+                                })
+                            })
+                            .collect()
+                    })
+                })
+            }
+            _ => return Err(PluginError::WrongKind),
         };
-        let result = b
-            .sluice_policy_router()
-            .call_route(&mut *store, req, candidates)
-            .await;
         self.finish(warm, result)
     }
 
-    /// Calls `shape`.
+    /// Lets a shaper plugin rewrite the usage record in place; `false` drops the
+    /// log record. 1.0 shapers get the record and return a new one, whose
+    /// accounting fields the host restores; 1.1 editors edit a lent view that has
+    /// no setters for accounting fields.
     ///
     /// # Errors
-    /// Trap, deadline, memory limit, or a plugin of another kind.
-    pub async fn shape(&self, rec: &UsageRecord) -> Result<Option<UsageRecord>, PluginError> {
+    /// Trap, deadline, memory limit, or a plugin of another kind. The record then
+    /// holds the host's accounting fields but may hold part of a 1.1 editor's
+    /// changes: the caller redacts it.
+    pub async fn shape(&self, record: &mut UsageRecord) -> Result<bool, PluginError> {
         let mut warm = self.checkout().await?;
         let Warm {
-            store,
-            bindings: Bindings::Shaper(b),
-            ..
-        } = &mut warm
-        else {
-            return Err(PluginError::WrongKind);
+            store, bindings, ..
+        } = &mut warm;
+        let result = match bindings {
+            Bindings::Shaper(b) => {
+                let shaped = b
+                    .sluice_policy_shaper()
+                    .call_shape(&mut *store, &super::to_wit_record(record))
+                    .await;
+                shaped.map(|shaped| match shaped {
+                    Some(shaped) => {
+                        *record = super::from_wit_record(shaped, record);
+                        true
+                    }
+                    None => false,
+                })
+            }
+            Bindings::Editor(b) => {
+                let taken = UsageView(std::mem::take(record));
+                let call = async {
+                    let lent = views::lend(store.data_mut().table(), taken)?;
+                    let rep = lent.rep();
+                    let keep = b
+                        .sluice_policy_editor()
+                        .call_edit(&mut *store, lent)
+                        .await;
+                    *record = views::take_back(
+                        store.data_mut().table(),
+                        Resource::<UsageView>::new_own(rep),
+                    )?
+                    .0;
+                    keep
+                };
+                call.await
+            }
+            _ => return Err(PluginError::WrongKind),
         };
-        let result = b.sluice_policy_shaper().call_shape(&mut *store, rec).await;
         self.finish(warm, result)
+    }
+}
+
+/// The 1.1 view of a candidate channel.
+fn candidate(c: &Channel) -> Candidate {
+    Candidate {
+        id: c.id.clone(),
+        priority: c.priority,
+        weight: c.weight,
+        healthy: c.healthy,
+        in_flight: c.in_flight,
+        max_in_flight: c.max_in_flight,
+        latency_ewma_ms: c.latency_ewma_ms,
+        error_permille: c.error_permille,
     }
 }
 

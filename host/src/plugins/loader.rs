@@ -109,10 +109,11 @@ pub async fn load_component(
     let component = tokio::task::spawn_blocking(move || compiling.compile(&bytes))
         .await
         .map_err(|e| PluginError::Compile(e.to_string()))??;
-    let (kind, version) = engine.detect(&component)?;
+    let (world, version) = engine.detect(&component)?;
     let info = PluginInfo {
         name: name.into(),
-        kind,
+        kind: world.kind(),
+        world,
         version,
         hash,
         loaded_at_ms: crate::keys::now_ms(),

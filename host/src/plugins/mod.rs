@@ -14,6 +14,7 @@ pub mod engine;
 pub mod host_state;
 pub mod instance;
 pub mod loader;
+pub mod views;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,6 +49,61 @@ impl PolicyKind {
             Self::Auth => "auth",
             Self::Router => "router",
             Self::Shaper => "shaper",
+        }
+    }
+}
+
+/// The policy worlds a component can implement: the 1.0 worlds receive records,
+/// the 1.1 worlds receive handles to host-owned views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum World {
+    /// `auth-policy` (1.0).
+    AuthPolicy,
+    /// `router-policy` (1.0).
+    RouterPolicy,
+    /// `shaper-policy` (1.0).
+    ShaperPolicy,
+    /// `authorizer-policy` (1.1).
+    AuthorizerPolicy,
+    /// `planner-policy` (1.1).
+    PlannerPolicy,
+    /// `editor-policy` (1.1).
+    EditorPolicy,
+}
+
+impl World {
+    /// The world whose policy interface is `interface` (unversioned name).
+    pub fn exporting(interface: &str) -> Option<Self> {
+        Some(match interface {
+            "auth" => Self::AuthPolicy,
+            "router" => Self::RouterPolicy,
+            "shaper" => Self::ShaperPolicy,
+            "authorizer" => Self::AuthorizerPolicy,
+            "planner" => Self::PlannerPolicy,
+            "editor" => Self::EditorPolicy,
+            _ => return None,
+        })
+    }
+
+    /// The policy kind the world implements.
+    pub fn kind(self) -> PolicyKind {
+        match self {
+            Self::AuthPolicy | Self::AuthorizerPolicy => PolicyKind::Auth,
+            Self::RouterPolicy | Self::PlannerPolicy => PolicyKind::Router,
+            Self::ShaperPolicy | Self::EditorPolicy => PolicyKind::Shaper,
+        }
+    }
+
+    /// The world's WIT name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthPolicy => "auth-policy",
+            Self::RouterPolicy => "router-policy",
+            Self::ShaperPolicy => "shaper-policy",
+            Self::AuthorizerPolicy => "authorizer-policy",
+            Self::PlannerPolicy => "planner-policy",
+            Self::EditorPolicy => "editor-policy",
         }
     }
 }
@@ -164,8 +220,8 @@ impl Policies {
     pub async fn authorize(
         &self,
         set: &PolicySet,
-        req: &types::RequestInfo,
-        key: Option<&types::KeyInfo>,
+        req: &Arc<types::RequestInfo>,
+        key: Option<&Arc<types::KeyInfo>>,
     ) -> Result<Vec<types::Label>, ApiError> {
         let mut labels = Vec::new();
         for plugin in &set.auth {
@@ -195,7 +251,7 @@ impl Policies {
     pub async fn route(
         &self,
         set: &PolicySet,
-        req: &types::RequestInfo,
+        req: &Arc<types::RequestInfo>,
         candidates: &[types::Channel],
     ) -> Result<Option<Vec<types::RouteStep>>, ApiError> {
         let Some(plugin) = &set.router else {
@@ -213,20 +269,18 @@ impl Policies {
 
     /// Runs the shaper chain. `None`: a shaper dropped the log record. On a
     /// failure the host-redacted record is used from that point on.
-    pub async fn shape(&self, set: &PolicySet, record: UsageRecord) -> Option<UsageRecord> {
-        let accounting = record.clone();
-        let mut current = to_wit_record(&record);
+    pub async fn shape(&self, set: &PolicySet, mut record: UsageRecord) -> Option<UsageRecord> {
         for plugin in &set.shapers {
             let started = Instant::now();
-            let outcome = plugin.shape(&current).await;
+            let outcome = plugin.shape(&mut record).await;
             self.observe(plugin, started, outcome.as_ref().err());
             match outcome {
-                Ok(Some(next)) => current = next,
-                Ok(None) => return None,
-                Err(_) => return Some(host_redacted(accounting)),
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(_) => return Some(host_redacted(record)),
             }
         }
-        Some(from_wit_record(current, &accounting))
+        Some(record)
     }
 
     /// Adds a response's tokens to every auth plugin's `tpm:<key id>` counter.
@@ -313,8 +367,8 @@ fn to_wit_record(r: &UsageRecord) -> types::UsageRecord {
     }
 }
 
-/// Takes a shaped record back; accounting fields (ids, tokens, cost, status)
-/// always come from the host's own record.
+/// Takes a 1.0 shaper's record back; accounting fields (ids, tokens, cost,
+/// status) always come from the host's own record.
 fn from_wit_record(s: types::UsageRecord, accounting: &UsageRecord) -> UsageRecord {
     UsageRecord {
         seq: 0,

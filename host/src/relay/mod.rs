@@ -205,7 +205,7 @@ pub fn candidates(state: &AppState, model: &str) -> Vec<types::Channel> {
 async fn plan(
     state: &AppState,
     draft: &Draft,
-    req: &types::RequestInfo,
+    req: &Arc<types::RequestInfo>,
 ) -> Result<Vec<(Arc<Channel>, String)>, ApiError> {
     let offered = candidates(state, &draft.model);
     if offered.is_empty() {
@@ -317,7 +317,7 @@ pub async fn relay(
     state: &Arc<AppState>,
     mut draft: Draft,
     parsed: Parsed,
-    req: &types::RequestInfo,
+    req: &Arc<types::RequestInfo>,
     endpoint_path: &str,
     headers: &HeaderMap,
     timing: &mut Vec<(&'static str, Duration)>,

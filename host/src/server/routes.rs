@@ -221,7 +221,7 @@ async fn dispatch(
     };
     let info = request_info(state, ctx, endpoint.name(), &model, stream, &parts.headers);
     let policies = state.policies.snapshot();
-    let key_info = key.as_deref().map(crate::plugins::key_info);
+    let key_info = key.as_deref().map(|k| Arc::new(crate::plugins::key_info(k)));
     let mut draft = Draft {
         request_id: ctx.request_id.clone(),
         endpoint: endpoint.name(),
@@ -333,10 +333,10 @@ fn request_info(
     model: &str,
     stream: bool,
     headers: &HeaderMap,
-) -> types::RequestInfo {
+) -> Arc<types::RequestInfo> {
     let client_ip =
         super::client_ip::resolve(ctx.peer.ip(), headers, &state.config.server.trusted_proxies);
-    types::RequestInfo {
+    Arc::new(types::RequestInfo {
         request_id: ctx.request_id.clone(),
         endpoint: endpoint.into(),
         model: model.into(),
@@ -354,7 +354,7 @@ fn request_info(
                     })
             })
             .collect(),
-    }
+    })
 }
 
 /// `GET /v1/models[/{id}]`: the models this key may use on healthy channels.
@@ -367,7 +367,7 @@ async fn models(
     let key = lookup_key(state, req.headers()).await?;
     let info = request_info(state, ctx, "models", "", false, req.headers());
     let policies = state.policies.snapshot();
-    let key_info = key.as_deref().map(crate::plugins::key_info);
+    let key_info = key.as_deref().map(|k| Arc::new(crate::plugins::key_info(k)));
     state
         .policies
         .authorize(&policies, &info, key_info.as_ref())

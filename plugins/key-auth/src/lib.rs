@@ -5,12 +5,12 @@
 
 use std::cell::Cell;
 
-use sluice_policy_sdk::auth::exports::sluice::policy::auth::{Decision, Guest as Auth};
-use sluice_policy_sdk::auth::exports::sluice::policy::lifecycle::Guest as Lifecycle;
-use sluice_policy_sdk::auth::sluice::policy::host;
-use sluice_policy_sdk::auth::sluice::policy::types::{Denial, KeyInfo, KeyStatus, RequestInfo};
+use sluice_policy_sdk::authorizer::exports::sluice::policy::authorizer::{Guest as Auth, Verdict};
+use sluice_policy_sdk::authorizer::exports::sluice::policy::lifecycle::Guest as Lifecycle;
+use sluice_policy_sdk::authorizer::sluice::policy::context::{Key, Request};
+use sluice_policy_sdk::authorizer::sluice::policy::host;
+use sluice_policy_sdk::authorizer::sluice::policy::types::{Denial, KeyStatus};
 use sluice_policy_sdk::denial::{self, retry_after_secs};
-use sluice_policy_sdk::net::cidr_contains;
 
 /// Length of the RPM and TPM windows unless configured.
 const DEFAULT_WINDOW_MS: u32 = 60_000;
@@ -43,10 +43,10 @@ impl Lifecycle for KeyAuth {
 }
 
 impl Auth for KeyAuth {
-    fn authorize(req: RequestInfo, key: Option<KeyInfo>) -> Decision {
-        match check(&req, key.as_ref()) {
-            Ok(()) => Decision::Allow(Vec::new()),
-            Err(denial) => Decision::Deny(denial),
+    fn authorize(req: &Request, key: Option<&Key>) -> Verdict {
+        match check(req, key) {
+            Ok(()) => Verdict::Allow(Vec::new()),
+            Err(denial) => Verdict::Deny(denial),
         }
     }
 }
@@ -60,7 +60,9 @@ fn deny(status: u16, code: &str, message: String) -> Denial {
     }
 }
 
-fn check(req: &RequestInfo, key: Option<&KeyInfo>) -> Result<(), Denial> {
+/// Reads only what each check needs: the handles make every field a host call,
+/// and the common case (an active key inside its limits) needs few of them.
+fn check(req: &Request, key: Option<&Key>) -> Result<(), Denial> {
     let (unauthorized, invalid) = denial::INVALID_API_KEY;
     let Some(key) = key else {
         return Err(deny(
@@ -69,56 +71,51 @@ fn check(req: &RequestInfo, key: Option<&KeyInfo>) -> Result<(), Denial> {
             "Incorrect API key provided.".into(),
         ));
     };
-    match key.status {
+    let limits = key.limits();
+    match limits.status {
         KeyStatus::Active => {}
         KeyStatus::Disabled => {
             return Err(deny(
                 unauthorized,
                 "key_disabled",
-                format!("API key {} is disabled.", key.prefix),
+                format!("API key {} is disabled.", key.prefix()),
             ));
         }
         KeyStatus::Revoked => {
             return Err(deny(
                 unauthorized,
                 "key_revoked",
-                format!("API key {} has been revoked.", key.prefix),
+                format!("API key {} has been revoked.", key.prefix()),
             ));
         }
     }
-    if key.expires_at_ms.is_some_and(|at| host::now_ms() >= at) {
+    if limits.expires_at_ms.is_some_and(|at| host::now_ms() >= at) {
         return Err(deny(
             unauthorized,
             "key_expired",
-            format!("API key {} has expired.", key.prefix),
+            format!("API key {} has expired.", key.prefix()),
         ));
     }
-    if !req.model.is_empty()
-        && !key.models.is_empty()
-        && !key.models.iter().any(|m| m == &req.model)
-    {
+    let model = req.model();
+    if !model.is_empty() && !key.allows_model(&model) {
         return Err(deny(
             denial::PERMISSION_DENIED,
             "model_not_allowed",
-            format!("API key {} may not use model '{}'.", key.prefix, req.model),
+            format!("API key {} may not use model '{model}'.", key.prefix()),
         ));
     }
-    if !key.networks.is_empty()
-        && !key
-            .networks
-            .iter()
-            .any(|n| cidr_contains(n, &req.client_ip))
-    {
+    let client_ip = req.client_ip();
+    if !key.allows_client(&client_ip) {
         return Err(deny(
             denial::PERMISSION_DENIED,
             "ip_not_allowed",
             format!(
-                "API key {} may not be used from {}.",
-                key.prefix, req.client_ip
+                "API key {} may not be used from {client_ip}.",
+                key.prefix()
             ),
         ));
     }
-    if key.quota_remaining.is_some_and(|q| q <= 0) {
+    if limits.quota_remaining.is_some_and(|q| q <= 0) {
         let (status, code) = denial::INSUFFICIENT_QUOTA;
         return Err(deny(
             status,
@@ -127,8 +124,12 @@ fn check(req: &RequestInfo, key: Option<&KeyInfo>) -> Result<(), Denial> {
         ));
     }
     let window = WINDOW_MS.with(Cell::get);
-    if let Some(limit) = key.tpm_limit {
-        let tokens = host::counter_add(&format!("tpm:{}", key.id), 0, window);
+    if limits.tpm_limit.is_none() && limits.rpm_limit.is_none() {
+        return Ok(());
+    }
+    let id = key.id();
+    if let Some(limit) = limits.tpm_limit {
+        let tokens = host::counter_add(&format!("tpm:{id}"), 0, window);
         if tokens.total >= i64::from(limit) {
             return Err(rate_limited(
                 format!("Rate limit reached: {limit} tokens per minute."),
@@ -136,8 +137,8 @@ fn check(req: &RequestInfo, key: Option<&KeyInfo>) -> Result<(), Denial> {
             ));
         }
     }
-    if let Some(limit) = key.rpm_limit {
-        let requests = host::counter_add(&format!("rpm:{}", key.id), 1, window);
+    if let Some(limit) = limits.rpm_limit {
+        let requests = host::counter_add(&format!("rpm:{id}"), 1, window);
         if requests.total > i64::from(limit) {
             return Err(rate_limited(
                 format!("Rate limit reached: {limit} requests per minute."),
@@ -158,4 +159,4 @@ fn rate_limited(message: String, resets_in_ms: u32) -> Denial {
     }
 }
 
-sluice_policy_sdk::auth::export_auth!(KeyAuth);
+sluice_policy_sdk::authorizer::export_authorizer!(KeyAuth);

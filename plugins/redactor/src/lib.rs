@@ -6,9 +6,9 @@
 
 use std::cell::RefCell;
 
-use sluice_policy_sdk::shaper::exports::sluice::policy::lifecycle::Guest as Lifecycle;
-use sluice_policy_sdk::shaper::exports::sluice::policy::shaper::Guest as Shaper;
-use sluice_policy_sdk::shaper::sluice::policy::types::UsageRecord;
+use sluice_policy_sdk::editor::exports::sluice::policy::editor::Guest as Editor;
+use sluice_policy_sdk::editor::exports::sluice::policy::lifecycle::Guest as Lifecycle;
+use sluice_policy_sdk::editor::sluice::policy::context::Usage;
 
 /// What replaces a masked secret.
 const MASK: &str = "[REDACTED]";
@@ -44,28 +44,42 @@ impl Lifecycle for Redactor {
     }
 }
 
-impl Shaper for Redactor {
-    fn shape(mut rec: UsageRecord) -> Option<UsageRecord> {
+impl Editor for Redactor {
+    /// Reads only what it may change and writes only what changed.
+    fn edit(rec: &Usage) -> bool {
         CONFIG.with(|c| {
             let config = c.borrow();
-            if !config.keep_content {
-                rec.prompt = None;
-                rec.completion = None;
+            if !config.keep_content && rec.has_content() {
+                rec.set_prompt(None);
+                rec.set_completion(None);
             }
-            for label in &mut rec.labels {
-                label.value = mask(&label.value, &config.mask_prefixes);
+            let mut labels = rec.labels();
+            let mut masked = false;
+            for label in &mut labels {
+                if let Some(value) = mask(&label.value, &config.mask_prefixes) {
+                    label.value = value;
+                    masked = true;
+                }
             }
-            rec.error_kind = rec
-                .error_kind
-                .take()
-                .map(|e| mask(&e, &config.mask_prefixes));
+            if masked {
+                rec.set_labels(&labels);
+            }
+            if let Some(error) = rec.error_kind()
+                && let Some(masked) = mask(&error, &config.mask_prefixes)
+            {
+                rec.set_error_kind(Some(&masked));
+            }
         });
-        Some(rec)
+        true
     }
 }
 
-/// Replaces each secret-looking token (a prefix followed by non-space text) with [`MASK`].
-fn mask(text: &str, prefixes: &[String]) -> String {
+/// `text` with each secret-looking token (a prefix followed by non-space text)
+/// replaced by [`MASK`]; `None` when there is nothing to mask.
+fn mask(text: &str, prefixes: &[String]) -> Option<String> {
+    if !prefixes.iter().any(|p| text.contains(p.as_str())) {
+        return None;
+    }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some((at, prefix)) = prefixes
@@ -80,7 +94,7 @@ fn mask(text: &str, prefixes: &[String]) -> String {
         rest = &secret[end..];
     }
     out.push_str(rest);
-    out
+    Some(out)
 }
 
-sluice_policy_sdk::shaper::export_shaper!(Redactor);
+sluice_policy_sdk::editor::export_editor!(Redactor);

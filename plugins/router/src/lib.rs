@@ -1,10 +1,12 @@
 //! Sluice's default routing policy: healthy channels only, highest priority first,
 //! weighted order within a priority (seeded by the request id, so retries of one
-//! request are stable), and each channel's model rename applied.
+//! request are stable), and each channel's model rename applied (by the host:
+//! a step without a model uses the channel's own mapping).
 
-use sluice_policy_sdk::router::exports::sluice::policy::lifecycle::Guest as Lifecycle;
-use sluice_policy_sdk::router::exports::sluice::policy::router::Guest as Router;
-use sluice_policy_sdk::router::sluice::policy::types::{Channel, Denial, RequestInfo, RouteStep};
+use sluice_policy_sdk::planner::exports::sluice::policy::lifecycle::Guest as Lifecycle;
+use sluice_policy_sdk::planner::exports::sluice::policy::planner::{Candidate, Guest as Planner, Step};
+use sluice_policy_sdk::planner::sluice::policy::context::Request;
+use sluice_policy_sdk::planner::sluice::policy::types::Denial;
 
 struct PriorityWeight;
 
@@ -18,11 +20,11 @@ impl Lifecycle for PriorityWeight {
     }
 }
 
-impl Router for PriorityWeight {
-    fn route(req: RequestInfo, candidates: Vec<Channel>) -> Result<Vec<RouteStep>, Denial> {
-        let mut usable: Vec<Channel> = candidates
-            .into_iter()
-            .filter(|c| c.healthy && (c.max_in_flight == 0 || c.in_flight < c.max_in_flight))
+impl Planner for PriorityWeight {
+    fn plan(req: &Request, candidates: Vec<Candidate>) -> Result<Vec<Step>, Denial> {
+        let mut usable: Vec<(u32, Candidate)> = (0u32..)
+            .zip(candidates)
+            .filter(|(_, c)| c.healthy && (c.max_in_flight == 0 || c.in_flight < c.max_in_flight))
             .collect();
         if usable.is_empty() {
             return Err(Denial {
@@ -30,19 +32,19 @@ impl Router for PriorityWeight {
                 code: "no_healthy_channel".into(),
                 message: format!(
                     "No healthy upstream channel can serve model '{}' right now.",
-                    req.model
+                    req.model()
                 ),
                 retry_after_s: Some(1),
             });
         }
-        let mut seed = fnv1a(req.request_id.as_bytes());
-        usable.sort_by(|a, b| b.priority.cmp(&a.priority));
+        let mut seed = fnv1a(req.request_id().as_bytes());
+        usable.sort_by(|(_, a), (_, b)| b.priority.cmp(&a.priority));
         let mut plan = Vec::with_capacity(usable.len());
-        for group in usable.chunk_by_mut(|a, b| a.priority == b.priority) {
+        for group in usable.chunk_by_mut(|(_, a), (_, b)| a.priority == b.priority) {
             weighted_order(group, &mut seed);
-            plan.extend(group.iter().map(|c| RouteStep {
-                channel_id: c.id.clone(),
-                upstream_model: c.upstream_model.clone(),
+            plan.extend(group.iter().map(|(candidate, _)| Step {
+                candidate: *candidate,
+                model: None,
             }));
         }
         Ok(plan)
@@ -50,16 +52,16 @@ impl Router for PriorityWeight {
 }
 
 /// Reorders `group` by repeated weighted draws without replacement.
-fn weighted_order(group: &mut [Channel], seed: &mut u64) {
+fn weighted_order(group: &mut [(u32, Candidate)], seed: &mut u64) {
     for start in 0..group.len() {
         let rest = &group[start..];
-        let total: u64 = rest.iter().map(|c| u64::from(c.weight.max(1))).sum();
+        let total: u64 = rest.iter().map(|(_, c)| u64::from(c.weight.max(1))).sum();
         *seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let mut pick = (*seed >> 33) % total;
         let mut chosen = start;
-        for (i, c) in rest.iter().enumerate() {
+        for (i, (_, c)) in rest.iter().enumerate() {
             let w = u64::from(c.weight.max(1));
             if pick < w {
                 chosen = start + i;
@@ -77,4 +79,4 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-sluice_policy_sdk::router::export_router!(PriorityWeight);
+sluice_policy_sdk::planner::export_planner!(PriorityWeight);

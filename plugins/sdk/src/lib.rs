@@ -1,14 +1,17 @@
 //! Rust guest SDK for Sluice policy plugins.
 //!
-//! Enable the feature of the world you implement (`auth`, `router` or `shaper`),
-//! implement the generated `Guest` traits, and register your type:
+//! Enable the feature of the world you implement, implement the generated
+//! `Guest` traits, and register your type. The 1.1 worlds (`authorizer`,
+//! `planner`, `editor`) pass handles to the host's views of the request, key and
+//! usage record, so a policy pays only for the fields it reads: prefer them. The
+//! 1.0 worlds (`auth`, `router`, `shaper`) pass whole records and stay supported.
 //!
 //! ```ignore
-//! use sluice_policy_sdk::auth::exports::sluice::policy::{auth, lifecycle};
+//! use sluice_policy_sdk::authorizer::exports::sluice::policy::{authorizer, lifecycle};
 //! struct MyPolicy;
 //! impl lifecycle::Guest for MyPolicy { fn init(_config: String) -> Result<(), String> { Ok(()) } }
-//! impl auth::Guest for MyPolicy { /* authorize */ }
-//! sluice_policy_sdk::auth::export_auth!(MyPolicy);
+//! impl authorizer::Guest for MyPolicy { /* authorize */ }
+//! sluice_policy_sdk::authorizer::export_authorizer!(MyPolicy);
 //! ```
 //!
 //! Besides the bindings, the SDK carries small helpers every policy needs
@@ -53,6 +56,45 @@ pub mod shaper {
         pub_export_macro: true,
         export_macro_name: "export_shaper",
         default_bindings_module: "sluice_policy_sdk::shaper",
+        runtime_path: "sluice_policy_sdk::wit_bindgen::rt",
+    });
+}
+
+/// Bindings for the `authorizer-policy` world (1.1: handles).
+#[cfg(feature = "authorizer")]
+pub mod authorizer {
+    wit_bindgen::generate!({
+        world: "authorizer-policy",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_authorizer",
+        default_bindings_module: "sluice_policy_sdk::authorizer",
+        runtime_path: "sluice_policy_sdk::wit_bindgen::rt",
+    });
+}
+
+/// Bindings for the `planner-policy` world (1.1: handles).
+#[cfg(feature = "planner")]
+pub mod planner {
+    wit_bindgen::generate!({
+        world: "planner-policy",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_planner",
+        default_bindings_module: "sluice_policy_sdk::planner",
+        runtime_path: "sluice_policy_sdk::wit_bindgen::rt",
+    });
+}
+
+/// Bindings for the `editor-policy` world (1.1: handles).
+#[cfg(feature = "editor")]
+pub mod editor {
+    wit_bindgen::generate!({
+        world: "editor-policy",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_editor",
+        default_bindings_module: "sluice_policy_sdk::editor",
         runtime_path: "sluice_policy_sdk::wit_bindgen::rt",
     });
 }

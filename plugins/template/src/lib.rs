@@ -12,10 +12,11 @@
 
 use std::cell::RefCell;
 
-use sluice_policy_sdk::auth::exports::sluice::policy::auth::{Decision, Guest as Auth};
-use sluice_policy_sdk::auth::exports::sluice::policy::lifecycle::Guest as Lifecycle;
-use sluice_policy_sdk::auth::sluice::policy::host::{self, Level};
-use sluice_policy_sdk::auth::sluice::policy::types::{Denial, KeyInfo, Label, RequestInfo};
+use sluice_policy_sdk::authorizer::exports::sluice::policy::authorizer::{Guest as Auth, Verdict};
+use sluice_policy_sdk::authorizer::exports::sluice::policy::lifecycle::Guest as Lifecycle;
+use sluice_policy_sdk::authorizer::sluice::policy::context::{Key, Request};
+use sluice_policy_sdk::authorizer::sluice::policy::host::{self, Level};
+use sluice_policy_sdk::authorizer::sluice::policy::types::{Denial, Label};
 use sluice_policy_sdk::denial::retry_after_secs;
 
 #[derive(Default, serde::Deserialize)]
@@ -54,17 +55,14 @@ impl Lifecycle for TeamHeader {
 }
 
 impl Auth for TeamHeader {
-    fn authorize(req: RequestInfo, _key: Option<KeyInfo>) -> Decision {
+    fn authorize(req: &Request, _key: Option<&Key>) -> Verdict {
         CONFIG.with(|c| {
             let config = c.borrow();
-            let team = req
-                .headers
-                .iter()
-                .find(|h| h.name == config.header)
-                .map(|h| h.value.as_str());
+            // One host call fetches the one header this policy reads.
+            let team = req.header(&config.header);
             let Some(team) = team.filter(|t| config.teams.iter().any(|allowed| allowed == t))
             else {
-                return Decision::Deny(Denial {
+                return Verdict::Deny(Denial {
                     status: 403,
                     code: "team_not_allowed".into(),
                     message: format!("Send a {} header naming an allowed team.", config.header),
@@ -74,7 +72,7 @@ impl Auth for TeamHeader {
             if let Some(limit) = config.rpm_per_team {
                 let window = host::counter_add(&format!("team-rpm:{team}"), 1, 60_000);
                 if window.total > i64::from(limit) {
-                    return Decision::Deny(Denial {
+                    return Verdict::Deny(Denial {
                         status: 429,
                         code: "rate_limit_exceeded".into(),
                         message: format!("Team {team} reached {limit} requests per minute."),
@@ -82,12 +80,12 @@ impl Auth for TeamHeader {
                     });
                 }
             }
-            Decision::Allow(vec![Label {
+            Verdict::Allow(vec![Label {
                 name: "team".into(),
-                value: team.into(),
+                value: team,
             }])
         })
     }
 }
 
-sluice_policy_sdk::auth::export_auth!(TeamHeader);
+sluice_policy_sdk::authorizer::export_authorizer!(TeamHeader);

@@ -1,8 +1,12 @@
 //! Fixture: allows every request and labels it `tagged-by = tagger`, plus the
-//! request's `x-team` header as `team` when present.
-use sluice_policy_sdk::auth::exports::sluice::policy::auth::{Decision, Guest as Auth};
-use sluice_policy_sdk::auth::exports::sluice::policy::lifecycle::Guest as Lifecycle;
-use sluice_policy_sdk::auth::sluice::policy::types::{KeyInfo, Label, RequestInfo};
+//! request's `x-team` header as `team` when present. Built against `wit/`, a
+//! frozen copy of `sluice:policy@1.0.0`, it shows that components built for 1.0
+//! keep loading on later 1.x hosts.
+wit_bindgen::generate!({ world: "auth-policy", path: "wit" });
+
+use exports::sluice::policy::auth::{Decision, Guest as Auth};
+use exports::sluice::policy::lifecycle::Guest as Lifecycle;
+use sluice::policy::types::{KeyInfo, Label, RequestInfo};
 
 struct Tagger;
 impl Lifecycle for Tagger {
@@ -28,4 +32,4 @@ impl Auth for Tagger {
         Decision::Allow(labels)
     }
 }
-sluice_policy_sdk::auth::export_auth!(Tagger);
+export!(Tagger);
