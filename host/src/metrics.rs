@@ -216,7 +216,27 @@ impl Default for Metrics {
     }
 }
 
+/// One plugin's series, kept by the plugin so that a call costs no label lookups.
+#[derive(Clone)]
+pub struct PluginSeries {
+    /// `sluice_policy_calls_total` for the plugin.
+    pub calls: Counter,
+    /// `sluice_policy_call_seconds` for the plugin.
+    pub seconds: Histogram,
+    /// `sluice_policy_failures_total` for the plugin.
+    pub failures: Counter,
+}
+
 impl Metrics {
+    /// The series of the plugin with these labels (created when missing).
+    pub fn plugin_series(&self, labels: &PluginLabels) -> PluginSeries {
+        PluginSeries {
+            calls: self.policy_calls.get_or_create(labels).clone(),
+            seconds: self.policy_seconds.get_or_create(labels).clone(),
+            failures: self.policy_failures.get_or_create(labels).clone(),
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8192);

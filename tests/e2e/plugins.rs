@@ -197,7 +197,7 @@ async fn broken_components_are_rejected_at_load_and_the_gateway_serves_on() {
     );
     let v2 = rejected("v2");
     assert!(
-        v2.contains("sluice:policy@2.0.0") && v2.contains("sluice:policy@1.0.0"),
+        v2.contains("sluice:policy@2.0.0") && v2.contains("sluice:policy@1.1.0"),
         "{v2}"
     );
     assert!(
@@ -295,6 +295,61 @@ async fn shaper_failure_falls_back(shaper: &str, wasm: &str) {
         ),
         1.0
     );
+}
+
+#[tokio::test]
+async fn the_default_router_and_redactor_work_through_handles() {
+    // Router (planner-policy): the higher priority wins and its model rename is
+    // applied by the host for a step without a model. Redactor (editor-policy):
+    // content logging is on, yet the default redactor removes prompt and
+    // completion, and masks a secret-looking label set by a 1.0 auth plugin.
+    let (low, high) = (
+        keyed_mock(MockConfig::default()).await,
+        keyed_mock(MockConfig::default()).await,
+    );
+    let gw = Gateway::builder()
+        .plugin("tagger", fixtures::TAGGER, None)
+        .channel(mock_channel("low", &low, &[MODEL], "priority = 0"))
+        .channel(mock_channel(
+            "high",
+            &high,
+            &[MODEL],
+            &format!("priority = 10\nmodel_map = {{ {MODEL:?} = \"renamed-model\" }}"),
+        ))
+        .set("log", "content = true")
+        .start()
+        .await;
+    let (key, key_id) = gw.create_key(json!({"name": "k"})).await;
+    let reply = gw
+        .chat_with_headers(&key, &[("x-team", "sk-live-0123456789")])
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["model"], "renamed-model", "{}", reply.text());
+    assert_eq!(high.stats.requests.load(Ordering::Relaxed), 1);
+    assert_eq!(low.stats.requests.load(Ordering::Relaxed), 0);
+    let stored = eventually(Duration::from_secs(5), async || {
+        let (_, page) = gw
+            .admin_json("GET", &format!("/admin/usage?key_id={key_id}"), None)
+            .await;
+        page["data"].as_array().is_some_and(|d| d.len() == 1)
+    })
+    .await;
+    assert!(stored, "usage record missing");
+    let (_, page) = gw
+        .admin_json("GET", &format!("/admin/usage?key_id={key_id}"), None)
+        .await;
+    let record = &page["data"][0];
+    assert_eq!(record["channel_id"], "high");
+    assert_eq!(record["upstream_model"], "renamed-model");
+    assert_eq!(record["model"], MODEL);
+    assert!(record["prompt"].is_null(), "{record}");
+    assert!(record["completion"].is_null(), "{record}");
+    assert_eq!(
+        record["labels"],
+        json!({"tagged-by": "tagger", "team": "[REDACTED]"}),
+        "{record}"
+    );
+    assert!(!page.to_string().contains("0123456789"), "{page}");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 //! records, 1.1 plugins handles to views the host lends for the call.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use wasmtime::component::{Component, InstancePre, Resource};
 use wasmtime::{Store, UpdateDeadline};
@@ -17,7 +17,7 @@ use super::engine::{EPOCH_TICK, PolicyEngine};
 use super::host_state::{HostState, PluginShared};
 use super::views::{self, KeyView, RequestView, UsageView};
 use super::{PluginError, PolicyKind, World};
-use crate::metrics::PluginLabels;
+use crate::metrics::{PluginLabels, PluginSeries};
 use crate::store::UsageRecord;
 use auth::exports::sluice::policy::auth::Decision;
 use authorizer::exports::sluice::policy::authorizer::Verdict;
@@ -104,6 +104,8 @@ pub struct Plugin {
     pub shared: Arc<PluginShared>,
     /// Its metric labels, built once instead of on every call.
     pub labels: PluginLabels,
+    /// Its metric series, looked up on the first call and kept.
+    pub series: OnceLock<PluginSeries>,
     pre: Pre,
     config_json: String,
     engine: wasmtime::Engine,
@@ -141,9 +143,9 @@ impl Plugin {
             World::ShaperPolicy => {
                 Pre::Shaper(shaper::ShaperPolicyPre::new(instance_pre).map_err(link)?)
             }
-            World::AuthorizerPolicy => Pre::Authorizer(
-                authorizer::AuthorizerPolicyPre::new(instance_pre).map_err(link)?,
-            ),
+            World::AuthorizerPolicy => {
+                Pre::Authorizer(authorizer::AuthorizerPolicyPre::new(instance_pre).map_err(link)?)
+            }
             World::PlannerPolicy => {
                 Pre::Planner(planner::PlannerPolicyPre::new(instance_pre).map_err(link)?)
             }
@@ -157,6 +159,7 @@ impl Plugin {
         };
         let plugin = Self {
             labels,
+            series: OnceLock::new(),
             info,
             shared,
             pre,
@@ -331,7 +334,8 @@ impl Plugin {
                         steps
                             .into_iter()
                             .filter_map(|step| {
-                                let channel = candidates.get(usize::try_from(step.candidate).ok()?)?;
+                                let channel =
+                                    candidates.get(usize::try_from(step.candidate).ok()?)?;
                                 Some(RouteStep {
                                     channel_id: channel.id.clone(),
                                     upstream_model: step
@@ -381,10 +385,7 @@ impl Plugin {
                 let call = async {
                     let lent = views::lend(store.data_mut().table(), taken)?;
                     let rep = lent.rep();
-                    let keep = b
-                        .sluice_policy_editor()
-                        .call_edit(&mut *store, lent)
-                        .await;
+                    let keep = b.sluice_policy_editor().call_edit(&mut *store, lent).await;
                     *record = views::take_back(
                         store.data_mut().table(),
                         Resource::<UsageView>::new_own(rep),

@@ -119,7 +119,7 @@ pub enum PluginError {
     Compile(String),
     /// A component that exports no Sluice policy.
     #[error(
-        "exports no sluice:policy interface (it exports {exports}); build it against the auth-policy, router-policy or shaper-policy world"
+        "exports no sluice:policy interface (it exports {exports}); build it against a policy world: authorizer-policy, planner-policy, editor-policy (1.1) or auth-policy, router-policy, shaper-policy (1.0)"
     )]
     WrongWorld {
         /// What it does export.
@@ -201,14 +201,13 @@ impl Policies {
     }
 
     fn observe(&self, plugin: &Plugin, started: Instant, failed: Option<&PluginError>) {
-        let labels = &plugin.labels;
-        self.metrics.policy_calls.get_or_create(labels).inc();
-        self.metrics
-            .policy_seconds
-            .get_or_create(labels)
-            .observe(started.elapsed().as_secs_f64());
+        let series = plugin
+            .series
+            .get_or_init(|| self.metrics.plugin_series(&plugin.labels));
+        series.calls.inc();
+        series.seconds.observe(started.elapsed().as_secs_f64());
         if let Some(e) = failed {
-            self.metrics.policy_failures.get_or_create(labels).inc();
+            series.failures.inc();
             tracing::error!(plugin = %plugin.info.name, kind = plugin.info.kind.as_str(), error = %e, "policy plugin failed");
         }
     }

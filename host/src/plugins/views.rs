@@ -85,7 +85,11 @@ impl context::HostRequest for HostState {
     fn client_ip(&mut self, r: Resource<RequestView>) -> wasmtime::Result<String> {
         Ok(request(self, &r)?.client_ip.clone())
     }
-    fn header(&mut self, r: Resource<RequestView>, name: String) -> wasmtime::Result<Option<String>> {
+    fn header(
+        &mut self,
+        r: Resource<RequestView>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
         let req = request(self, &r)?;
         Ok(req
             .headers
@@ -221,7 +225,11 @@ impl context::HostUsage for HostState {
         usage(self, &r)?.key_prefix = value;
         Ok(())
     }
-    fn set_upstream_model(&mut self, r: Resource<UsageView>, value: String) -> wasmtime::Result<()> {
+    fn set_upstream_model(
+        &mut self,
+        r: Resource<UsageView>,
+        value: String,
+    ) -> wasmtime::Result<()> {
         usage(self, &r)?.upstream_model = value;
         Ok(())
     }
@@ -241,7 +249,11 @@ impl context::HostUsage for HostState {
         usage(self, &r)?.labels = labels.into_iter().map(|l| (l.name, l.value)).collect();
         Ok(())
     }
-    fn set_prompt(&mut self, r: Resource<UsageView>, value: Option<String>) -> wasmtime::Result<()> {
+    fn set_prompt(
+        &mut self,
+        r: Resource<UsageView>,
+        value: Option<String>,
+    ) -> wasmtime::Result<()> {
         usage(self, &r)?.prompt = value;
         Ok(())
     }

@@ -109,10 +109,7 @@ fn check(req: &Request, key: Option<&Key>) -> Result<(), Denial> {
         return Err(deny(
             denial::PERMISSION_DENIED,
             "ip_not_allowed",
-            format!(
-                "API key {} may not be used from {client_ip}.",
-                key.prefix()
-            ),
+            format!("API key {} may not be used from {client_ip}.", key.prefix()),
         ));
     }
     if limits.quota_remaining.is_some_and(|q| q <= 0) {

@@ -4,7 +4,9 @@
 //! a step without a model uses the channel's own mapping).
 
 use sluice_policy_sdk::planner::exports::sluice::policy::lifecycle::Guest as Lifecycle;
-use sluice_policy_sdk::planner::exports::sluice::policy::planner::{Candidate, Guest as Planner, Step};
+use sluice_policy_sdk::planner::exports::sluice::policy::planner::{
+    Candidate, Guest as Planner, Step,
+};
 use sluice_policy_sdk::planner::sluice::policy::context::Request;
 use sluice_policy_sdk::planner::sluice::policy::types::Denial;
 
