@@ -40,7 +40,7 @@ impl Planner for PriorityWeight {
             });
         }
         let mut seed = fnv1a(req.request_id().as_bytes());
-        usable.sort_by(|(_, a), (_, b)| b.priority.cmp(&a.priority));
+        usable.sort_by_key(|(_, c)| std::cmp::Reverse(c.priority));
         let mut plan = Vec::with_capacity(usable.len());
         for group in usable.chunk_by_mut(|(_, a), (_, b)| a.priority == b.priority) {
             weighted_order(group, &mut seed);
