@@ -229,6 +229,7 @@ enum ConfigCommand {
 /// dropping it flushes what is still buffered.
 pub fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let _ = crate::metrics::LOG_WRITER_DROPS.set(writer.error_counter());
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -1,12 +1,15 @@
 //! Prometheus metrics: one registry, every family the gateway reports, and the
 //! text encoder served at `/metrics` on the admin listener.
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tracing_appender::non_blocking::ErrorCounter;
 
 /// Labels of a finished client request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,7 +101,13 @@ pub struct Metrics {
     pub channel_healthy: Family<ChannelLabels, Gauge>,
     /// Requests in flight per channel.
     pub channel_in_flight: Family<ChannelLabels, Gauge>,
+    /// Log lines the non-blocking log writer dropped (its buffer was full).
+    pub log_lines_dropped: Counter,
 }
+
+/// The log writer's count of dropped lines, registered by `init_logging` (the
+/// log writer is process-wide, like the subscriber in front of it).
+pub static LOG_WRITER_DROPS: OnceLock<ErrorCounter> = OnceLock::new();
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -123,6 +132,7 @@ impl Default for Metrics {
             writer_commit_errors: Counter::default(),
             channel_healthy: Family::default(),
             channel_in_flight: Family::default(),
+            log_lines_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Finished client requests", m.requests.clone());
@@ -147,6 +157,11 @@ impl Default for Metrics {
             m.upstream_retries.clone(),
         );
         registry.register("tokens", "Tokens relayed", m.tokens.clone());
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer's buffer was full",
+            m.log_lines_dropped.clone(),
+        );
         registry.register(
             "policy_call_seconds",
             "Policy plugin call duration",
@@ -237,12 +252,52 @@ impl Metrics {
         }
     }
 
+    /// Brings `log_lines_dropped` up to the log writer's running total.
+    fn sync_log_drops(&self, total: usize) {
+        let total = u64::try_from(total).unwrap_or(u64::MAX);
+        let seen = self.log_lines_dropped.get();
+        if total > seen {
+            self.log_lines_dropped.inc_by(total - seen);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        if let Some(drops) = LOG_WRITER_DROPS.get() {
+            self.sync_log_drops(drops.dropped_lines());
+        }
         let mut out = String::with_capacity(8192);
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn dropped_log_lines_follow_the_writer_total() {
+        let metrics = Metrics::default();
+        assert!(
+            metrics
+                .encode()
+                .contains("sluice_log_lines_dropped_total 0")
+        );
+        metrics.sync_log_drops(5);
+        metrics.sync_log_drops(3); // a stale read never moves the counter back
+        assert!(
+            metrics
+                .encode()
+                .contains("sluice_log_lines_dropped_total 5")
+        );
+        metrics.sync_log_drops(7);
+        assert!(
+            metrics
+                .encode()
+                .contains("sluice_log_lines_dropped_total 7")
+        );
     }
 }

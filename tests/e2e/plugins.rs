@@ -256,21 +256,9 @@ async fn shaper_failure_falls_back(shaper: &str, wasm: &str) {
         "the native router must take over: {}",
         reply.text()
     );
-    let stored = eventually(Duration::from_secs(5), async || {
-        let (_, page) = gw
-            .admin_json("GET", &format!("/admin/usage?key_id={key_id}"), None)
-            .await;
-        page["data"].as_array().is_some_and(|d| d.len() == 1)
-    })
-    .await;
-    assert!(
-        stored,
-        "{shaper}: the host-redacted record must be stored when the shaper fails"
-    );
-    let (_, page) = gw
-        .admin_json("GET", &format!("/admin/usage?key_id={key_id}"), None)
-        .await;
-    let record = &page["data"][0];
+    let record = gw.only_usage_record(&key_id).await.unwrap_or_else(|| {
+        panic!("{shaper}: the host-redacted record must be stored when the shaper fails")
+    });
     assert_eq!(
         record["completion_tokens"], 16,
         "{shaper}: accounting survives shaper failure"
@@ -327,18 +315,10 @@ async fn the_default_router_and_redactor_work_through_handles() {
     assert_eq!(reply.json()["model"], "renamed-model", "{}", reply.text());
     assert_eq!(high.stats.requests.load(Ordering::Relaxed), 1);
     assert_eq!(low.stats.requests.load(Ordering::Relaxed), 0);
-    let stored = eventually(Duration::from_secs(5), async || {
-        let (_, page) = gw
-            .admin_json("GET", &format!("/admin/usage?key_id={key_id}"), None)
-            .await;
-        page["data"].as_array().is_some_and(|d| d.len() == 1)
-    })
-    .await;
-    assert!(stored, "usage record missing");
-    let (_, page) = gw
-        .admin_json("GET", &format!("/admin/usage?key_id={key_id}"), None)
-        .await;
-    let record = &page["data"][0];
+    let record = gw
+        .only_usage_record(&key_id)
+        .await
+        .expect("usage record missing");
     assert_eq!(record["channel_id"], "high");
     assert_eq!(record["upstream_model"], "renamed-model");
     assert_eq!(record["model"], MODEL);
@@ -349,7 +329,7 @@ async fn the_default_router_and_redactor_work_through_handles() {
         json!({"tagged-by": "tagger", "team": "[REDACTED]"}),
         "{record}"
     );
-    assert!(!page.to_string().contains("0123456789"), "{page}");
+    assert!(!record.to_string().contains("0123456789"), "{record}");
 }
 
 #[tokio::test]
@@ -498,23 +478,40 @@ async fn hot_reload_under_load_changes_behaviour_without_failures() {
 
 #[test]
 fn plugin_check_reports_kind_version_and_init() {
-    let out = std::process::Command::new(sluice_bin())
-        .args(["plugin", "check", fixtures::TAGGER])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains("kind:     auth")
-            && text.contains("sluice:policy@1.0.0")
-            && text.contains("sluice:policy/types@1.0.0")
-            && text.contains("init:     ok"),
-        "{text}"
-    );
+    // A 1.0 component (built against the frozen 1.0.0 WIT) and a 1.1 one.
+    let dir = tempfile::tempdir().unwrap();
+    let team_config = dir.path().join("team-header.toml");
+    std::fs::write(&team_config, "header = \"x-team\"\nteams = [\"blue\"]\n").unwrap();
+    let team_config = team_config.to_str().unwrap();
+    for (wasm, extra, world, version) in [
+        (fixtures::TAGGER, vec![], "auth-policy", "1.0.0"),
+        (
+            fixtures::TEAM_HEADER,
+            vec!["--config", team_config],
+            "authorizer-policy",
+            "1.1.0",
+        ),
+    ] {
+        let out = std::process::Command::new(sluice_bin())
+            .args(["plugin", "check", wasm])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("kind:     auth")
+                && text.contains(&format!("world:    {world}\n"))
+                && text.contains(&format!("sluice:policy@{version}"))
+                && text.contains(&format!("sluice:policy/types@{version}"))
+                && text.contains("init:     ok"),
+            "{text}"
+        );
+    }
     for bad in [fixtures::V2, fixtures::WRONG_WORLD, fixtures::INIT_FAILS] {
         let out = std::process::Command::new(sluice_bin())
             .args(["plugin", "check", bad])

@@ -250,6 +250,19 @@ impl Gateway {
         .await
     }
 
+    /// The usage record of `key_id`'s only request, once it is stored (within
+    /// 5 s); `None` when no single record appears.
+    pub async fn only_usage_record(&self, key_id: &str) -> Option<serde_json::Value> {
+        let path = format!("/admin/usage?key_id={key_id}");
+        let stored = eventually(Duration::from_secs(5), async || {
+            let (_, page) = self.admin_json("GET", &path, None).await;
+            page["data"].as_array().is_some_and(|d| d.len() == 1)
+        })
+        .await;
+        let (_, page) = self.admin_json("GET", &path, None).await;
+        stored.then(|| page["data"][0].clone())
+    }
+
     /// A Prometheus scrape.
     pub async fn metrics(&self) -> String {
         request("GET", &format!("http://{}/metrics", self.admin), &[], None)

@@ -1,8 +1,10 @@
-//! Generated host bindings for the three policy worlds, and nothing else. The
-//! `types` and `host` interfaces are generated once (in `auth`) and shared.
+//! Generated host bindings for the six policy worlds, and nothing else. The
+//! `types` and `host` interfaces are generated once (in `auth`), the `context`
+//! interface of the 1.1 worlds once (in `authorizer`, with the host's own view
+//! types as its resources); the other worlds share them.
 #![allow(missing_docs)]
 
-/// The `auth-policy` world.
+/// The `auth-policy` world (1.0: records).
 pub mod auth {
     wasmtime::component::bindgen!({
         world: "auth-policy",
@@ -11,37 +13,7 @@ pub mod auth {
     });
 }
 
-/// The `router-policy` world.
-pub mod router {
-    wasmtime::component::bindgen!({
-        world: "router-policy",
-        path: "../wit",
-        exports: { default: async },
-        with: {
-            "sluice:policy/types": super::auth::sluice::policy::types,
-            "sluice:policy/host": super::auth::sluice::policy::host,
-        },
-    });
-}
-
-/// The `shaper-policy` world.
-pub mod shaper {
-    wasmtime::component::bindgen!({
-        world: "shaper-policy",
-        path: "../wit",
-        exports: { default: async },
-        with: {
-            "sluice:policy/types": super::auth::sluice::policy::types,
-            "sluice:policy/host": super::auth::sluice::policy::host,
-        },
-    });
-}
-
-pub use auth::sluice::policy::host;
-pub use auth::sluice::policy::types;
-
-/// The `authorizer-policy` world (1.1: handles). Generates the `context`
-/// interface, whose resources are the host's own view types.
+/// The `authorizer-policy` world (1.1: handles).
 pub mod authorizer {
     wasmtime::component::bindgen!({
         world: "authorizer-policy",
@@ -58,32 +30,45 @@ pub mod authorizer {
     });
 }
 
-/// The `planner-policy` world (1.1: handles).
-pub mod planner {
-    wasmtime::component::bindgen!({
-        world: "planner-policy",
-        path: "../wit",
-        exports: { default: async },
-        with: {
-            "sluice:policy/types": super::auth::sluice::policy::types,
-            "sluice:policy/host": super::auth::sluice::policy::host,
-            "sluice:policy/context": super::authorizer::sluice::policy::context,
-        },
-    });
+/// Generates the bindings of a world that reuses the shared interfaces: `types`
+/// and `host`, plus `context` for the 1.1 worlds.
+macro_rules! sharing_world {
+    ($(#[$doc:meta])* $module:ident, $world:tt $(, $interface:tt => $path:path)*) => {
+        $(#[$doc])*
+        pub mod $module {
+            wasmtime::component::bindgen!({
+                world: $world,
+                path: "../wit",
+                exports: { default: async },
+                with: {
+                    "sluice:policy/types": super::auth::sluice::policy::types,
+                    "sluice:policy/host": super::auth::sluice::policy::host,
+                    $($interface: $path,)*
+                },
+            });
+        }
+    };
 }
 
-/// The `editor-policy` world (1.1: handles).
-pub mod editor {
-    wasmtime::component::bindgen!({
-        world: "editor-policy",
-        path: "../wit",
-        exports: { default: async },
-        with: {
-            "sluice:policy/types": super::auth::sluice::policy::types,
-            "sluice:policy/host": super::auth::sluice::policy::host,
-            "sluice:policy/context": super::authorizer::sluice::policy::context,
-        },
-    });
-}
+sharing_world!(
+    /// The `router-policy` world (1.0: records).
+    router, "router-policy"
+);
+sharing_world!(
+    /// The `shaper-policy` world (1.0: records).
+    shaper, "shaper-policy"
+);
+sharing_world!(
+    /// The `planner-policy` world (1.1: handles).
+    planner, "planner-policy",
+    "sluice:policy/context" => super::authorizer::sluice::policy::context
+);
+sharing_world!(
+    /// The `editor-policy` world (1.1: handles).
+    editor, "editor-policy",
+    "sluice:policy/context" => super::authorizer::sluice::policy::context
+);
 
+pub use auth::sluice::policy::host;
+pub use auth::sluice::policy::types;
 pub use authorizer::sluice::policy::context;
