@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use wasmtime::component::{Resource, ResourceTable};
 
-use super::bindings::context::{self, KeyLimits};
+use super::bindings::context::{self, Standing};
+use super::bindings::host::CounterState;
 use super::bindings::types::{KeyInfo, Label, RequestInfo};
 use super::host_state::HostState;
 use crate::store::UsageRecord;
@@ -52,6 +53,13 @@ pub fn networks_allow(networks: &[String], ip: &str) -> bool {
     })
 }
 
+/// FNV-1a: the request seed (stable across runs and hosts, unlike `std`'s hasher).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 fn request(state: &mut HostState, r: &Resource<RequestView>) -> wasmtime::Result<Arc<RequestInfo>> {
     Ok(state.table().get(r)?.0.clone())
 }
@@ -72,6 +80,9 @@ impl context::Host for HostState {}
 impl context::HostRequest for HostState {
     fn request_id(&mut self, r: Resource<RequestView>) -> wasmtime::Result<String> {
         Ok(request(self, &r)?.request_id.clone())
+    }
+    fn seed(&mut self, r: Resource<RequestView>) -> wasmtime::Result<u64> {
+        Ok(fnv1a(request(self, &r)?.request_id.as_bytes()))
     }
     fn endpoint(&mut self, r: Resource<RequestView>) -> wasmtime::Result<String> {
         Ok(request(self, &r)?.endpoint.clone())
@@ -118,11 +129,22 @@ impl context::HostKey for HostState {
     fn prefix(&mut self, r: Resource<KeyView>) -> wasmtime::Result<String> {
         Ok(key(self, &r)?.prefix.clone())
     }
-    fn limits(&mut self, r: Resource<KeyView>) -> wasmtime::Result<KeyLimits> {
-        let k = key(self, &r)?;
-        Ok(KeyLimits {
+    fn standing(
+        &mut self,
+        r: Resource<KeyView>,
+        req: Resource<RequestView>,
+    ) -> wasmtime::Result<Standing> {
+        let (k, req) = (key(self, &r)?, request(self, &req)?);
+        Ok(Standing {
             status: k.status,
             expires_at_ms: k.expires_at_ms,
+            expired: k
+                .expires_at_ms
+                .is_some_and(|at| crate::keys::now_ms() >= at),
+            model_allowed: req.model.is_empty()
+                || k.models.is_empty()
+                || k.models.contains(&req.model),
+            client_allowed: networks_allow(&k.networks, &req.client_ip),
             quota_remaining: k.quota_remaining,
             rpm_limit: k.rpm_limit,
             tpm_limit: k.tpm_limit,
@@ -131,15 +153,19 @@ impl context::HostKey for HostState {
     fn models(&mut self, r: Resource<KeyView>) -> wasmtime::Result<Vec<String>> {
         Ok(key(self, &r)?.models.clone())
     }
-    fn allows_model(&mut self, r: Resource<KeyView>, model: String) -> wasmtime::Result<bool> {
-        let k = key(self, &r)?;
-        Ok(k.models.is_empty() || k.models.contains(&model))
-    }
     fn networks(&mut self, r: Resource<KeyView>) -> wasmtime::Result<Vec<String>> {
         Ok(key(self, &r)?.networks.clone())
     }
-    fn allows_client(&mut self, r: Resource<KeyView>, ip: String) -> wasmtime::Result<bool> {
-        Ok(networks_allow(&key(self, &r)?.networks, &ip))
+    fn counter_add(
+        &mut self,
+        r: Resource<KeyView>,
+        name: String,
+        delta: i64,
+        window_ms: u32,
+    ) -> wasmtime::Result<CounterState> {
+        let id = key(self, &r)?;
+        let counter = format!("{name}:{}", id.id);
+        Ok(self.shared.counter_add(&counter, delta, window_ms))
     }
     fn drop(&mut self, r: Resource<KeyView>) -> wasmtime::Result<()> {
         take_back(self.table(), r).map(|_| ())
@@ -214,6 +240,11 @@ impl context::HostUsage for HostState {
     fn has_content(&mut self, r: Resource<UsageView>) -> wasmtime::Result<bool> {
         let u = usage(self, &r)?;
         Ok(u.prompt.is_some() || u.completion.is_some())
+    }
+    fn mentions(&mut self, r: Resource<UsageView>, needles: Vec<String>) -> wasmtime::Result<bool> {
+        let u = usage(self, &r)?;
+        let found = |text: &str| needles.iter().any(|n| text.contains(n.as_str()));
+        Ok(u.labels.values().any(|v| found(v)) || u.error_kind.as_deref().is_some_and(found))
     }
     fn prompt(&mut self, r: Resource<UsageView>) -> wasmtime::Result<Option<String>> {
         Ok(usage(self, &r)?.prompt.clone())

@@ -8,7 +8,6 @@ use std::cell::Cell;
 use sluice_policy_sdk::authorizer::exports::sluice::policy::authorizer::{Guest as Auth, Verdict};
 use sluice_policy_sdk::authorizer::exports::sluice::policy::lifecycle::Guest as Lifecycle;
 use sluice_policy_sdk::authorizer::sluice::policy::context::{Key, Request};
-use sluice_policy_sdk::authorizer::sluice::policy::host;
 use sluice_policy_sdk::authorizer::sluice::policy::types::{Denial, KeyStatus};
 use sluice_policy_sdk::denial::{self, retry_after_secs};
 
@@ -60,8 +59,8 @@ fn deny(status: u16, code: &str, message: String) -> Denial {
     }
 }
 
-/// Reads only what each check needs: the handles make every field a host call,
-/// and the common case (an active key inside its limits) needs few of them.
+/// One host call answers status, expiry, model and network; the counters are
+/// the only other calls, and strings are fetched only to word a denial.
 fn check(req: &Request, key: Option<&Key>) -> Result<(), Denial> {
     let (unauthorized, invalid) = denial::INVALID_API_KEY;
     let Some(key) = key else {
@@ -71,8 +70,8 @@ fn check(req: &Request, key: Option<&Key>) -> Result<(), Denial> {
             "Incorrect API key provided.".into(),
         ));
     };
-    let limits = key.limits();
-    match limits.status {
+    let standing = key.standing(req);
+    match standing.status {
         KeyStatus::Active => {}
         KeyStatus::Disabled => {
             return Err(deny(
@@ -89,30 +88,36 @@ fn check(req: &Request, key: Option<&Key>) -> Result<(), Denial> {
             ));
         }
     }
-    if limits.expires_at_ms.is_some_and(|at| host::now_ms() >= at) {
+    if standing.expired {
         return Err(deny(
             unauthorized,
             "key_expired",
             format!("API key {} has expired.", key.prefix()),
         ));
     }
-    let model = req.model();
-    if !model.is_empty() && !key.allows_model(&model) {
+    if !standing.model_allowed {
         return Err(deny(
             denial::PERMISSION_DENIED,
             "model_not_allowed",
-            format!("API key {} may not use model '{model}'.", key.prefix()),
+            format!(
+                "API key {} may not use model '{}'.",
+                key.prefix(),
+                req.model()
+            ),
         ));
     }
-    let client_ip = req.client_ip();
-    if !key.allows_client(&client_ip) {
+    if !standing.client_allowed {
         return Err(deny(
             denial::PERMISSION_DENIED,
             "ip_not_allowed",
-            format!("API key {} may not be used from {client_ip}.", key.prefix()),
+            format!(
+                "API key {} may not be used from {}.",
+                key.prefix(),
+                req.client_ip()
+            ),
         ));
     }
-    if limits.quota_remaining.is_some_and(|q| q <= 0) {
+    if standing.quota_remaining.is_some_and(|q| q <= 0) {
         let (status, code) = denial::INSUFFICIENT_QUOTA;
         return Err(deny(
             status,
@@ -121,12 +126,8 @@ fn check(req: &Request, key: Option<&Key>) -> Result<(), Denial> {
         ));
     }
     let window = WINDOW_MS.with(Cell::get);
-    if limits.tpm_limit.is_none() && limits.rpm_limit.is_none() {
-        return Ok(());
-    }
-    let id = key.id();
-    if let Some(limit) = limits.tpm_limit {
-        let tokens = host::counter_add(&format!("tpm:{id}"), 0, window);
+    if let Some(limit) = standing.tpm_limit {
+        let tokens = key.counter_add("tpm", 0, window);
         if tokens.total >= i64::from(limit) {
             return Err(rate_limited(
                 format!("Rate limit reached: {limit} tokens per minute."),
@@ -134,8 +135,8 @@ fn check(req: &Request, key: Option<&Key>) -> Result<(), Denial> {
             ));
         }
     }
-    if let Some(limit) = limits.rpm_limit {
-        let requests = host::counter_add(&format!("rpm:{id}"), 1, window);
+    if let Some(limit) = standing.rpm_limit {
+        let requests = key.counter_add("rpm", 1, window);
         if requests.total > i64::from(limit) {
             return Err(rate_limited(
                 format!("Rate limit reached: {limit} requests per minute."),

@@ -53,6 +53,9 @@ impl Editor for Redactor {
                 rec.set_prompt(None);
                 rec.set_completion(None);
             }
+            if !rec.mentions(&config.mask_prefixes) {
+                return;
+            }
             let mut labels = rec.labels();
             let mut masked = false;
             for label in &mut labels {

@@ -39,7 +39,7 @@ impl Planner for PriorityWeight {
                 retry_after_s: Some(1),
             });
         }
-        let mut seed = fnv1a(req.request_id().as_bytes());
+        let mut seed = req.seed();
         usable.sort_by_key(|(_, c)| std::cmp::Reverse(c.priority));
         let mut plan = Vec::with_capacity(usable.len());
         for group in usable.chunk_by_mut(|(_, a), (_, b)| a.priority == b.priority) {
@@ -73,12 +73,6 @@ fn weighted_order(group: &mut [(u32, Candidate)], seed: &mut u64) {
         }
         group.swap(start, chosen);
     }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    })
 }
 
 sluice_policy_sdk::planner::export_planner!(PriorityWeight);
