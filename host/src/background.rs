@@ -46,7 +46,7 @@ fn every(state: &Arc<AppState>, period: Duration, job: Job) {
 async fn probe_channels(state: Arc<AppState>) {
     state.channels.publish(&state.metrics);
     for channel in state.channels.all().iter().filter(|c| c.due_for_probe()) {
-        let Some(uri) = channel.uri("/models") else {
+        let Some(uri) = channel.uri(crate::relay::channels::MODELS_PATH) else {
             continue;
         };
         let mut request = http::Request::get(uri.clone());

@@ -15,12 +15,16 @@ use crate::metrics::{ChannelLabels, Metrics};
 
 /// The upstream paths Sluice calls, relative to a channel's base URL; their
 /// full URIs are built once per channel.
-pub const UPSTREAM_PATHS: [&str; 4] = [
-    "/chat/completions",
-    "/completions",
-    "/embeddings",
-    "/models",
-];
+pub const UPSTREAM_PATHS: [&str; 4] = [CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH, MODELS_PATH];
+
+/// Upstream path of chat completions.
+pub const CHAT_PATH: &str = "/chat/completions";
+/// Upstream path of legacy completions.
+pub const COMPLETIONS_PATH: &str = "/completions";
+/// Upstream path of embeddings.
+pub const EMBEDDINGS_PATH: &str = "/embeddings";
+/// Upstream path of the model list (health probes).
+pub const MODELS_PATH: &str = "/models";
 
 /// Live state of one channel.
 #[derive(Debug, Default)]

@@ -57,9 +57,9 @@ impl Endpoint {
 
     fn upstream_path(self) -> &'static str {
         match self {
-            Self::Chat => "/chat/completions",
-            Self::Completions => "/completions",
-            Self::Embeddings => "/embeddings",
+            Self::Chat => relay::channels::CHAT_PATH,
+            Self::Completions => relay::channels::COMPLETIONS_PATH,
+            Self::Embeddings => relay::channels::EMBEDDINGS_PATH,
         }
     }
 }
