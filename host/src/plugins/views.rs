@@ -75,27 +75,38 @@ fn usage<'a>(
     Ok(&mut state.table().get_mut(r)?.0)
 }
 
+/// Getters that read a view: `name: Type = |view| value;`.
+macro_rules! getters {
+    ($view:ty, $lookup:ident, $($name:ident: $ty:ty = |$v:ident| $value:expr;)*) => {
+        $(fn $name(&mut self, r: Resource<$view>) -> wasmtime::Result<$ty> {
+            let $v = $lookup(self, &r)?;
+            Ok($value)
+        })*
+    };
+}
+
+/// Setters of the usage view's editable fields: `name: Type = field;`.
+macro_rules! usage_setters {
+    ($($name:ident: $ty:ty = $field:ident;)*) => {
+        $(fn $name(&mut self, r: Resource<UsageView>, value: $ty) -> wasmtime::Result<()> {
+            usage(self, &r)?.$field = value;
+            Ok(())
+        })*
+    };
+}
+
 impl context::Host for HostState {}
 
 impl context::HostRequest for HostState {
-    fn request_id(&mut self, r: Resource<RequestView>) -> wasmtime::Result<String> {
-        Ok(request(self, &r)?.request_id.clone())
-    }
-    fn seed(&mut self, r: Resource<RequestView>) -> wasmtime::Result<u64> {
-        Ok(fnv1a(request(self, &r)?.request_id.as_bytes()))
-    }
-    fn endpoint(&mut self, r: Resource<RequestView>) -> wasmtime::Result<String> {
-        Ok(request(self, &r)?.endpoint.clone())
-    }
-    fn model(&mut self, r: Resource<RequestView>) -> wasmtime::Result<String> {
-        Ok(request(self, &r)?.model.clone())
-    }
-    fn stream(&mut self, r: Resource<RequestView>) -> wasmtime::Result<bool> {
-        Ok(request(self, &r)?.stream)
-    }
-    fn client_ip(&mut self, r: Resource<RequestView>) -> wasmtime::Result<String> {
-        Ok(request(self, &r)?.client_ip.clone())
-    }
+    getters!(RequestView, request,
+        request_id: String = |v| v.request_id.clone();
+        seed: u64 = |v| fnv1a(v.request_id.as_bytes());
+        endpoint: String = |v| v.endpoint.clone();
+        model: String = |v| v.model.clone();
+        stream: bool = |v| v.stream;
+        client_ip: String = |v| v.client_ip.clone();
+        headers: Vec<Label> = |v| v.headers.clone();
+    );
     fn header(
         &mut self,
         r: Resource<RequestView>,
@@ -108,27 +119,20 @@ impl context::HostRequest for HostState {
             .find(|h| h.name.eq_ignore_ascii_case(&name))
             .map(|h| h.value.clone()))
     }
-    fn headers(&mut self, r: Resource<RequestView>) -> wasmtime::Result<Vec<Label>> {
-        Ok(request(self, &r)?.headers.clone())
-    }
     fn drop(&mut self, r: Resource<RequestView>) -> wasmtime::Result<()> {
         take_back(self.table(), r).map(|_| ())
     }
 }
 
 impl context::HostKey for HostState {
-    fn id(&mut self, r: Resource<KeyView>) -> wasmtime::Result<String> {
-        Ok(key(self, &r)?.id.clone())
-    }
-    fn name(&mut self, r: Resource<KeyView>) -> wasmtime::Result<String> {
-        Ok(key(self, &r)?.name.clone())
-    }
-    fn owner(&mut self, r: Resource<KeyView>) -> wasmtime::Result<String> {
-        Ok(key(self, &r)?.owner.clone())
-    }
-    fn prefix(&mut self, r: Resource<KeyView>) -> wasmtime::Result<String> {
-        Ok(key(self, &r)?.prefix.clone())
-    }
+    getters!(KeyView, key,
+        id: String = |v| v.id.clone();
+        name: String = |v| v.name.clone();
+        owner: String = |v| v.owner.clone();
+        prefix: String = |v| v.prefix.clone();
+        models: Vec<String> = |v| v.models.clone();
+        networks: Vec<String> = |v| v.networks.clone();
+    );
     fn standing(
         &mut self,
         r: Resource<KeyView>,
@@ -150,12 +154,6 @@ impl context::HostKey for HostState {
             tpm_limit: k.tpm_limit,
         })
     }
-    fn models(&mut self, r: Resource<KeyView>) -> wasmtime::Result<Vec<String>> {
-        Ok(key(self, &r)?.models.clone())
-    }
-    fn networks(&mut self, r: Resource<KeyView>) -> wasmtime::Result<Vec<String>> {
-        Ok(key(self, &r)?.networks.clone())
-    }
     fn counter_add(
         &mut self,
         r: Resource<KeyView>,
@@ -163,8 +161,7 @@ impl context::HostKey for HostState {
         delta: i64,
         window_ms: u32,
     ) -> wasmtime::Result<CounterState> {
-        let id = key(self, &r)?;
-        let counter = format!("{name}:{}", id.id);
+        let counter = format!("{name}:{}", key(self, &r)?.id);
         Ok(self.shared.counter_add(&counter, delta, window_ms))
     }
     fn drop(&mut self, r: Resource<KeyView>) -> wasmtime::Result<()> {
@@ -173,127 +170,49 @@ impl context::HostKey for HostState {
 }
 
 impl context::HostUsage for HostState {
-    fn request_id(&mut self, r: Resource<UsageView>) -> wasmtime::Result<String> {
-        Ok(usage(self, &r)?.request_id.clone())
-    }
-    fn time_ms(&mut self, r: Resource<UsageView>) -> wasmtime::Result<u64> {
-        Ok(usage(self, &r)?.time_ms)
-    }
-    fn key_id(&mut self, r: Resource<UsageView>) -> wasmtime::Result<String> {
-        Ok(usage(self, &r)?.key_id.clone())
-    }
-    fn key_prefix(&mut self, r: Resource<UsageView>) -> wasmtime::Result<String> {
-        Ok(usage(self, &r)?.key_prefix.clone())
-    }
-    fn endpoint(&mut self, r: Resource<UsageView>) -> wasmtime::Result<String> {
-        Ok(usage(self, &r)?.endpoint.clone())
-    }
-    fn model(&mut self, r: Resource<UsageView>) -> wasmtime::Result<String> {
-        Ok(usage(self, &r)?.model.clone())
-    }
-    fn upstream_model(&mut self, r: Resource<UsageView>) -> wasmtime::Result<String> {
-        Ok(usage(self, &r)?.upstream_model.clone())
-    }
-    fn channel_id(&mut self, r: Resource<UsageView>) -> wasmtime::Result<String> {
-        Ok(usage(self, &r)?.channel_id.clone())
-    }
-    fn status(&mut self, r: Resource<UsageView>) -> wasmtime::Result<u16> {
-        Ok(usage(self, &r)?.status)
-    }
-    fn error_kind(&mut self, r: Resource<UsageView>) -> wasmtime::Result<Option<String>> {
-        Ok(usage(self, &r)?.error_kind.clone())
-    }
-    fn prompt_tokens(&mut self, r: Resource<UsageView>) -> wasmtime::Result<u32> {
-        Ok(usage(self, &r)?.prompt_tokens)
-    }
-    fn completion_tokens(&mut self, r: Resource<UsageView>) -> wasmtime::Result<u32> {
-        Ok(usage(self, &r)?.completion_tokens)
-    }
-    fn cost(&mut self, r: Resource<UsageView>) -> wasmtime::Result<i64> {
-        Ok(usage(self, &r)?.cost)
-    }
-    fn latency_ms(&mut self, r: Resource<UsageView>) -> wasmtime::Result<u32> {
-        Ok(usage(self, &r)?.latency_ms)
-    }
-    fn ttft_ms(&mut self, r: Resource<UsageView>) -> wasmtime::Result<Option<u32>> {
-        Ok(usage(self, &r)?.ttft_ms)
-    }
-    fn stream(&mut self, r: Resource<UsageView>) -> wasmtime::Result<bool> {
-        Ok(usage(self, &r)?.stream)
-    }
-    fn partial(&mut self, r: Resource<UsageView>) -> wasmtime::Result<bool> {
-        Ok(usage(self, &r)?.partial)
-    }
-    fn client_ip(&mut self, r: Resource<UsageView>) -> wasmtime::Result<String> {
-        Ok(usage(self, &r)?.client_ip.clone())
-    }
-    fn labels(&mut self, r: Resource<UsageView>) -> wasmtime::Result<Vec<Label>> {
-        Ok(usage(self, &r)?
+    getters!(UsageView, usage,
+        request_id: String = |v| v.request_id.clone();
+        time_ms: u64 = |v| v.time_ms;
+        key_id: String = |v| v.key_id.clone();
+        key_prefix: String = |v| v.key_prefix.clone();
+        endpoint: String = |v| v.endpoint.clone();
+        model: String = |v| v.model.clone();
+        upstream_model: String = |v| v.upstream_model.clone();
+        channel_id: String = |v| v.channel_id.clone();
+        status: u16 = |v| v.status;
+        error_kind: Option<String> = |v| v.error_kind.clone();
+        prompt_tokens: u32 = |v| v.prompt_tokens;
+        completion_tokens: u32 = |v| v.completion_tokens;
+        cost: i64 = |v| v.cost;
+        latency_ms: u32 = |v| v.latency_ms;
+        ttft_ms: Option<u32> = |v| v.ttft_ms;
+        stream: bool = |v| v.stream;
+        partial: bool = |v| v.partial;
+        client_ip: String = |v| v.client_ip.clone();
+        prompt: Option<String> = |v| v.prompt.clone();
+        completion: Option<String> = |v| v.completion.clone();
+        has_content: bool = |v| v.prompt.is_some() || v.completion.is_some();
+        labels: Vec<Label> = |v| v
             .labels
             .iter()
-            .map(|(name, value)| Label {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect())
-    }
-    fn has_content(&mut self, r: Resource<UsageView>) -> wasmtime::Result<bool> {
-        let u = usage(self, &r)?;
-        Ok(u.prompt.is_some() || u.completion.is_some())
-    }
+            .map(|(name, value)| Label { name: name.clone(), value: value.clone() })
+            .collect();
+    );
+    usage_setters!(
+        set_key_prefix: String = key_prefix;
+        set_upstream_model: String = upstream_model;
+        set_error_kind: Option<String> = error_kind;
+        set_client_ip: String = client_ip;
+        set_prompt: Option<String> = prompt;
+        set_completion: Option<String> = completion;
+    );
     fn mentions(&mut self, r: Resource<UsageView>, needles: Vec<String>) -> wasmtime::Result<bool> {
         let u = usage(self, &r)?;
         let found = |text: &str| needles.iter().any(|n| text.contains(n.as_str()));
         Ok(u.labels.values().any(|v| found(v)) || u.error_kind.as_deref().is_some_and(found))
     }
-    fn prompt(&mut self, r: Resource<UsageView>) -> wasmtime::Result<Option<String>> {
-        Ok(usage(self, &r)?.prompt.clone())
-    }
-    fn completion(&mut self, r: Resource<UsageView>) -> wasmtime::Result<Option<String>> {
-        Ok(usage(self, &r)?.completion.clone())
-    }
-    fn set_key_prefix(&mut self, r: Resource<UsageView>, value: String) -> wasmtime::Result<()> {
-        usage(self, &r)?.key_prefix = value;
-        Ok(())
-    }
-    fn set_upstream_model(
-        &mut self,
-        r: Resource<UsageView>,
-        value: String,
-    ) -> wasmtime::Result<()> {
-        usage(self, &r)?.upstream_model = value;
-        Ok(())
-    }
-    fn set_error_kind(
-        &mut self,
-        r: Resource<UsageView>,
-        value: Option<String>,
-    ) -> wasmtime::Result<()> {
-        usage(self, &r)?.error_kind = value;
-        Ok(())
-    }
-    fn set_client_ip(&mut self, r: Resource<UsageView>, value: String) -> wasmtime::Result<()> {
-        usage(self, &r)?.client_ip = value;
-        Ok(())
-    }
     fn set_labels(&mut self, r: Resource<UsageView>, labels: Vec<Label>) -> wasmtime::Result<()> {
         usage(self, &r)?.labels = labels.into_iter().map(|l| (l.name, l.value)).collect();
-        Ok(())
-    }
-    fn set_prompt(
-        &mut self,
-        r: Resource<UsageView>,
-        value: Option<String>,
-    ) -> wasmtime::Result<()> {
-        usage(self, &r)?.prompt = value;
-        Ok(())
-    }
-    fn set_completion(
-        &mut self,
-        r: Resource<UsageView>,
-        value: Option<String>,
-    ) -> wasmtime::Result<()> {
-        usage(self, &r)?.completion = value;
         Ok(())
     }
     fn drop(&mut self, r: Resource<UsageView>) -> wasmtime::Result<()> {
