@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use wasmtime::component::{Component, InstancePre, Resource};
 use wasmtime::{Store, UpdateDeadline};
 
-use super::bindings::planner::exports::sluice::policy::planner::Candidate;
+use super::bindings::planner::exports::sluice::policy::planner::{Candidate, Step};
 use super::bindings::types::{Channel, Denial, KeyInfo, RequestInfo, RouteStep};
 use super::bindings::{auth, authorizer, editor, planner, router, shaper};
 use super::engine::{EPOCH_TICK, PolicyEngine};
@@ -329,23 +329,8 @@ impl Plugin {
                     )?;
                     plan
                 };
-                call.await.map(|plan| {
-                    plan.map(|steps| {
-                        steps
-                            .into_iter()
-                            .filter_map(|step| {
-                                let channel =
-                                    candidates.get(usize::try_from(step.candidate).ok()?)?;
-                                Some(RouteStep {
-                                    channel_id: channel.id.clone(),
-                                    upstream_model: step
-                                        .model
-                                        .unwrap_or_else(|| channel.upstream_model.clone()),
-                                })
-                            })
-                            .collect()
-                    })
-                })
+                call.await
+                    .map(|plan| plan.map(|steps| route_steps(candidates, steps)))
             }
             _ => return Err(PluginError::WrongKind),
         };
@@ -401,6 +386,22 @@ impl Plugin {
     }
 }
 
+/// A 1.1 plan as route steps: each step names a candidate by position and
+/// takes the channel's own model mapping unless it names a model; positions
+/// outside the list are dropped, as unknown channel ids are for 1.0 routers.
+fn route_steps(candidates: &[Channel], steps: Vec<Step>) -> Vec<RouteStep> {
+    steps
+        .into_iter()
+        .filter_map(|step| {
+            let channel = candidates.get(usize::try_from(step.candidate).ok()?)?;
+            Some(RouteStep {
+                channel_id: channel.id.clone(),
+                upstream_model: step.model.unwrap_or_else(|| channel.upstream_model.clone()),
+            })
+        })
+        .collect()
+}
+
 /// The 1.1 view of a candidate channel.
 fn candidate(c: &Channel) -> Candidate {
     Candidate {
@@ -433,5 +434,55 @@ fn classify(e: wasmtime::Error) -> PluginError {
         PluginError::Memory(cause)
     } else {
         PluginError::Trap(cause)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(id: &str, upstream_model: &str) -> Channel {
+        Channel {
+            id: id.into(),
+            provider: "openai".into(),
+            priority: 0,
+            weight: 1,
+            upstream_model: upstream_model.into(),
+            healthy: true,
+            in_flight: 0,
+            max_in_flight: 0,
+            latency_ewma_ms: 0,
+            error_permille: 0,
+        }
+    }
+
+    #[test]
+    fn plan_steps_map_positions_to_channels_and_models() {
+        let candidates = [channel("a", "model-a"), channel("b", "model-b")];
+        let steps = vec![
+            Step {
+                candidate: 1,
+                model: None,
+            },
+            Step {
+                candidate: 7,
+                model: None,
+            },
+            Step {
+                candidate: 0,
+                model: Some("override".into()),
+            },
+        ];
+        let routed: Vec<(String, String)> = route_steps(&candidates, steps)
+            .into_iter()
+            .map(|s| (s.channel_id, s.upstream_model))
+            .collect();
+        assert_eq!(
+            routed,
+            [
+                ("b".to_string(), "model-b".to_string()),
+                ("a".to_string(), "override".to_string()),
+            ]
+        );
     }
 }
