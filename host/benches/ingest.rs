@@ -10,6 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The gateway binary's allocator, so the bench measures the same path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::config::Backend;
 use sluice::metrics::Metrics;
