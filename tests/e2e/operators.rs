@@ -365,12 +365,8 @@ async fn chat_with_header(
     header: &'static str,
     value: Option<&'static str>,
 ) -> Reply {
-    let url = format!("http://{}/v1/chat/completions", gw.proxy);
-    let mut headers = vec![("authorization", format!("Bearer {key}"))];
-    if let Some(v) = value {
-        headers.push((header, v.to_string()));
-    }
-    request("POST", &url, &headers, Some(chat_body().to_string())).await
+    gw.chat_with_headers(key, value.map(|v| (header, v)).as_slice())
+        .await
 }
 
 /// Whether, within 5 s, key `id` has exactly `n` successful usage records and
