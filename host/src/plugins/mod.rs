@@ -311,10 +311,11 @@ pub fn host_redacted(mut record: UsageRecord) -> UsageRecord {
     record
 }
 
-/// Converts a host key into the policy view, with its live remaining quota.
-pub fn key_info(key: &crate::keys::LiveKey) -> types::KeyInfo {
+/// Converts a host key into the policy view, with its live remaining quota,
+/// shared by every auth plugin the request passes through.
+pub fn key_info(key: &crate::keys::LiveKey) -> Arc<types::KeyInfo> {
     let r = &key.record;
-    types::KeyInfo {
+    Arc::new(types::KeyInfo {
         id: r.id.clone(),
         name: r.name.clone(),
         owner: r.owner.clone(),
@@ -330,7 +331,7 @@ pub fn key_info(key: &crate::keys::LiveKey) -> types::KeyInfo {
         quota_remaining: key.remaining(),
         rpm_limit: r.rpm_limit,
         tpm_limit: r.tpm_limit,
-    }
+    })
 }
 
 fn to_wit_record(r: &UsageRecord) -> types::UsageRecord {

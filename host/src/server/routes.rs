@@ -221,9 +221,7 @@ async fn dispatch(
     };
     let info = request_info(state, ctx, endpoint.name(), &model, stream, &parts.headers);
     let policies = state.policies.snapshot();
-    let key_info = key
-        .as_deref()
-        .map(|k| Arc::new(crate::plugins::key_info(k)));
+    let key_info = key.as_deref().map(crate::plugins::key_info);
     let mut draft = Draft {
         request_id: ctx.request_id.clone(),
         endpoint: endpoint.name(),
@@ -369,9 +367,7 @@ async fn models(
     let key = lookup_key(state, req.headers()).await?;
     let info = request_info(state, ctx, "models", "", false, req.headers());
     let policies = state.policies.snapshot();
-    let key_info = key
-        .as_deref()
-        .map(|k| Arc::new(crate::plugins::key_info(k)));
+    let key_info = key.as_deref().map(crate::plugins::key_info);
     state
         .policies
         .authorize(&policies, &info, key_info.as_ref())
