@@ -60,12 +60,15 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-fn request(state: &mut HostState, r: &Resource<RequestView>) -> wasmtime::Result<Arc<RequestInfo>> {
-    Ok(state.table().get(r)?.0.clone())
+fn request<'a>(
+    state: &'a mut HostState,
+    r: &Resource<RequestView>,
+) -> wasmtime::Result<&'a RequestInfo> {
+    Ok(&state.table().get(r)?.0)
 }
 
-fn key(state: &mut HostState, r: &Resource<KeyView>) -> wasmtime::Result<Arc<KeyInfo>> {
-    Ok(state.table().get(r)?.0.clone())
+fn key<'a>(state: &'a mut HostState, r: &Resource<KeyView>) -> wasmtime::Result<&'a KeyInfo> {
+    Ok(&state.table().get(r)?.0)
 }
 
 fn usage<'a>(
@@ -138,7 +141,8 @@ impl context::HostKey for HostState {
         r: Resource<KeyView>,
         req: Resource<RequestView>,
     ) -> wasmtime::Result<Standing> {
-        let (k, req) = (key(self, &r)?, request(self, &req)?);
+        let table = &*self.table();
+        let (k, req) = (&table.get(&r)?.0, &table.get(&req)?.0);
         Ok(Standing {
             status: k.status,
             expires_at_ms: k.expires_at_ms,
