@@ -266,12 +266,12 @@ impl Plugin {
                     .await
             }
             Bindings::Authorizer(b) => {
-                let table = store.data_mut().table();
-                let lent_req = views::lend(table, RequestView(req.clone()));
-                let lent_key = key.map(|k| views::lend(table, KeyView(k.clone())));
                 let call = async {
-                    let req = lent_req?;
-                    let key = lent_key.transpose()?;
+                    let table = store.data_mut().table();
+                    let req = views::lend(table, RequestView(req.clone()))?;
+                    let key = key
+                        .map(|k| views::lend(table, KeyView(k.clone())))
+                        .transpose()?;
                     let reps = (req.rep(), key.as_ref().map(Resource::rep));
                     let verdict = b
                         .sluice_policy_authorizer()
