@@ -36,6 +36,7 @@ fn plugins_config(mode: InstanceMode) -> PluginsConfig {
         instance_max_uses: 10_000,
         memory_limit: 32 << 20,
         call_timeout: Duration::from_millis(10),
+        overrun_lanes: 1,
         on_failure: Default::default(),
     }
 }

@@ -142,6 +142,7 @@ struct RawPlugins {
     instance_max_uses: Option<u32>,
     memory_limit_mb: Option<usize>,
     call_timeout: Option<Text>,
+    overrun_lanes: Option<usize>,
     #[serde(default)]
     on_failure: BTreeMap<String, Text>,
 }
@@ -347,6 +348,8 @@ pub struct PluginsConfig {
     pub memory_limit: usize,
     /// Deadline of one plugin call.
     pub call_timeout: Duration,
+    /// Plugin calls that may run past their first 1 ms slice at once.
+    pub overrun_lanes: usize,
     /// Per-plugin failure overrides, by plugin name.
     pub on_failure: BTreeMap<String, FailureMode>,
 }
@@ -762,6 +765,10 @@ impl Validator<'_> {
                 p.call_timeout.as_ref(),
                 Duration::from_millis(10),
             )?,
+            overrun_lanes: p
+                .overrun_lanes
+                .unwrap_or_else(crate::plugins::call_clock::default_lanes)
+                .max(1),
             on_failure: p
                 .on_failure
                 .iter()

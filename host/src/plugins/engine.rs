@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -35,6 +36,8 @@ pub struct InstanceSettings {
     pub max_idle: usize,
     /// Calls after which a warm instance is recycled.
     pub max_uses: u32,
+    /// Calls that may run past their first epoch slice at once.
+    pub overrun_lanes: usize,
 }
 
 impl InstanceSettings {
@@ -47,6 +50,7 @@ impl InstanceSettings {
             init_timeout: (p.call_timeout * 50).max(Duration::from_secs(1)),
             max_idle: if fresh { 0 } else { p.max_idle_instances },
             max_uses: if fresh { 1 } else { p.instance_max_uses },
+            overrun_lanes: p.overrun_lanes,
         }
     }
 }
@@ -61,6 +65,7 @@ pub struct PolicyEngine {
     /// Limits for instances created by this engine.
     pub settings: InstanceSettings,
     cache_dir: Option<PathBuf>,
+    lanes: Arc<Semaphore>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -128,6 +133,7 @@ impl PolicyEngine {
             linker,
             settings,
             cache_dir,
+            lanes: Arc::new(Semaphore::new(settings.overrun_lanes.max(1))),
             stop_ticker,
         })
     }
@@ -140,6 +146,11 @@ impl PolicyEngine {
     /// The shared linker.
     pub fn linker(&self) -> &Linker<HostState> {
         &self.linker
+    }
+
+    /// The overrun lanes every plugin's calls share.
+    pub fn lanes(&self) -> &Arc<Semaphore> {
+        &self.lanes
     }
 
     /// Compiles a component, reusing a cached artifact keyed by the bytes' hash

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
 use wasmtime::ResourceLimiter;
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
@@ -14,6 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::host::{self, CounterState};
 use super::bindings::types::{self, Level};
+use super::call_clock::CallClock;
 
 /// Most entries a plugin may keep in its key/value store or counters.
 const MAX_ENTRIES: usize = 100_000;
@@ -129,14 +131,14 @@ pub struct HostState {
     limits: StoreLimits,
     /// The plugin's shared state.
     pub shared: Arc<PluginShared>,
-    /// Epoch ticks of execution the current call may still use (time spent
-    /// yielded, waiting for a runtime worker, does not count).
-    pub budget_ticks: u64,
+    /// The deadline and lane of the call in progress.
+    pub clock: CallClock,
 }
 
 impl HostState {
-    /// State with nothing granted (no files, sockets, env, args) and a memory limit.
-    pub fn new(shared: Arc<PluginShared>, memory_limit: usize) -> Self {
+    /// State with nothing granted (no files, sockets, env, args), a memory
+    /// limit, and calls that share `lanes` once they overrun their first slice.
+    pub fn new(shared: Arc<PluginShared>, memory_limit: usize, lanes: Arc<Semaphore>) -> Self {
         Self {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -147,7 +149,7 @@ impl HostState {
                 .trap_on_grow_failure(true)
                 .build(),
             shared,
-            budget_ticks: 0,
+            clock: CallClock::new(lanes),
         }
     }
 

@@ -7,13 +7,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use tokio::sync::Semaphore;
+use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre, Resource};
-use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::planner::exports::sluice::policy::planner::{Candidate, Step};
 use super::bindings::types::{Channel, Denial, KeyInfo, RequestInfo, RouteStep};
 use super::bindings::{auth, authorizer, editor, planner, router, shaper};
-use super::engine::{EPOCH_TICK, PolicyEngine};
+use super::call_clock::DeadlineExceeded;
+use super::engine::PolicyEngine;
 use super::host_state::{HostState, PluginShared};
 use super::views::{self, KeyView, RequestView, UsageView};
 use super::{PluginError, PolicyKind, World};
@@ -21,11 +23,6 @@ use crate::metrics::{PluginLabels, PluginSeries};
 use crate::store::UsageRecord;
 use auth::exports::sluice::policy::auth::Decision;
 use authorizer::exports::sluice::policy::authorizer::Verdict;
-
-/// Raised from the epoch callback when a call outlives its deadline.
-#[derive(Debug, thiserror::Error)]
-#[error("plugin call exceeded its deadline")]
-struct DeadlineExceeded;
 
 /// Descriptive facts about a loaded plugin.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -110,6 +107,7 @@ pub struct Plugin {
     config_json: String,
     engine: wasmtime::Engine,
     settings: super::engine::InstanceSettings,
+    lanes: Arc<Semaphore>,
     idle: Mutex<Vec<Warm>>,
     /// Calls made.
     pub calls: AtomicU64,
@@ -166,6 +164,7 @@ impl Plugin {
             config_json,
             engine: engine.engine().clone(),
             settings: engine.settings,
+            lanes: engine.lanes().clone(),
             idle: Mutex::new(Vec::new()),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -178,18 +177,15 @@ impl Plugin {
     async fn instantiate(&self) -> Result<Warm, PluginError> {
         let mut store = Store::new(
             &self.engine,
-            HostState::new(self.shared.clone(), self.settings.memory_limit),
+            HostState::new(
+                self.shared.clone(),
+                self.settings.memory_limit,
+                self.lanes.clone(),
+            ),
         );
         store.limiter(|s| s.limiter());
-        store.epoch_deadline_callback(|mut ctx| {
-            let state = ctx.data_mut();
-            if state.budget_ticks == 0 {
-                return Err(DeadlineExceeded.into());
-            }
-            state.budget_ticks -= 1;
-            Ok(UpdateDeadline::Yield(1))
-        });
-        store.data_mut().budget_ticks = ticks(self.settings.init_timeout);
+        store.epoch_deadline_callback(|mut ctx| ctx.data_mut().clock.tick());
+        store.data_mut().clock.start(self.settings.init_timeout);
         store.set_epoch_deadline(1);
         let bindings = per_world!(&self.pre, Pre => Bindings, |pre| pre
             .instantiate_async(&mut store)
@@ -201,6 +197,7 @@ impl Plugin {
             .call_init(&mut store, config)
             .await);
         init.map_err(classify)?.map_err(PluginError::Init)?;
+        store.data_mut().clock.finish();
         Ok(Warm {
             store,
             bindings,
@@ -214,13 +211,17 @@ impl Plugin {
             Some(warm) => warm,
             None => self.instantiate().await?,
         };
-        warm.store.data_mut().budget_ticks = ticks(self.settings.call_timeout);
+        warm.store
+            .data_mut()
+            .clock
+            .start(self.settings.call_timeout);
         warm.store.set_epoch_deadline(1);
         warm.uses += 1;
         Ok(warm)
     }
 
-    fn checkin(&self, warm: Warm) {
+    fn checkin(&self, mut warm: Warm) {
+        warm.store.data_mut().clock.finish();
         if warm.uses >= self.settings.max_uses {
             return;
         }
@@ -414,13 +415,6 @@ fn candidate(c: &Channel) -> Candidate {
         latency_ewma_ms: c.latency_ewma_ms,
         error_permille: c.error_permille,
     }
-}
-
-/// A time budget in epoch ticks (at least one).
-fn ticks(budget: std::time::Duration) -> u64 {
-    u64::try_from(budget.as_nanos() / EPOCH_TICK.as_nanos())
-        .unwrap_or(u64::MAX)
-        .max(1)
 }
 
 /// Sorts a wasmtime error into the failure kinds operators see.

@@ -10,6 +10,7 @@
 //! plugin, each counted and logged with the plugin's name.
 
 pub mod bindings;
+pub mod call_clock;
 pub mod engine;
 pub mod host_state;
 pub mod instance;
