@@ -1,16 +1,20 @@
-//! The pacing of policy calls: a wall-clock deadline per call, checked at every
-//! epoch tick the guest observes, and the overrun lanes.
+//! The pacing of policy calls: an execution budget per call, counted in the
+//! epoch ticks the guest observes while it runs, and the overrun lanes.
 //!
 //! A call gets its first epoch slice uninterrupted (healthy policies finish in
 //! microseconds and never yield). A call still running at its second tick has
 //! overrun: from then on it runs only while it holds one of the engine's
 //! overrun lanes, a semaphore sized well below the runtime's worker count, and
 //! yields to the runtime at every tick. Calls waiting for a lane are parked and
-//! use no CPU; the wait ends at the call's deadline. So however many looping
-//! plugins are in flight, at most `lanes` workers' worth of time goes to them and
-//! the other workers keep serving requests — cooperative yielding alone is not
-//! enough, since a healthy request then waits a slice behind every spinner at
-//! each of its awaits.
+//! use no CPU; waiting spends their budget at wall-clock rate. So however many
+//! looping plugins are in flight, at most `lanes` workers' worth of time goes to
+//! them and the other workers keep serving requests — cooperative yielding alone
+//! is not enough, since a healthy request then waits a slice behind every
+//! looping call at each of its awaits.
+//!
+//! The budget counts ticks observed while running, not wall-clock time: a
+//! healthy call the OS preempts for longer than the timeout (a loaded machine)
+//! observes one tick when it resumes and finishes normally.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::UpdateDeadline;
+
+use super::engine::EPOCH_TICK;
 
 /// Raised from the epoch callback when a call outlives its deadline.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +38,12 @@ type LaneSlot = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
 pub struct CallClock {
     lanes: Arc<Semaphore>,
     lane: LaneSlot,
-    deadline: Instant,
+    /// Ticks the call may still use.
+    budget: u64,
+    /// Ticks observed while running.
     slices: u32,
-    waited: bool,
+    /// When the call started waiting for a lane, while it waits.
+    waiting_since: Option<Instant>,
 }
 
 impl CallClock {
@@ -43,17 +52,17 @@ impl CallClock {
         Self {
             lanes,
             lane: LaneSlot::default(),
-            deadline: Instant::now(),
+            budget: 0,
             slices: 0,
-            waited: false,
+            waiting_since: None,
         }
     }
 
-    /// Starts a call that may run until `timeout` from now.
+    /// Starts a call that may run for `timeout`.
     pub fn start(&mut self, timeout: Duration) {
-        self.deadline = Instant::now() + timeout;
+        self.budget = ticks_in(timeout).max(1);
         self.slices = 0;
-        self.waited = false;
+        self.waiting_since = None;
     }
 
     /// Ends the call, freeing the lane it held.
@@ -66,30 +75,35 @@ impl CallClock {
 
     /// What the epoch tick that just interrupted the call means for it. After
     /// a wait for a lane the deadline is the current epoch, so the guest comes
-    /// straight back here: to run on with the lane, or to end if the wait ran
-    /// into the call's deadline (instead of spinning one more slice unlaned).
+    /// straight back here: to run on with the lane, or to end if the wait used
+    /// up its budget (instead of spinning one more slice unlaned).
     ///
     /// # Errors
-    /// [`DeadlineExceeded`] once the call's deadline has passed.
+    /// [`DeadlineExceeded`] once the call's budget is spent.
     pub fn tick(&mut self) -> wasmtime::Result<UpdateDeadline> {
-        if Instant::now() >= self.deadline {
+        let waited = self.waiting_since.take();
+        let spent = match waited {
+            Some(since) => ticks_in(since.elapsed()),
+            None => {
+                self.slices = self.slices.saturating_add(1);
+                1
+            }
+        };
+        if self.budget <= spent {
             return Err(DeadlineExceeded.into());
         }
-        let resumed = std::mem::take(&mut self.waited);
-        if !resumed {
-            self.slices = self.slices.saturating_add(1);
-        }
+        self.budget -= spent;
         if self.slices == 1 {
             return Ok(UpdateDeadline::Continue(1));
         }
         if self.holds_lane() {
-            return Ok(if resumed {
+            return Ok(if waited.is_some() {
                 UpdateDeadline::Continue(1)
             } else {
                 UpdateDeadline::Yield(1)
             });
         }
-        self.waited = true;
+        self.waiting_since = Some(Instant::now());
         Ok(UpdateDeadline::YieldCustom(0, self.wait_for_lane()))
     }
 
@@ -100,17 +114,23 @@ impl CallClock {
             .is_some()
     }
 
-    /// Parks the call until a lane frees or its deadline passes (the next tick
-    /// then ends it).
+    /// Parks the call until a lane frees or its remaining budget has passed
+    /// (the next tick then ends it).
     fn wait_for_lane(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let (lanes, lane, deadline) = (self.lanes.clone(), self.lane.clone(), self.deadline);
+        let (lanes, lane) = (self.lanes.clone(), self.lane.clone());
+        let patience = EPOCH_TICK.saturating_mul(u32::try_from(self.budget).unwrap_or(u32::MAX));
         Box::pin(async move {
-            let acquired = tokio::time::timeout_at(deadline.into(), lanes.acquire_owned()).await;
+            let acquired = tokio::time::timeout(patience, lanes.acquire_owned()).await;
             if let Ok(Ok(permit)) = acquired {
                 *lane.lock().unwrap_or_else(PoisonError::into_inner) = Some(permit);
             }
         })
     }
+}
+
+/// Whole epoch ticks in `span`.
+fn ticks_in(span: Duration) -> u64 {
+    u64::try_from(span.as_nanos() / EPOCH_TICK.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The default number of overrun lanes: half the cores, at least one.
@@ -167,6 +187,23 @@ mod tests {
 
         first.finish();
         assert_eq!(lanes.available_permits(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_budget_counts_ticks_run_not_time_spent_preempted() -> TestResult {
+        let lanes = Arc::new(Semaphore::new(1));
+        let mut clock = clock(&lanes, Duration::from_millis(3));
+        // A healthy call the OS preempts for longer than its timeout sees one
+        // tick when it resumes, and goes on.
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(matches!(clock.tick(), Ok(UpdateDeadline::Continue(1))));
+        // A call that keeps running uses up its three ticks: the second takes
+        // a lane (free at once, so the wait costs nothing), the third ends it.
+        lane_wait(clock.tick())?.await;
+        assert!(matches!(clock.tick(), Ok(UpdateDeadline::Continue(1))));
+        let expired = clock.tick().err().ok_or("the budget is spent")?;
+        assert!(expired.downcast_ref::<DeadlineExceeded>().is_some());
         Ok(())
     }
 
