@@ -241,6 +241,55 @@ async fn read_all(response: http::Response<hyper::body::Incoming>) -> (String, D
     )
 }
 
+/// The `data:` payloads of an SSE body, each checked to be JSON or `[DONE]`.
+fn stream_events(text: &str) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    for event in text.split("\n\n").filter(|e| !e.trim().is_empty()) {
+        let data = event.strip_prefix("data: ").unwrap_or_default();
+        if data == "[DONE]" {
+            events.push(json!("[DONE]"));
+        } else {
+            let parsed = serde_json::from_str(data);
+            assert!(parsed.is_ok(), "not a JSON event: {event:?}");
+            events.push(parsed.unwrap_or_default());
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn streams_carry_usage_only_for_clients_that_ask() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .start()
+        .await;
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    let url = format!("http://{}/v1/chat/completions", gw.proxy);
+
+    // The relay asks upstream for usage either way; a client that did not ask
+    // sees OpenAI's plain stream: no usage chunk, no `"usage": null` members.
+    let (text, _) = read_all(open_stream(&url, &key, body(true), &[]).await).await;
+    let events = stream_events(&text);
+    assert_eq!(events.last(), Some(&json!("[DONE]")), "{text}");
+    assert!(events.len() > 2, "{text}");
+    assert!(!text.contains("usage"), "{text}");
+
+    let mut asked = body(true);
+    asked["stream_options"] = json!({"include_usage": true});
+    let (text, _) = read_all(open_stream(&url, &key, asked, &[]).await).await;
+    let events = stream_events(&text);
+    let (done, chunks) = events.split_last().unwrap_or((&json!(null), &[]));
+    assert_eq!(done, &json!("[DONE]"), "{text}");
+    let (usage_chunk, content_chunks) = chunks.split_last().unwrap_or((&json!(null), &[]));
+    assert!(!content_chunks.is_empty(), "{text}");
+    for chunk in content_chunks {
+        assert_eq!(chunk.get("usage"), Some(&json!(null)), "{chunk}");
+    }
+    assert_eq!(usage_chunk["choices"], json!([]), "{text}");
+    assert_eq!(usage_chunk["usage"]["completion_tokens"], 16, "{text}");
+}
+
 #[tokio::test]
 async fn failures_after_the_first_byte_end_the_stream_with_an_error_event() {
     let dropping = failing_mock("drop_mid_stream", 500, 8).await;

@@ -3,6 +3,8 @@
 //! so a 1 MiB event relays intact; and a cheap reader of the `usage` object.
 //! Fuzzed by `fuzz/fuzz_targets/sse.rs`.
 
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 
 /// Largest single event accepted before the stream is failed (memory guard).
@@ -93,6 +95,10 @@ pub struct EventInfo {
     pub usage: Option<Usage>,
     /// The event is the usage-only chunk (`choices: []`) added for accounting.
     pub usage_only: bool,
+    /// Where the event's `"usage":null` member lies, with the comma that
+    /// separates it from a neighbour: upstreams add it to every chunk once
+    /// usage is asked for, which a client that did not ask must not see.
+    pub null_usage: Option<Range<usize>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -127,22 +133,49 @@ pub fn inspect(event: &[u8]) -> EventInfo {
             ..EventInfo::default()
         };
     };
-    let after = event[at + 7..].trim_ascii_start();
-    if after
+    let value = event[at + 7..]
+        .trim_ascii_start()
         .strip_prefix(b":")
-        .map(<[u8]>::trim_ascii_start)
-        .is_some_and(|v| v.starts_with(b"null"))
+        .map(<[u8]>::trim_ascii_start);
+    if let Some(value) = value
+        && value.starts_with(b"null")
     {
-        return EventInfo::default();
+        let value_end = event.len() - value.len() + 4;
+        return EventInfo {
+            null_usage: Some(member_span(event, at, value_end)),
+            ..EventInfo::default()
+        };
     }
     match serde_json::from_slice::<ChunkPeek>(&data_of(event)) {
         Ok(peek) => EventInfo {
-            done: false,
             usage_only: peek.usage.is_some() && peek.choices.as_ref().is_some_and(Vec::is_empty),
             usage: peek.usage,
+            ..EventInfo::default()
         },
         Err(_) => EventInfo::default(),
     }
+}
+
+/// The span of the object member whose key starts at `key` and whose value ends
+/// at `value_end`, with the comma before it (or, for a first member, after it).
+fn member_span(event: &[u8], key: usize, value_end: usize) -> Range<usize> {
+    let before = event[..key].trim_ascii_end();
+    if before.ends_with(b",") {
+        return before.len() - 1..value_end;
+    }
+    let rest = &event[value_end..];
+    match rest.trim_ascii_start().strip_prefix(b",") {
+        Some(next) => key..event.len() - next.trim_ascii_start().len(),
+        None => key..value_end,
+    }
+}
+
+/// `event` without the bytes in `span`.
+pub fn without(event: &Bytes, span: Range<usize>) -> Bytes {
+    let mut out = Vec::with_capacity(event.len() - span.len());
+    out.extend_from_slice(&event[..span.start]);
+    out.extend_from_slice(&event[span.end..]);
+    Bytes::from(out)
 }
 
 fn memfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -207,11 +240,37 @@ mod tests {
     }
 
     #[test]
-    fn reads_usage_and_done() {
+    fn finds_null_usage_members_with_their_comma() {
+        for (event, expected) in [
+            (
+                &b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n"[..],
+                &b"data: {\"choices\":[{\"delta\":{}}]}\n\n"[..],
+            ),
+            (
+                b"data: {\"usage\": null, \"choices\":[]}\n\n",
+                b"data: {\"choices\":[]}\n\n",
+            ),
+            (
+                b"data: {\"id\":1 , \"usage\" : null }\n\n",
+                b"data: {\"id\":1  }\n\n",
+            ),
+        ] {
+            let info = inspect(event);
+            let stripped = info
+                .null_usage
+                .clone()
+                .map(|span| without(&Bytes::copy_from_slice(event), span));
+            assert_eq!(stripped, Some(Bytes::copy_from_slice(expected)));
+            assert_eq!(info.usage, None);
+        }
         assert_eq!(
-            inspect(b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n"),
-            EventInfo::default()
+            inspect(b"data: {\"text\":\"\\\"usage\\\":null\"}\n\n").null_usage,
+            None
         );
+    }
+
+    #[test]
+    fn reads_usage_and_done() {
         let info = inspect(
             b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n",
         );

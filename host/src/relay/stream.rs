@@ -1,6 +1,7 @@
 //! The streaming response body: forwards upstream SSE events one frame per
 //! event as they arrive, taps usage without a wasm call per chunk, hides the
-//! usage-only chunk from clients that did not ask for it, enforces the
+//! usage-only chunk and the per-chunk `"usage":null` from clients that did not
+//! ask for usage, enforces the
 //! between-chunk idle timeout, turns upstream failures after the first byte
 //! into an SSE error event, and — through `Drop` — accounts for streams the
 //! client abandoned (which also cancels the upstream request).
@@ -97,10 +98,13 @@ impl RelayStream {
                     append_delta_content(text, &event);
                 }
             }
-            if info.usage_only && !self.show_usage {
-                continue;
+            if self.show_usage {
+                self.ready.push_back(event);
+            } else if let Some(span) = info.null_usage {
+                self.ready.push_back(sse::without(&event, span));
+            } else if !info.usage_only {
+                self.ready.push_back(event);
             }
-            self.ready.push_back(event);
         }
     }
 
