@@ -167,6 +167,23 @@ impl Gateway {
         cmd.output().expect("run sluice cli")
     }
 
+    /// CPU time (user + system, all threads) the gateway process has used, from
+    /// `/proc/PID/stat` in USER_HZ ticks (100 a second in the Linux ABI).
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.child.as_ref().expect("running").id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+        // Fields after the parenthesised command name; utime and stime are the
+        // 14th and 15th fields of the line.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let ticks: u64 = after_name
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|t| t.parse::<u64>().expect("a tick count"))
+            .sum();
+        Duration::from_millis(ticks * 10)
+    }
+
     /// Sends SIGTERM and waits for exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
