@@ -131,7 +131,7 @@ pub struct HostState {
     limits: StoreLimits,
     /// The plugin's shared state.
     pub shared: Arc<PluginShared>,
-    /// The deadline and lane of the call in progress.
+    /// The time budget and overrun lane of the call in progress.
     pub clock: CallClock,
 }
 
