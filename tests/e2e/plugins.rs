@@ -391,7 +391,7 @@ async fn looping_plugins_do_not_stall_healthy_requests() {
     }
     // Each looping call may run for the deadline, but only one runs at a time:
     // the gateway spent about one call's worth (plus the arrivals and the
-    // healthy request), not eight (measured: 140-150 ms; 880 ms with no lanes).
+    // healthy request), not eight (measured: 120-150 ms; 880 ms with no lanes).
     let cpu = gw.cpu_time() - cpu_before;
     eprintln!("gateway CPU while {LOOPING} looping calls were in flight: {cpu:?}");
     assert!(
