@@ -9,10 +9,7 @@ use sluice_tests::*;
 #[tokio::test]
 async fn admin_api_manages_keys_usage_channels_and_plugins() {
     let upstream = keyed_mock(MockConfig::default()).await;
-    let gw = Gateway::builder()
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
-        .start()
-        .await;
+    let gw = Gateway::serving(&upstream).await;
     let admin = |path: &str| format!("http://{}{path}", gw.admin);
     for token in ["", "Bearer wrong-token"] {
         let reply = request(
@@ -138,10 +135,7 @@ fn stdout(out: &std::process::Output) -> String {
 #[tokio::test]
 async fn cli_works_against_a_running_and_a_stopped_gateway() {
     let upstream = keyed_mock(MockConfig::default()).await;
-    let mut gw = Gateway::builder()
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
-        .start()
-        .await;
+    let mut gw = Gateway::serving(&upstream).await;
     let config = gw.config_path().to_str().unwrap().to_string();
     let created = stdout(&gw.cli(&[
         "keys", "create", "--config", &config, "--name", "cli", "--models", MODEL, "--quota",
@@ -243,10 +237,7 @@ async fn cli_works_against_a_running_and_a_stopped_gateway() {
 #[tokio::test]
 async fn metrics_move_by_the_right_amounts() {
     let upstream = keyed_mock(MockConfig::default()).await;
-    let gw = Gateway::builder()
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
-        .start()
-        .await;
+    let gw = Gateway::serving(&upstream).await;
     let (key, _) = gw.create_key(json!({"name": "m"})).await;
     let ok = "sluice_requests_total{endpoint=\"chat.completions\",model=\"gpt-4o-mini\",channel=\"main\",status=\"200\"}";
     let denied = "sluice_requests_total{endpoint=\"chat.completions\",model=\"gpt-4o-mini\",channel=\"\",status=\"401\"}";

@@ -260,10 +260,7 @@ fn stream_events(text: &str) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn streams_carry_usage_only_for_clients_that_ask() {
     let upstream = keyed_mock(MockConfig::default()).await;
-    let gw = Gateway::builder()
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
-        .start()
-        .await;
+    let gw = Gateway::serving(&upstream).await;
     let (key, _) = gw.create_key(json!({"name": "k"})).await;
     let url = format!("http://{}/v1/chat/completions", gw.proxy);
 
@@ -346,10 +343,7 @@ async fn client_disconnect_cancels_upstream_and_still_charges() {
         ..MockConfig::default()
     })
     .await;
-    let gw = Gateway::builder()
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
-        .start()
-        .await;
+    let gw = Gateway::serving(&upstream).await;
     let (key, key_id) = gw.create_key(json!({"name": "k", "quota": 100000})).await;
     let url = format!("http://{}/v1/chat/completions", gw.proxy);
     let response = open_stream(&url, &key, body(true), &[]).await;
@@ -412,10 +406,7 @@ async fn client_disconnect_cancels_upstream_and_still_charges() {
 #[tokio::test]
 async fn spoofed_forwarded_for_from_untrusted_peer_changes_nothing() {
     let upstream = keyed_mock(MockConfig::default()).await;
-    let gw = Gateway::builder()
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
-        .start()
-        .await;
+    let gw = Gateway::serving(&upstream).await;
     let (local_only, _) = gw
         .create_key(json!({"name": "local", "networks": ["127.0.0.1/32"]}))
         .await;
@@ -479,10 +470,7 @@ async fn a_one_mebibyte_event_relays_intact() {
         ..MockConfig::default()
     })
     .await;
-    let gw = Gateway::builder()
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
-        .start()
-        .await;
+    let gw = Gateway::serving(&upstream).await;
     let (key, _) = gw.create_key(json!({"name": "k"})).await;
     let response = open_stream(
         &format!("http://{}/v1/chat/completions", gw.proxy),
@@ -514,10 +502,7 @@ async fn a_one_mebibyte_event_relays_intact() {
 #[tokio::test]
 async fn every_response_carries_ids_timings_and_openai_errors() {
     let upstream = keyed_mock(MockConfig::default()).await;
-    let gw = Gateway::builder()
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
-        .start()
-        .await;
+    let gw = Gateway::serving(&upstream).await;
     let (key, _) = gw.create_key(json!({"name": "k"})).await;
     let url = format!("http://{}/v1/chat/completions", gw.proxy);
     let reply = request(

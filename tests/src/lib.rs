@@ -143,6 +143,15 @@ impl Gateway {
         }
     }
 
+    /// A gateway with default settings and one channel, `main`, serving
+    /// [`MODEL`] from `upstream`.
+    pub async fn serving(upstream: &Mock) -> Gateway {
+        Self::builder()
+            .channel(mock_channel("main", upstream, &[MODEL], ""))
+            .start()
+            .await
+    }
+
     /// The config file.
     pub fn config_path(&self) -> &Path {
         &self.config_path
