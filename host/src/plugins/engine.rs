@@ -36,7 +36,8 @@ pub struct InstanceSettings {
     pub max_idle: usize,
     /// Calls after which a warm instance is recycled.
     pub max_uses: u32,
-    /// Calls that may run past their first epoch slice at once.
+    /// Calls that may run past their first epoch slice at once (the config
+    /// validator keeps it at one or more).
     pub overrun_lanes: usize,
 }
 
@@ -133,7 +134,7 @@ impl PolicyEngine {
             linker,
             settings,
             cache_dir,
-            lanes: Arc::new(Semaphore::new(settings.overrun_lanes.max(1))),
+            lanes: Arc::new(Semaphore::new(settings.overrun_lanes)),
             stop_ticker,
         })
     }
