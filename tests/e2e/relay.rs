@@ -287,6 +287,37 @@ async fn streams_carry_usage_only_for_clients_that_ask() {
     assert_eq!(usage_chunk["usage"]["completion_tokens"], 16, "{text}");
 }
 
+/// Events that reach the gateway together leave it together: a burst of
+/// eighteen events arrives at the client in a few HTTP chunks (each one write
+/// of the gateway), where it took one chunk per event before coalescing.
+#[tokio::test]
+async fn a_burst_of_events_leaves_in_a_few_writes() {
+    const STREAMS: usize = 20;
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::serving(&upstream).await;
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    let url = format!("http://{}/v1/chat/completions", gw.proxy);
+    let (mut chunks, mut events) = (0, 0);
+    for _ in 0..STREAMS {
+        let mut response = open_stream(&url, &key, body(true), &[]).await.into_body();
+        let mut text = String::new();
+        while let Some(frame) = response.frame().await {
+            let data = frame.expect("a frame").into_data().unwrap_or_default();
+            text.push_str(&String::from_utf8_lossy(&data));
+            chunks += 1;
+        }
+        assert_eq!(
+            stream_events(&text).last(),
+            Some(&json!("[DONE]")),
+            "{text}"
+        );
+        events += stream_events(&text).len();
+    }
+    eprintln!("{events} events in {chunks} HTTP chunks over {STREAMS} streams");
+    assert!(events >= 16 * STREAMS, "{events} events");
+    assert!(chunks <= 6 * STREAMS, "{chunks} chunks for {events} events");
+}
+
 #[tokio::test]
 async fn failures_after_the_first_byte_end_the_stream_with_an_error_event() {
     let dropping = failing_mock("drop_mid_stream", 500, 8).await;

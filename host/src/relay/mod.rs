@@ -4,6 +4,7 @@
 //! rename, asking the upstream for usage), and hands streams to [`stream`].
 
 pub mod channels;
+pub mod coalesce;
 pub mod sse;
 pub mod stream;
 pub mod upstream;
@@ -441,7 +442,7 @@ async fn respond(
             parsed.include_usage,
             status.as_u16(),
         );
-        let mut out = Response::new(boxed(body));
+        let mut out = Response::new(boxed(coalesce::Coalesce::new(body)));
         *out.status_mut() = status;
         *out.headers_mut() = headers;
         return out;

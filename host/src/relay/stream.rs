@@ -4,7 +4,8 @@
 //! ask for usage, enforces the
 //! between-chunk idle timeout, turns upstream failures after the first byte
 //! into an SSE error event, and — through `Drop` — accounts for streams the
-//! client abandoned (which also cancels the upstream request).
+//! client abandoned (which also cancels the upstream request). Events that are
+//! available together are merged into one write by [`super::coalesce`].
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
