@@ -39,11 +39,15 @@ impl Planner for PriorityWeight {
                 retry_after_s: Some(1),
             });
         }
-        let mut seed = req.seed();
+        // The request's seed is a host call: asked for only when some priority
+        // group has a choice to make (never with a single channel).
+        let mut seed = None;
         usable.sort_by_key(|(_, c)| std::cmp::Reverse(c.priority));
         let mut plan = Vec::with_capacity(usable.len());
         for group in usable.chunk_by_mut(|(_, a), (_, b)| a.priority == b.priority) {
-            weighted_order(group, &mut seed);
+            if group.len() > 1 {
+                weighted_order(group, seed.get_or_insert_with(|| req.seed()));
+            }
             plan.extend(group.iter().map(|(candidate, _)| Step {
                 candidate: *candidate,
                 model: None,
