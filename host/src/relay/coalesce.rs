@@ -26,7 +26,7 @@ const MAX_GATHERED: usize = 64 * 1024;
 /// enough when the upstream connection runs on the other worker; two brought
 /// a 16-event burst down from 19 to 3 writes per request, idle or loaded, and
 /// more gained nothing (bench/RESULTS.md).
-pub const IDLE_YIELDS: u32 = 2;
+const IDLE_YIELDS: u32 = 2;
 
 /// A body whose available data frames are merged into one.
 pub struct Coalesce<B: Body> {
