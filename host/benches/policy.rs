@@ -170,12 +170,46 @@ async fn one_request(policies: &Policies, set: &PolicySet, i: &Inputs) {
     policies.shape(set, i.record.clone()).await.expect("kept");
 }
 
+/// p50 of a fixed CPU-bound task of the same grain as a policy call (parse and
+/// re-serialise a chat request), timed in the same run: this machine alternates
+/// between a fast and a slow mode, and this says which one the run saw.
+fn calibration_p50() -> Duration {
+    let request = serde_json::json!({
+        "model": "model-17",
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "Write one sentence about rivers and sluices."},
+        ],
+        "temperature": 0.2,
+        "user": "team-blue",
+    })
+    .to_string();
+    let mut samples: Vec<Duration> = (0..20_000)
+        .map(|_| {
+            let start = Instant::now();
+            let value: serde_json::Value =
+                serde_json::from_str(std::hint::black_box(&request)).unwrap();
+            std::hint::black_box(serde_json::to_vec(&value).unwrap());
+            start.elapsed()
+        })
+        .collect();
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let i = inputs();
+    let calibration = calibration_p50();
+    println!(
+        "calibration (parse + serialise a chat request, same run): p50 = {:.2} µs",
+        calibration.as_secs_f64() * 1e6
+    );
     for (label, mode) in [
         ("pooled", InstanceMode::Pooled),
         ("fresh", InstanceMode::Fresh),
@@ -229,9 +263,10 @@ fn bench(c: &mut Criterion) {
         phase("route", &mut route);
         phase("shape", &mut shape);
         println!(
-            "policy path ({label}): auth+route+shape p50 = {:.2} µs, p99 = {:.2} µs (20,000 requests)",
+            "policy path ({label}): auth+route+shape p50 = {:.2} µs, p99 = {:.2} µs (20,000 requests); p50 = {:.1}× the calibration",
             pct(0.5).as_secs_f64() * 1e6,
-            pct(0.99).as_secs_f64() * 1e6
+            pct(0.99).as_secs_f64() * 1e6,
+            pct(0.5).as_secs_f64() / calibration.as_secs_f64()
         );
         if mode == InstanceMode::Pooled {
             // The same calls with almost nothing to lower: how much of the cost is
