@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 
 /// Gathered data is emitted at once when it reaches this size.
 const MAX_GATHERED: usize = 64 * 1024;
@@ -117,10 +117,6 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Coalesce<B> {
 
     fn is_end_stream(&self) -> bool {
         self.gathered.is_empty() && self.next.is_none() && self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 
