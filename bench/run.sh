@@ -27,6 +27,6 @@ export PATH="$tools/bin:$PATH"
 ulimit -n 65536 2>/dev/null || ulimit -n 8192 || true
 python3 bench/bench.py "$@"
 if [ "${1:-}" != "--quick" ]; then
-  cargo bench --locked -p sluice --bench policy -- --noplot 2>&1 | grep -E "calibration|policy path|time:" | tee -a "$(ls -t bench/results/*.md | head -1)"
+  cargo bench --locked -p sluice --bench policy -- --noplot 2>&1 | grep -E "policy path|time:" | tee -a "$(ls -t bench/results/*.md | head -1)"
   cargo bench --locked -p sluice --bench ingest -- --noplot 2>&1 | grep -E "ingest \(|thrpt:" | tee -a "$(ls -t bench/results/*.md | head -1)"
 fi

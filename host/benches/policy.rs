@@ -137,24 +137,29 @@ fn minimal(full: &Inputs) -> Inputs {
     }
 }
 
-/// 20,000 timed requests, sorted.
+/// 20,000 timed requests, each followed by one timed calibration task; both
+/// sorted.
 fn sorted_samples(
     rt: &tokio::runtime::Runtime,
     policies: &Policies,
     set: &PolicySet,
     inputs: &Inputs,
-) -> Vec<Duration> {
-    let mut samples: Vec<Duration> = rt.block_on(async {
+) -> (Vec<Duration>, Vec<Duration>) {
+    let calibration = Calibration::new();
+    let (mut samples, mut calibrated) = rt.block_on(async {
         let mut samples = Vec::with_capacity(20_000);
+        let mut calibrated = Vec::with_capacity(20_000);
         for _ in 0..20_000 {
             let start = Instant::now();
             one_request(policies, set, inputs).await;
             samples.push(start.elapsed());
+            calibrated.push(calibration.time_one());
         }
-        samples
+        (samples, calibrated)
     });
     samples.sort();
-    samples
+    calibrated.sort();
+    (samples, calibrated)
 }
 
 async fn one_request(policies: &Policies, set: &PolicySet, i: &Inputs) {
@@ -170,33 +175,36 @@ async fn one_request(policies: &Policies, set: &PolicySet, i: &Inputs) {
     policies.shape(set, i.record.clone()).await.expect("kept");
 }
 
-/// p50 of a fixed CPU-bound task of the same grain as a policy call (parse and
-/// re-serialise a chat request), timed in the same run: this machine alternates
-/// between a fast and a slow mode, and this says which one the run saw.
-fn calibration_p50() -> Duration {
-    let request = serde_json::json!({
-        "model": "model-17",
-        "stream": true,
-        "stream_options": {"include_usage": true},
-        "messages": [
-            {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "Write one sentence about rivers and sluices."},
-        ],
-        "temperature": 0.2,
-        "user": "team-blue",
-    })
-    .to_string();
-    let mut samples: Vec<Duration> = (0..20_000)
-        .map(|_| {
-            let start = Instant::now();
-            let value: serde_json::Value =
-                serde_json::from_str(std::hint::black_box(&request)).unwrap();
-            std::hint::black_box(serde_json::to_vec(&value).unwrap());
-            start.elapsed()
-        })
-        .collect();
-    samples.sort();
-    samples[samples.len() / 2]
+/// A fixed CPU-bound task of the same grain as a policy call (parse and
+/// re-serialise a chat request), timed between the requests: this machine's
+/// speed changes from one second to the next, so the policy path is also
+/// reported as a multiple of what this task took at the same moments.
+struct Calibration(String);
+
+impl Calibration {
+    fn new() -> Self {
+        Self(
+            serde_json::json!({
+                "model": "model-17",
+                "stream": true,
+                "stream_options": {"include_usage": true},
+                "messages": [
+                    {"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": "Write one sentence about rivers and sluices."},
+                ],
+                "temperature": 0.2,
+                "user": "team-blue",
+            })
+            .to_string(),
+        )
+    }
+
+    fn time_one(&self) -> Duration {
+        let start = Instant::now();
+        let value: serde_json::Value = serde_json::from_str(std::hint::black_box(&self.0)).unwrap();
+        std::hint::black_box(serde_json::to_vec(&value).unwrap());
+        start.elapsed()
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -205,11 +213,6 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let i = inputs();
-    let calibration = calibration_p50();
-    println!(
-        "calibration (parse + serialise a chat request, same run): p50 = {:.2} µs",
-        calibration.as_secs_f64() * 1e6
-    );
     for (label, mode) in [
         ("pooled", InstanceMode::Pooled),
         ("fresh", InstanceMode::Fresh),
@@ -230,7 +233,7 @@ fn bench(c: &mut Criterion) {
                 one_request(&policies, &set, &i).await;
             }
         });
-        let samples = sorted_samples(&rt, &policies, &set, &i);
+        let (samples, calibrated) = sorted_samples(&rt, &policies, &set, &i);
         let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p) as usize];
         let phase = |name: &str, samples: &mut Vec<Duration>| {
             samples.sort();
@@ -262,16 +265,18 @@ fn bench(c: &mut Criterion) {
         phase("auth", &mut auth);
         phase("route", &mut route);
         phase("shape", &mut shape);
+        let calibration = calibrated[calibrated.len() / 2];
         println!(
-            "policy path ({label}): auth+route+shape p50 = {:.2} µs, p99 = {:.2} µs (20,000 requests); p50 = {:.1}× the calibration",
+            "policy path ({label}): auth+route+shape p50 = {:.2} µs, p99 = {:.2} µs (20,000 requests); calibration between them (parse + serialise a chat request) p50 = {:.2} µs: the path is {:.1}× the calibration",
             pct(0.5).as_secs_f64() * 1e6,
             pct(0.99).as_secs_f64() * 1e6,
+            calibration.as_secs_f64() * 1e6,
             pct(0.5).as_secs_f64() / calibration.as_secs_f64()
         );
         if mode == InstanceMode::Pooled {
             // The same calls with almost nothing to lower: how much of the cost is
             // per-string canonical-ABI work rather than the calls themselves.
-            let lean_samples = sorted_samples(&rt, &policies, &set, &minimal(&i));
+            let (lean_samples, _) = sorted_samples(&rt, &policies, &set, &minimal(&i));
             println!(
                 "policy path ({label}, minimal inputs: no headers, no allowed models or networks, 1 channel, no labels): auth+route+shape p50 = {:.2} µs",
                 lean_samples[lean_samples.len() / 2].as_secs_f64() * 1e6
