@@ -11,7 +11,8 @@
 //! connection can hand over what it already holds, and emits everything
 //! gathered when those polls bring nothing new. Data that has not arrived is
 //! never waited for: a paced stream's event goes out two scheduler rounds after
-//! it arrives.
+//! it arrives. The first data of a response goes out at once, in the same write
+//! as the response head, since nothing can be gathered before it anyway.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -35,6 +36,8 @@ pub struct Coalesce<B: Body> {
     gathered_len: usize,
     /// Yields since the inner body last produced data.
     idle_yields: u32,
+    /// Data has been emitted (the first data is not held back).
+    started: bool,
     /// A frame, error or end that follows the gathered data.
     next: Option<Option<Result<Frame<Bytes>, B::Error>>>,
 }
@@ -47,12 +50,14 @@ impl<B: Body<Data = Bytes>> Coalesce<B> {
             gathered: Vec::new(),
             gathered_len: 0,
             idle_yields: 0,
+            started: false,
             next: None,
         }
     }
 
     /// The gathered data as one frame (no copy when it is one piece).
     fn emit(&mut self) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        self.started = true;
         self.gathered_len = 0;
         self.idle_yields = 0;
         let data = if self.gathered.len() == 1 {
@@ -86,7 +91,8 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Coalesce<B> {
             return Poll::Ready(next);
         }
         loop {
-            if this.gathered_len >= MAX_GATHERED || this.next.is_some() {
+            let first = !this.started && !this.gathered.is_empty();
+            if first || this.gathered_len >= MAX_GATHERED || this.next.is_some() {
                 return this.emit();
             }
             let after_data = match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -182,19 +188,21 @@ mod tests {
     }
 
     #[test]
-    fn events_handed_over_one_by_one_leave_in_one_frame() {
+    fn the_first_event_leaves_at_once_and_a_burst_after_it_in_one_frame() {
         use Step::{Data, NotReady};
-        // Each chunk arrives within the yields the previous one allowed.
+        // Each later chunk arrives within the yields the previous one allowed.
         let burst = vec![
             Data("a"),
             NotReady,
             Data("b"),
             NotReady,
-            NotReady,
             Data("c"),
+            NotReady,
+            NotReady,
+            Data("d"),
         ];
         let (seen, error) = polls(burst);
-        assert_eq!(seen, [None, None, None, data("abc")]);
+        assert_eq!(seen, [data("a"), None, None, None, None, data("bcd")]);
         assert_eq!(error, None);
     }
 
@@ -204,36 +212,45 @@ mod tests {
         let paced = vec![
             Data("a"),
             NotReady,
-            NotReady,
-            NotReady,
-            NotReady,
             Data("b"),
+            NotReady,
+            NotReady,
+            NotReady,
+            NotReady,
+            Data("c"),
             NotReady,
             NotReady,
             NotReady,
         ];
         let (seen, _) = polls(paced);
-        let yields = usize::try_from(IDLE_YIELDS).unwrap_or_default();
-        let mut expected = vec![None; yields];
-        expected.push(data("a"));
-        expected.push(None);
-        expected.extend(vec![None; yields]);
+        let yields = vec![None; usize::try_from(IDLE_YIELDS).unwrap_or_default()];
+        let mut expected = vec![data("a"), None];
+        expected.extend(yields.clone());
         expected.push(data("b"));
+        expected.push(None);
+        expected.extend(yields);
+        expected.push(data("c"));
         assert_eq!(seen, expected);
     }
 
     #[test]
     fn gathered_data_leaves_before_the_end_or_an_error() {
         use Step::{Data, Fail};
-        assert_eq!(polls(vec![Data("a"), Data("b")]), (vec![data("ab")], None));
-        let (seen, error) = polls(vec![Data("a"), Fail]);
-        assert_eq!((seen, error), (vec![data("a")], Some("upstream failed")));
+        let ended = polls(vec![Data("first"), Data("a"), Data("b")]);
+        assert_eq!(ended, (vec![data("first"), data("ab")], None));
+        let (seen, error) = polls(vec![Data("first"), Data("a"), Fail]);
+        assert_eq!(seen, [data("first"), data("a")]);
+        assert_eq!(error, Some("upstream failed"));
     }
 
     #[test]
     fn a_large_gathering_is_emitted_without_waiting_for_the_inner_body() {
         let big: &'static str = "x".repeat(MAX_GATHERED).leak();
-        let (seen, _) = polls(vec![Step::Data(big), Step::Data("tail")]);
-        assert_eq!(seen, [data(big), data("tail")]);
+        let (seen, _) = polls(vec![
+            Step::Data("first"),
+            Step::Data(big),
+            Step::Data("tail"),
+        ]);
+        assert_eq!(seen, [data("first"), data(big), data("tail")]);
     }
 }
