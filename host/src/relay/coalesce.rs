@@ -7,7 +7,7 @@
 //! server flushes whenever the response body is not ready — so sixteen events
 //! that arrived in one read left in sixteen `writev`s. When the inner body is
 //! not ready but data has been gathered, [`Coalesce`] yields to the runtime (a
-//! wake-up, never a timer) up to [`IDLE_YIELDS`] times in a row so the upstream
+//! wake-up, never a timer) up to `IDLE_YIELDS` times in a row so the upstream
 //! connection can hand over what it already holds, and emits everything
 //! gathered when those polls bring nothing new. Data that has not arrived is
 //! never waited for: a paced stream's event goes out two scheduler rounds after
