@@ -18,11 +18,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::config::{InstanceMode, PluginsConfig};
+use sluice::keys::LiveKey;
 use sluice::plugins::bindings::types;
 use sluice::plugins::engine::{InstanceSettings, PolicyEngine};
 use sluice::plugins::loader::Loader;
-use sluice::plugins::{Policies, PolicySet};
-use sluice::store::UsageRecord;
+use sluice::plugins::{Offer, Policies, PolicySet};
+use sluice::store::{KeyRecord, KeyStatus, UsageRecord};
 
 fn plugins_config(mode: InstanceMode) -> PluginsConfig {
     PluginsConfig {
@@ -43,10 +44,12 @@ fn plugins_config(mode: InstanceMode) -> PluginsConfig {
 
 struct Inputs {
     req: Arc<types::RequestInfo>,
-    key: Arc<types::KeyInfo>,
-    candidates: Vec<types::Channel>,
+    key: Arc<LiveKey>,
+    offers: Vec<Offer<'static>>,
     record: UsageRecord,
 }
+
+const CHANNEL_IDS: [&str; 4] = ["channel-0", "channel-1", "channel-2", "channel-3"];
 
 fn inputs() -> Inputs {
     let headers = [
@@ -76,26 +79,29 @@ fn inputs() -> Inputs {
                 })
                 .collect(),
         }),
-        key: Arc::new(types::KeyInfo {
+        key: Arc::new(key(KeyRecord {
             id: "key_0123456789abcdef".into(),
+            digest: "0".repeat(64),
+            prefix: "sk-sl-abcdef".into(),
             name: "bench".into(),
             owner: "team".into(),
-            prefix: "sk-sl-abcdef".into(),
-            status: types::KeyStatus::Active,
+            status: KeyStatus::Active,
+            created_ms: 0,
             expires_at_ms: Some(u64::MAX / 2),
             models,
             networks: vec!["10.0.0.0/8".into(), "192.168.0.0/16".into()],
+            quota_total: Some(1 << 40),
             quota_remaining: Some(1 << 40),
             rpm_limit: Some(u32::MAX),
             tpm_limit: Some(u32::MAX),
-        }),
-        candidates: (0..4)
-            .map(|i| types::Channel {
-                id: format!("channel-{i}"),
-                provider: "openai".into(),
-                priority: i % 2,
+        })),
+        offers: (0..4)
+            .map(|i| Offer {
+                id: CHANNEL_IDS[i],
+                provider: "openai",
+                priority: i32::try_from(i % 2).unwrap(),
                 weight: 1 + u32::try_from(i).unwrap(),
-                upstream_model: "model-17".into(),
+                upstream_model: "model-17",
                 healthy: i != 3,
                 in_flight: 3,
                 max_in_flight: 0,
@@ -120,19 +126,24 @@ fn inputs() -> Inputs {
     }
 }
 
+/// The live key the gateway would resolve for `record`.
+fn key(record: KeyRecord) -> LiveKey {
+    LiveKey::new(record, 0)
+}
+
 /// `full` with every list emptied and a single candidate channel.
 fn minimal(full: &Inputs) -> Inputs {
     let mut req = (*full.req).clone();
     req.headers.clear();
-    let mut key = (*full.key).clone();
+    let mut key = full.key.record.clone();
     key.models.clear();
     key.networks.clear();
     let mut record = full.record.clone();
     record.labels.clear();
     Inputs {
         req: Arc::new(req),
-        key: Arc::new(key),
-        candidates: full.candidates[..1].to_vec(),
+        key: Arc::new(self::key(key)),
+        offers: full.offers[..1].to_vec(),
         record,
     }
 }
@@ -162,13 +173,48 @@ fn sorted_samples(
     (samples, calibrated)
 }
 
+/// `POLICY_BENCH_INSTRUCTIONS=N`: run N requests through the pooled policy
+/// path in [`counted_requests`] and nothing else. `bench/policy-instructions.sh`
+/// runs the bench so under callgrind, collecting only inside that function:
+/// instructions per request, a figure the machine's changing speed leaves alone.
+fn counted_requests_asked() -> Option<u64> {
+    let n = std::env::var("POLICY_BENCH_INSTRUCTIONS").ok()?;
+    Some(
+        n.parse()
+            .expect("POLICY_BENCH_INSTRUCTIONS is a request count"),
+    )
+}
+
+/// `n` requests on a runtime of their own; `POLICY_BENCH_PHASES` (default
+/// `ars`) picks the calls made: auth, route, shape.
+#[inline(never)]
+fn counted_requests(n: u64, policies: &Policies, set: &PolicySet, i: &Inputs) {
+    let phases = std::env::var("POLICY_BENCH_PHASES").unwrap_or_else(|_| "ars".into());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..n {
+            if phases.contains('a') {
+                policies.authorize(set, &i.req, Some(&i.key)).await.unwrap();
+            }
+            if phases.contains('r') {
+                policies.route(set, &i.req, &i.offers).await.unwrap();
+            }
+            if phases.contains('s') {
+                policies.shape(set, i.record.clone()).await.unwrap();
+            }
+        }
+    });
+}
+
 async fn one_request(policies: &Policies, set: &PolicySet, i: &Inputs) {
     policies
         .authorize(set, &i.req, Some(&i.key))
         .await
         .expect("allowed");
     policies
-        .route(set, &i.req, &i.candidates)
+        .route(set, &i.req, &i.offers)
         .await
         .expect("routed")
         .expect("plan");
@@ -233,6 +279,10 @@ fn bench(c: &mut Criterion) {
                 one_request(&policies, &set, &i).await;
             }
         });
+        if let Some(n) = counted_requests_asked() {
+            counted_requests(n, &policies, &set, &i);
+            return;
+        }
         let (samples, calibrated) = sorted_samples(&rt, &policies, &set, &i);
         let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p) as usize];
         let phase = |name: &str, samples: &mut Vec<Duration>| {
@@ -253,7 +303,7 @@ fn bench(c: &mut Criterion) {
                 auth.push(t.elapsed());
                 let t = Instant::now();
                 policies
-                    .route(&set, &i.req, &i.candidates)
+                    .route(&set, &i.req, &i.offers)
                     .await
                     .expect("routed");
                 route.push(t.elapsed());

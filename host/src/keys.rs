@@ -92,18 +92,75 @@ pub fn generate(spec: &NewKey) -> Result<(String, KeyRecord), getrandom::Error> 
     Ok((secret, record))
 }
 
-/// A resolved key with its live remaining quota.
+/// A resolved key with its live remaining quota and its parsed network
+/// allow-list.
 #[derive(Debug)]
 pub struct LiveKey {
     /// The stored record (its `quota_remaining` is as loaded).
     pub record: KeyRecord,
     remaining: Option<AtomicI64>,
+    networks: Networks,
 }
 
 impl LiveKey {
+    /// The live view of `record`, whose remaining quota is further lowered by
+    /// `pending` (charges queued but not yet in the store).
+    pub fn new(record: KeyRecord, pending: i64) -> Self {
+        Self {
+            remaining: record.quota_remaining.map(|q| AtomicI64::new(q - pending)),
+            networks: Networks::parse(&record.networks),
+            record,
+        }
+    }
+
     /// Remaining quota now (`None` = unlimited).
     pub fn remaining(&self) -> Option<i64> {
         self.remaining.as_ref().map(|r| r.load(Ordering::Relaxed))
+    }
+
+    /// Whether a client at `ip` may use the key.
+    pub fn allows_client(&self, ip: &str) -> bool {
+        self.networks.allow(ip)
+    }
+}
+
+/// A key's client-network allow-list, parsed once when the key is loaded.
+#[derive(Debug)]
+struct Networks {
+    /// Whether the key names any networks (an empty list allows every address).
+    restricted: bool,
+    /// The well-formed entries; malformed ones match nothing.
+    nets: Vec<ipnet::IpNet>,
+}
+
+impl Networks {
+    /// Parses CIDRs and bare addresses (a bare address is a one-address network).
+    fn parse(entries: &[String]) -> Self {
+        let nets = entries
+            .iter()
+            .filter_map(|n| {
+                n.parse::<ipnet::IpNet>().ok().or_else(|| {
+                    let ip = n.parse::<std::net::IpAddr>().ok()?.to_canonical();
+                    Some(ipnet::IpNet::from(ip))
+                })
+            })
+            .map(|net| net.trunc())
+            .collect();
+        Self {
+            restricted: !entries.is_empty(),
+            nets,
+        }
+    }
+
+    /// True when `ip` lies in one of the networks, or when none are named.
+    fn allow(&self, ip: &str) -> bool {
+        if !self.restricted {
+            return true;
+        }
+        let Ok(ip) = ip.parse::<std::net::IpAddr>().map(|ip| ip.to_canonical()) else {
+            return false;
+        };
+        self.nets.iter().any(|net| net.contains(&ip))
     }
 }
 
@@ -183,10 +240,7 @@ impl KeyCache {
         else {
             return Ok(None);
         };
-        let live = Arc::new(LiveKey {
-            remaining: record.quota_remaining.map(|q| AtomicI64::new(q - pending)),
-            record,
-        });
+        let live = Arc::new(LiveKey::new(record, pending));
         self.found.insert(digest, live.clone());
         Ok(Some(live))
     }
@@ -240,6 +294,24 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_match_cidrs_bare_addresses_and_mapped_ipv4() {
+        let allow = |nets: &[&str], ip: &str| {
+            let nets: Vec<String> = nets.iter().map(|s| (*s).to_string()).collect();
+            Networks::parse(&nets).allow(ip)
+        };
+        assert!(allow(&[], "203.0.113.9"));
+        assert!(allow(&["10.0.0.0/8"], "10.2.3.4"));
+        assert!(!allow(&["10.0.0.0/8"], "11.2.3.4"));
+        assert!(allow(&["127.0.0.1"], "127.0.0.1"));
+        assert!(allow(&["10.0.0.0/8"], "::ffff:10.0.0.1"));
+        assert!(allow(&["::ffff:10.0.0.1"], "10.0.0.1"));
+        assert!(allow(&["::1/128"], "::1"));
+        assert!(!allow(&["garbage"], "10.0.0.1"));
+        assert!(allow(&["garbage", "10.0.0.0/8"], "10.0.0.1"));
+        assert!(!allow(&["10.0.0.0/8"], "not an ip"));
+    }
 
     #[test]
     fn secrets_are_long_prefixed_and_only_digested() -> Result<(), getrandom::Error> {

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use wasmtime::ResourceLimiter;
 use wasmtime::StoreLimits;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::host::{self, CounterState};
 use super::bindings::types::{self, Level};
 use super::call_clock::CallClock;
+use super::views::KeyView;
 
 /// Most entries a plugin may keep in its key/value store or counters.
 const MAX_ENTRIES: usize = 100_000;
@@ -33,12 +34,35 @@ struct Window {
     total: i64,
 }
 
+impl Window {
+    /// Adds `delta` at `now`, starting a new window of `length` first when
+    /// this one has ended.
+    fn add(&mut self, now: Instant, length: Duration, delta: i64) -> CounterState {
+        if now.duration_since(self.started) >= self.length {
+            *self = Window {
+                started: now,
+                length,
+                total: 0,
+            };
+        }
+        self.total = self.total.saturating_add(delta);
+        let left = self.length.saturating_sub(now.duration_since(self.started));
+        CounterState {
+            total: self.total,
+            resets_in_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// Maps keyed by plugin-chosen strings: a fast hasher, randomly seeded.
+type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// State shared by all instances of one plugin.
 pub struct PluginShared {
     /// The plugin's name (for logs).
     pub name: String,
-    kv: Mutex<HashMap<String, KvEntry>>,
-    counters: Mutex<HashMap<String, Window>>,
+    kv: Mutex<Map<KvEntry>>,
+    counters: Mutex<Map<Window>>,
 }
 
 impl PluginShared {
@@ -61,36 +85,27 @@ impl PluginShared {
                 resets_in_ms: 0,
             };
         };
-        if counters.len() >= MAX_ENTRIES && !counters.contains_key(key) {
+        if let Some(window) = counters.get_mut(key) {
+            return window.add(now, length, delta);
+        }
+        if counters.len() >= MAX_ENTRIES {
             counters.retain(|_, w| now.duration_since(w.started) < w.length);
+            if counters.len() >= MAX_ENTRIES {
+                tracing::warn!(plugin = %self.name, "plugin counter table is full; update ignored");
+                return CounterState {
+                    total: 0,
+                    resets_in_ms: 0,
+                };
+            }
         }
-        if counters.len() >= MAX_ENTRIES && !counters.contains_key(key) {
-            tracing::warn!(plugin = %self.name, "plugin counter table is full; update ignored");
-            return CounterState {
-                total: 0,
-                resets_in_ms: 0,
-            };
-        }
-        let window = counters.entry(key.to_string()).or_insert(Window {
+        let mut window = Window {
             started: now,
             length,
             total: 0,
-        });
-        if now.duration_since(window.started) >= window.length {
-            *window = Window {
-                started: now,
-                length,
-                total: 0,
-            };
-        }
-        window.total = window.total.saturating_add(delta);
-        let left = window
-            .length
-            .saturating_sub(now.duration_since(window.started));
-        CounterState {
-            total: window.total,
-            resets_in_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
-        }
+        };
+        let state = window.add(now, length, delta);
+        counters.insert(key.to_owned(), window);
+        state
     }
 
     fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
@@ -133,6 +148,8 @@ pub struct HostState {
     pub shared: Arc<PluginShared>,
     /// The time budget and overrun lane of the call in progress.
     pub clock: CallClock,
+    /// The name of the key counter being updated, kept to reuse its buffer.
+    counter_name: String,
 }
 
 impl HostState {
@@ -150,7 +167,30 @@ impl HostState {
                 .build(),
             shared,
             clock: CallClock::new(lanes),
+            counter_name: String::new(),
         }
+    }
+
+    /// Adds `delta` to the lent key's counter `name` (stored as `name:<key
+    /// id>`, the name the host charges tokens to).
+    ///
+    /// # Errors
+    /// When `key` is not a lent key.
+    pub fn key_counter_add(
+        &mut self,
+        key: &Resource<KeyView>,
+        name: &str,
+        delta: i64,
+        window_ms: u32,
+    ) -> wasmtime::Result<CounterState> {
+        let id = &self.table.get(key)?.0.record.id;
+        self.counter_name.clear();
+        self.counter_name.push_str(name);
+        self.counter_name.push(':');
+        self.counter_name.push_str(id);
+        Ok(self
+            .shared
+            .counter_add(&self.counter_name, delta, window_ms))
     }
 
     /// The store's resource table, which holds the views lent to 1.1 policies.

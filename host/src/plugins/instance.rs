@@ -9,16 +9,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Semaphore;
 use wasmtime::Store;
-use wasmtime::component::{Component, InstancePre, Resource};
+use wasmtime::component::{Component, InstancePre};
 
 use super::bindings::planner::exports::sluice::policy::planner::{Candidate, Step};
-use super::bindings::types::{Channel, Denial, KeyInfo, RequestInfo, RouteStep};
+use super::bindings::types::{Channel, Denial, RequestInfo, RouteStep};
 use super::bindings::{auth, authorizer, editor, planner, router, shaper};
 use super::call_clock::DeadlineExceeded;
 use super::engine::PolicyEngine;
 use super::host_state::{HostState, PluginShared};
-use super::views::{self, KeyView, RequestView, UsageView};
-use super::{PluginError, PolicyKind, World};
+use super::views::{self, KeyView, Lent, RequestView, UsageView};
+use super::{Offer, Pick, PluginError, PolicyKind, World};
+use crate::keys::LiveKey;
 use crate::metrics::{PluginLabels, PluginSeries};
 use crate::store::UsageRecord;
 use auth::exports::sluice::policy::auth::Decision;
@@ -254,7 +255,7 @@ impl Plugin {
     pub async fn authorize(
         &self,
         req: &Arc<RequestInfo>,
-        key: Option<&Arc<KeyInfo>>,
+        key: Option<&Arc<LiveKey>>,
     ) -> Result<Decision, PluginError> {
         let mut warm = self.checkout().await?;
         let Warm {
@@ -262,8 +263,9 @@ impl Plugin {
         } = &mut warm;
         let result = match bindings {
             Bindings::Auth(b) => {
+                let key = key.map(|k| super::key_info(k));
                 b.sluice_policy_auth()
-                    .call_authorize(&mut *store, req, key.map(|k| &**k))
+                    .call_authorize(&mut *store, req, key.as_ref())
                     .await
             }
             Bindings::Authorizer(b) => {
@@ -273,15 +275,14 @@ impl Plugin {
                     let key = key
                         .map(|k| views::lend(table, KeyView(k.clone())))
                         .transpose()?;
-                    let reps = (req.rep(), key.as_ref().map(Resource::rep));
                     let verdict = b
                         .sluice_policy_authorizer()
-                        .call_authorize(&mut *store, req, key)
+                        .call_authorize(&mut *store, req.handle(), key.as_ref().map(Lent::handle))
                         .await;
                     let table = store.data_mut().table();
-                    views::take_back(table, Resource::<RequestView>::new_own(reps.0))?;
-                    if let Some(rep) = reps.1 {
-                        views::take_back(table, Resource::<KeyView>::new_own(rep))?;
+                    req.take_back(table)?;
+                    if let Some(key) = key {
+                        key.take_back(table)?;
                     }
                     verdict
                 };
@@ -295,43 +296,42 @@ impl Plugin {
         self.finish(warm, result)
     }
 
-    /// Asks a router plugin for a plan: `route` with records (1.0) or `plan`
-    /// over candidate positions with a handle to the request (1.1).
+    /// Asks a router plugin for a plan over `offers`: `route` with channel
+    /// records (1.0) or `plan` over candidate positions with a handle to the
+    /// request (1.1).
     ///
     /// # Errors
     /// Trap, deadline, memory limit, or a plugin of another kind.
     pub async fn route(
         &self,
         req: &Arc<RequestInfo>,
-        candidates: &[Channel],
-    ) -> Result<Result<Vec<RouteStep>, Denial>, PluginError> {
+        offers: &[Offer<'_>],
+    ) -> Result<Result<Vec<Pick>, Denial>, PluginError> {
         let mut warm = self.checkout().await?;
         let Warm {
             store, bindings, ..
         } = &mut warm;
         let result = match bindings {
             Bindings::Router(b) => {
+                let channels: Vec<Channel> = offers.iter().map(channel).collect();
                 b.sluice_policy_router()
-                    .call_route(&mut *store, req, candidates)
+                    .call_route(&mut *store, req, &channels)
                     .await
+                    .map(|plan| plan.map(|steps| picks_by_id(offers, steps)))
             }
             Bindings::Planner(b) => {
-                let offered: Vec<Candidate> = candidates.iter().map(candidate).collect();
+                let candidates: Vec<Candidate> = offers.iter().map(candidate).collect();
                 let call = async {
                     let lent = views::lend(store.data_mut().table(), RequestView(req.clone()))?;
-                    let rep = lent.rep();
                     let plan = b
                         .sluice_policy_planner()
-                        .call_plan(&mut *store, lent, &offered)
+                        .call_plan(&mut *store, lent.handle(), &candidates)
                         .await;
-                    views::take_back(
-                        store.data_mut().table(),
-                        Resource::<RequestView>::new_own(rep),
-                    )?;
+                    lent.take_back(store.data_mut().table())?;
                     plan
                 };
                 call.await
-                    .map(|plan| plan.map(|steps| route_steps(candidates, steps)))
+                    .map(|plan| plan.map(|steps| picks_by_position(offers.len(), steps)))
             }
             _ => return Err(PluginError::WrongKind),
         };
@@ -370,13 +370,11 @@ impl Plugin {
                 let taken = UsageView(std::mem::take(record));
                 let call = async {
                     let lent = views::lend(store.data_mut().table(), taken)?;
-                    let rep = lent.rep();
-                    let keep = b.sluice_policy_editor().call_edit(&mut *store, lent).await;
-                    *record = views::take_back(
-                        store.data_mut().table(),
-                        Resource::<UsageView>::new_own(rep),
-                    )?
-                    .0;
+                    let keep = b
+                        .sluice_policy_editor()
+                        .call_edit(&mut *store, lent.handle())
+                        .await;
+                    *record = lent.take_back(store.data_mut().table())?.0;
                     keep
                 };
                 call.await
@@ -387,33 +385,62 @@ impl Plugin {
     }
 }
 
-/// A 1.1 plan as route steps: each step names a candidate by position and
-/// takes the channel's own model mapping unless it names a model; positions
-/// outside the list are dropped, as unknown channel ids are for 1.0 routers.
-fn route_steps(candidates: &[Channel], steps: Vec<Step>) -> Vec<RouteStep> {
+/// A 1.1 plan as picks: positions outside the offered list are dropped, as
+/// unknown channel ids are for 1.0 routers.
+fn picks_by_position(offered: usize, steps: Vec<Step>) -> Vec<Pick> {
     steps
         .into_iter()
         .filter_map(|step| {
-            let channel = candidates.get(usize::try_from(step.candidate).ok()?)?;
-            Some(RouteStep {
-                channel_id: channel.id.clone(),
-                upstream_model: step.model.unwrap_or_else(|| channel.upstream_model.clone()),
+            let offer = usize::try_from(step.candidate).ok()?;
+            (offer < offered).then_some(Pick {
+                offer,
+                model: step.model,
             })
         })
         .collect()
 }
 
-/// The 1.1 view of a candidate channel.
-fn candidate(c: &Channel) -> Candidate {
+/// A 1.0 plan as picks: steps name channels by id and always name a model.
+fn picks_by_id(offers: &[Offer<'_>], steps: Vec<RouteStep>) -> Vec<Pick> {
+    steps
+        .into_iter()
+        .filter_map(|step| {
+            let offer = offers.iter().position(|o| o.id == step.channel_id)?;
+            Some(Pick {
+                offer,
+                model: Some(step.upstream_model),
+            })
+        })
+        .collect()
+}
+
+/// The 1.0 record of an offered channel.
+fn channel(o: &Offer<'_>) -> Channel {
+    Channel {
+        id: o.id.into(),
+        provider: o.provider.into(),
+        priority: o.priority,
+        weight: o.weight,
+        upstream_model: o.upstream_model.into(),
+        healthy: o.healthy,
+        in_flight: o.in_flight,
+        max_in_flight: o.max_in_flight,
+        latency_ewma_ms: o.latency_ewma_ms,
+        error_permille: o.error_permille,
+    }
+}
+
+/// The 1.1 view of an offered channel.
+fn candidate(o: &Offer<'_>) -> Candidate {
     Candidate {
-        id: c.id.clone(),
-        priority: c.priority,
-        weight: c.weight,
-        healthy: c.healthy,
-        in_flight: c.in_flight,
-        max_in_flight: c.max_in_flight,
-        latency_ewma_ms: c.latency_ewma_ms,
-        error_permille: c.error_permille,
+        id: o.id.into(),
+        priority: o.priority,
+        weight: o.weight,
+        healthy: o.healthy,
+        in_flight: o.in_flight,
+        max_in_flight: o.max_in_flight,
+        latency_ewma_ms: o.latency_ewma_ms,
+        error_permille: o.error_permille,
     }
 }
 
@@ -435,13 +462,13 @@ fn classify(e: wasmtime::Error) -> PluginError {
 mod tests {
     use super::*;
 
-    fn channel(id: &str, upstream_model: &str) -> Channel {
-        Channel {
-            id: id.into(),
-            provider: "openai".into(),
+    fn offer(id: &'static str) -> Offer<'static> {
+        Offer {
+            id,
+            provider: "openai",
             priority: 0,
             weight: 1,
-            upstream_model: upstream_model.into(),
+            upstream_model: "model",
             healthy: true,
             in_flight: 0,
             max_in_flight: 0,
@@ -451,8 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn plan_steps_map_positions_to_channels_and_models() {
-        let candidates = [channel("a", "model-a"), channel("b", "model-b")];
+    fn plan_steps_become_picks_and_positions_out_of_range_are_dropped() {
         let steps = vec![
             Step {
                 candidate: 1,
@@ -467,15 +493,40 @@ mod tests {
                 model: Some("override".into()),
             },
         ];
-        let routed: Vec<(String, String)> = route_steps(&candidates, steps)
-            .into_iter()
-            .map(|s| (s.channel_id, s.upstream_model))
-            .collect();
         assert_eq!(
-            routed,
+            picks_by_position(2, steps),
             [
-                ("b".to_string(), "model-b".to_string()),
-                ("a".to_string(), "override".to_string()),
+                Pick {
+                    offer: 1,
+                    model: None
+                },
+                Pick {
+                    offer: 0,
+                    model: Some("override".into())
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn route_steps_become_picks_and_unknown_channels_are_dropped() {
+        let offers = [offer("a"), offer("b")];
+        let step = |id: &str, model: &str| RouteStep {
+            channel_id: id.into(),
+            upstream_model: model.into(),
+        };
+        let steps = vec![step("b", "m-b"), step("zz", "m"), step("a", "m-a")];
+        assert_eq!(
+            picks_by_id(&offers, steps),
+            [
+                Pick {
+                    offer: 1,
+                    model: Some("m-b".into())
+                },
+                Pick {
+                    offer: 0,
+                    model: Some("m-a".into())
+                },
             ]
         );
     }

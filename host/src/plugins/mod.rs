@@ -25,6 +25,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::FailureMode;
 use crate::error::ApiError;
+use crate::keys::LiveKey;
 use crate::metrics::Metrics;
 use crate::store::UsageRecord;
 use bindings::auth::exports::sluice::policy::auth::Decision;
@@ -157,6 +158,42 @@ pub enum PluginError {
     Io(String),
 }
 
+/// A channel offered to the router for one request, borrowed from the host's
+/// channel table (converted to the interface's records only for the call).
+#[derive(Debug, Clone, Copy)]
+pub struct Offer<'a> {
+    /// Channel id.
+    pub id: &'a str,
+    /// Provider name (`openai`, `azure`, ...).
+    pub provider: &'a str,
+    /// Priority: higher is tried first.
+    pub priority: i32,
+    /// Weight within its priority group.
+    pub weight: u32,
+    /// The model name this channel uses for the requested model.
+    pub upstream_model: &'a str,
+    /// Usable now (not disabled, not cooling down).
+    pub healthy: bool,
+    /// Requests in flight on the channel.
+    pub in_flight: u32,
+    /// Concurrency cap (0 = none).
+    pub max_in_flight: u32,
+    /// Latency EWMA, ms.
+    pub latency_ewma_ms: u32,
+    /// Recent error rate, per mille.
+    pub error_permille: u32,
+}
+
+/// One step of a router's plan: which offer to try, and the model to ask it
+/// for (`None`: the channel's own mapping).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pick {
+    /// Position in the offered list.
+    pub offer: usize,
+    /// Model override.
+    pub model: Option<String>,
+}
+
 /// The plugins in force for one request; in-flight requests keep the set they
 /// started with while a reload swaps in the next.
 #[derive(Default)]
@@ -221,7 +258,7 @@ impl Policies {
         &self,
         set: &PolicySet,
         req: &Arc<types::RequestInfo>,
-        key: Option<&Arc<types::KeyInfo>>,
+        key: Option<&Arc<LiveKey>>,
     ) -> Result<Vec<types::Label>, ApiError> {
         let mut labels = Vec::new();
         for plugin in &set.auth {
@@ -243,8 +280,8 @@ impl Policies {
         Ok(labels)
     }
 
-    /// Asks the router for a plan; `None` means "use the native router" (no
-    /// router plugin, or it failed).
+    /// Asks the router for a plan over `offers`; `None` means "use the native
+    /// router" (no router plugin, or it failed).
     ///
     /// # Errors
     /// The router's own refusal.
@@ -252,13 +289,13 @@ impl Policies {
         &self,
         set: &PolicySet,
         req: &Arc<types::RequestInfo>,
-        candidates: &[types::Channel],
-    ) -> Result<Option<Vec<types::RouteStep>>, ApiError> {
+        offers: &[Offer<'_>],
+    ) -> Result<Option<Vec<Pick>>, ApiError> {
         let Some(plugin) = &set.router else {
             return Ok(None);
         };
         let started = Instant::now();
-        let outcome = plugin.route(req, candidates).await;
+        let outcome = plugin.route(req, offers).await;
         self.observe(plugin, started, outcome.as_ref().err());
         match outcome {
             Ok(Ok(plan)) => Ok(Some(plan)),
@@ -312,27 +349,23 @@ pub fn host_redacted(mut record: UsageRecord) -> UsageRecord {
     record
 }
 
-/// Converts a host key into the policy view, with its live remaining quota,
-/// shared by every auth plugin the request passes through.
-pub fn key_info(key: &crate::keys::LiveKey) -> Arc<types::KeyInfo> {
+/// The record a 1.0 auth plugin receives for a key, with its live remaining
+/// quota (1.1 plugins read the key through a handle instead).
+fn key_info(key: &LiveKey) -> types::KeyInfo {
     let r = &key.record;
-    Arc::new(types::KeyInfo {
+    types::KeyInfo {
         id: r.id.clone(),
         name: r.name.clone(),
         owner: r.owner.clone(),
         prefix: r.prefix.clone(),
-        status: match r.status {
-            crate::store::KeyStatus::Active => types::KeyStatus::Active,
-            crate::store::KeyStatus::Disabled => types::KeyStatus::Disabled,
-            crate::store::KeyStatus::Revoked => types::KeyStatus::Revoked,
-        },
+        status: views::key_status(r.status),
         expires_at_ms: r.expires_at_ms,
         models: r.models.clone(),
         networks: r.networks.clone(),
         quota_remaining: key.remaining(),
         rpm_limit: r.rpm_limit,
         tpm_limit: r.tpm_limit,
-    })
+    }
 }
 
 fn to_wit_record(r: &UsageRecord) -> types::UsageRecord {

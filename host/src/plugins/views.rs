@@ -5,52 +5,60 @@
 //! Accounting fields of the usage record have no setters, so an editor cannot
 //! touch them.
 
-use std::net::IpAddr;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use wasmtime::component::{Resource, ResourceTable};
 
 use super::bindings::context::{self, Standing};
 use super::bindings::host::CounterState;
-use super::bindings::types::{KeyInfo, Label, RequestInfo};
+use super::bindings::types::{KeyStatus, Label, RequestInfo};
 use super::host_state::HostState;
+use crate::keys::LiveKey;
 use crate::store::UsageRecord;
 
 /// The request being decided.
 pub struct RequestView(pub Arc<RequestInfo>);
 
-/// The key the request's credentials resolved to.
-pub struct KeyView(pub Arc<KeyInfo>);
+/// The key the request's credentials resolved to, with its live quota.
+pub struct KeyView(pub Arc<LiveKey>);
 
 /// The usage record being edited.
 pub struct UsageView(pub UsageRecord);
 
-/// Lends `value` to the guest for one call.
-pub fn lend<T: Send + 'static>(
-    table: &mut ResourceTable,
-    value: T,
-) -> wasmtime::Result<Resource<T>> {
-    Ok(table.push(value)?)
+/// A view lent to the guest for one call: it sits in the store's resource
+/// table, the guest gets a borrow handle to it, and the host takes it back
+/// when the call returns.
+pub struct Lent<T> {
+    rep: u32,
+    view: PhantomData<fn() -> T>,
 }
 
-/// Takes a lent value back after the call.
-pub fn take_back<T: 'static>(table: &mut ResourceTable, lent: Resource<T>) -> wasmtime::Result<T> {
-    Ok(table.delete(lent)?)
-}
-
-/// True when `ip` lies in one of `networks` (CIDR or bare addresses); an empty
-/// list allows every address, malformed entries match nothing.
-pub fn networks_allow(networks: &[String], ip: &str) -> bool {
-    if networks.is_empty() {
-        return true;
-    }
-    let Ok(ip) = ip.parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
-        return false;
-    };
-    networks.iter().any(|n| match n.parse::<ipnet::IpNet>() {
-        Ok(net) => net.contains(&ip),
-        Err(_) => n.parse::<IpAddr>().is_ok_and(|a| a.to_canonical() == ip),
+/// Puts `value` in the table to lend it for one call.
+///
+/// # Errors
+/// When the table is full.
+pub fn lend<T: Send + 'static>(table: &mut ResourceTable, value: T) -> wasmtime::Result<Lent<T>> {
+    Ok(Lent {
+        rep: table.push(value)?.rep(),
+        view: PhantomData,
     })
+}
+
+impl<T: 'static> Lent<T> {
+    /// The handle passed to the guest. A borrow handle is lowered as it is; an
+    /// owned one would first be moved through wasmtime's host handle table.
+    pub fn handle(&self) -> Resource<T> {
+        Resource::new_borrow(self.rep)
+    }
+
+    /// Takes the view back after the call.
+    ///
+    /// # Errors
+    /// When the view is no longer in the table (a host bug).
+    pub fn take_back(self, table: &mut ResourceTable) -> wasmtime::Result<T> {
+        Ok(table.delete(Resource::<T>::new_own(self.rep))?)
+    }
 }
 
 /// FNV-1a: the request seed (stable across runs and hosts, unlike `std`'s hasher).
@@ -67,8 +75,17 @@ fn request<'a>(
     Ok(&state.table().get(r)?.0)
 }
 
-fn key<'a>(state: &'a mut HostState, r: &Resource<KeyView>) -> wasmtime::Result<&'a KeyInfo> {
+fn key<'a>(state: &'a mut HostState, r: &Resource<KeyView>) -> wasmtime::Result<&'a LiveKey> {
     Ok(&state.table().get(r)?.0)
+}
+
+/// A stored key status as the policy interface names it.
+pub fn key_status(status: crate::store::KeyStatus) -> KeyStatus {
+    match status {
+        crate::store::KeyStatus::Active => KeyStatus::Active,
+        crate::store::KeyStatus::Disabled => KeyStatus::Disabled,
+        crate::store::KeyStatus::Revoked => KeyStatus::Revoked,
+    }
 }
 
 fn usage<'a>(
@@ -123,18 +140,18 @@ impl context::HostRequest for HostState {
             .map(|h| h.value.clone()))
     }
     fn drop(&mut self, r: Resource<RequestView>) -> wasmtime::Result<()> {
-        take_back(self.table(), r).map(|_| ())
+        self.table().delete(r).map(|_| ()).map_err(Into::into)
     }
 }
 
 impl context::HostKey for HostState {
     getters!(KeyView, key,
-        id: String = |v| v.id.clone();
-        name: String = |v| v.name.clone();
-        owner: String = |v| v.owner.clone();
-        prefix: String = |v| v.prefix.clone();
-        models: Vec<String> = |v| v.models.clone();
-        networks: Vec<String> = |v| v.networks.clone();
+        id: String = |v| v.record.id.clone();
+        name: String = |v| v.record.name.clone();
+        owner: String = |v| v.record.owner.clone();
+        prefix: String = |v| v.record.prefix.clone();
+        models: Vec<String> = |v| v.record.models.clone();
+        networks: Vec<String> = |v| v.record.networks.clone();
     );
     fn standing(
         &mut self,
@@ -142,9 +159,10 @@ impl context::HostKey for HostState {
         req: Resource<RequestView>,
     ) -> wasmtime::Result<Standing> {
         let table = &*self.table();
-        let (k, req) = (&table.get(&r)?.0, &table.get(&req)?.0);
+        let (live, req) = (&table.get(&r)?.0, &table.get(&req)?.0);
+        let k = &live.record;
         Ok(Standing {
-            status: k.status,
+            status: key_status(k.status),
             expires_at_ms: k.expires_at_ms,
             expired: k
                 .expires_at_ms
@@ -152,8 +170,8 @@ impl context::HostKey for HostState {
             model_allowed: req.model.is_empty()
                 || k.models.is_empty()
                 || k.models.contains(&req.model),
-            client_allowed: networks_allow(&k.networks, &req.client_ip),
-            quota_remaining: k.quota_remaining,
+            client_allowed: live.allows_client(&req.client_ip),
+            quota_remaining: live.remaining(),
             rpm_limit: k.rpm_limit,
             tpm_limit: k.tpm_limit,
         })
@@ -165,11 +183,10 @@ impl context::HostKey for HostState {
         delta: i64,
         window_ms: u32,
     ) -> wasmtime::Result<CounterState> {
-        let counter = format!("{name}:{}", key(self, &r)?.id);
-        Ok(self.shared.counter_add(&counter, delta, window_ms))
+        self.key_counter_add(&r, &name, delta, window_ms)
     }
     fn drop(&mut self, r: Resource<KeyView>) -> wasmtime::Result<()> {
-        take_back(self.table(), r).map(|_| ())
+        self.table().delete(r).map(|_| ()).map_err(Into::into)
     }
 }
 
@@ -220,24 +237,6 @@ impl context::HostUsage for HostState {
         Ok(())
     }
     fn drop(&mut self, r: Resource<UsageView>) -> wasmtime::Result<()> {
-        take_back(self.table(), r).map(|_| ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::networks_allow;
-
-    #[test]
-    fn networks_match_cidrs_bare_addresses_and_mapped_ipv4() {
-        let nets = |n: &[&str]| n.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
-        assert!(networks_allow(&[], "203.0.113.9"));
-        assert!(networks_allow(&nets(&["10.0.0.0/8"]), "10.2.3.4"));
-        assert!(!networks_allow(&nets(&["10.0.0.0/8"]), "11.2.3.4"));
-        assert!(networks_allow(&nets(&["127.0.0.1"]), "127.0.0.1"));
-        assert!(networks_allow(&nets(&["10.0.0.0/8"]), "::ffff:10.0.0.1"));
-        assert!(networks_allow(&nets(&["::1/128"]), "::1"));
-        assert!(!networks_allow(&nets(&["garbage"]), "10.0.0.1"));
-        assert!(!networks_allow(&nets(&["10.0.0.0/8"]), "not an ip"));
+        self.table().delete(r).map(|_| ()).map_err(Into::into)
     }
 }

@@ -214,6 +214,25 @@ impl Channel {
         self.health.disabled.store(disabled, Ordering::Relaxed);
     }
 
+    /// The channel as a router sees it for a request for `model`: its
+    /// settings and a snapshot of its health, borrowed rather than copied.
+    pub fn offer<'a>(&'a self, model: &'a str) -> crate::plugins::Offer<'a> {
+        let h = &self.health;
+        crate::plugins::Offer {
+            id: &self.config.id,
+            provider: self.config.provider.as_str(),
+            priority: self.config.priority,
+            weight: self.config.weight,
+            upstream_model: self.config.upstream_model(model),
+            healthy: self.is_healthy(),
+            in_flight: h.in_flight.load(Ordering::Relaxed),
+            max_in_flight: self.config.max_in_flight,
+            latency_ewma_ms: u32::try_from(h.latency_ewma_us.load(Ordering::Relaxed) / 1000)
+                .unwrap_or(u32::MAX),
+            error_permille: h.error_permille.load(Ordering::Relaxed),
+        }
+    }
+
     /// A snapshot of the health.
     pub fn view(&self) -> HealthView {
         let h = &self.health;

@@ -20,6 +20,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use crate::app::{AppState, ResponseBody, boxed};
 use crate::error::ApiError;
 use crate::metrics::UpstreamErrorLabels;
+use crate::plugins::Offer;
 use crate::plugins::bindings::types;
 use crate::usage::{self, Draft, Outcome};
 use channels::Channel;
@@ -179,37 +180,14 @@ fn upstream_body(parsed: &Parsed, upstream_model: &str) -> Result<Bytes, ApiErro
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-/// The candidates for a model, as policies see them.
-pub fn candidates(state: &AppState, model: &str) -> Vec<types::Channel> {
-    state
-        .channels
-        .serving(model)
-        .map(|c| {
-            let view = c.view();
-            types::Channel {
-                id: c.config.id.clone(),
-                provider: c.config.provider.as_str().into(),
-                priority: c.config.priority,
-                weight: c.config.weight,
-                upstream_model: c.config.upstream_model(model).into(),
-                healthy: view.healthy,
-                in_flight: view.in_flight,
-                max_in_flight: c.config.max_in_flight,
-                latency_ewma_ms: view.latency_ewma_ms,
-                error_permille: view.error_permille,
-            }
-        })
-        .collect()
-}
-
 /// The ordered plan: `(channel, upstream model)` pairs.
 async fn plan(
     state: &AppState,
     draft: &Draft,
     req: &Arc<types::RequestInfo>,
 ) -> Result<Vec<(Arc<Channel>, String)>, ApiError> {
-    let offered = candidates(state, &draft.model);
-    if offered.is_empty() {
+    let serving: Vec<&Arc<Channel>> = state.channels.serving(&draft.model).collect();
+    if serving.is_empty() {
         return Err(ApiError::Client {
             status: StatusCode::NOT_FOUND,
             code: "model_not_found",
@@ -220,19 +198,19 @@ async fn plan(
             ),
         });
     }
+    let offers: Vec<Offer<'_>> = serving.iter().map(|c| c.offer(&draft.model)).collect();
     let steps: Vec<(Arc<Channel>, String)> =
-        match state.policies.route(&draft.policies, req, &offered).await? {
-            Some(steps) => steps
+        match state.policies.route(&draft.policies, req, &offers).await? {
+            Some(picks) => picks
                 .into_iter()
-                .filter_map(|s| {
-                    state
-                        .channels
-                        .get(&s.channel_id)
-                        .filter(|c| c.config.models.contains(&draft.model))
-                        .map(|c| (c.clone(), s.upstream_model))
+                .map(|pick| {
+                    let model = pick
+                        .model
+                        .unwrap_or_else(|| offers[pick.offer].upstream_model.to_string());
+                    (serving[pick.offer].clone(), model)
                 })
                 .collect(),
-            None => channels::native_plan(state.channels.serving(&draft.model))
+            None => channels::native_plan(serving.into_iter())
                 .into_iter()
                 .map(|c| {
                     let upstream = c.config.upstream_model(&draft.model).to_string();

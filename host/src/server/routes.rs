@@ -221,7 +221,6 @@ async fn dispatch(
     };
     let info = request_info(state, ctx, endpoint.name(), &model, stream, &parts.headers);
     let policies = state.policies.snapshot();
-    let key_info = key.as_deref().map(crate::plugins::key_info);
     let mut draft = Draft {
         request_id: ctx.request_id.clone(),
         endpoint: endpoint.name(),
@@ -240,7 +239,7 @@ async fn dispatch(
     };
     let labels = match state
         .policies
-        .authorize(&policies, &info, key_info.as_ref())
+        .authorize(&policies, &info, key.as_ref())
         .await
     {
         Ok(labels) => labels,
@@ -367,10 +366,9 @@ async fn models(
     let key = lookup_key(state, req.headers()).await?;
     let info = request_info(state, ctx, "models", "", false, req.headers());
     let policies = state.policies.snapshot();
-    let key_info = key.as_deref().map(crate::plugins::key_info);
     state
         .policies
-        .authorize(&policies, &info, key_info.as_ref())
+        .authorize(&policies, &info, key.as_ref())
         .await?;
     let allowed = |m: &String| {
         key.as_ref()
