@@ -333,6 +333,40 @@ async fn the_default_router_and_redactor_work_through_handles() {
 }
 
 #[tokio::test]
+async fn the_default_router_skips_unhealthy_channels_and_splits_by_weight() {
+    // Three channels of one priority: weights 1 and 3, and a heavier one an
+    // operator disabled. Draws are seeded by the (random) request ids, so the
+    // heavy channel's share is binomial(200, 0.75): 150 ± 6.1; the bounds
+    // are five standard deviations wide.
+    let mocks = [
+        keyed_mock(MockConfig::default()).await,
+        keyed_mock(MockConfig::default()).await,
+        keyed_mock(MockConfig::default()).await,
+    ];
+    let gw = Gateway::builder()
+        .channel(mock_channel("light", &mocks[0], &[MODEL], "weight = 1"))
+        .channel(mock_channel("heavy", &mocks[1], &[MODEL], "weight = 3"))
+        .channel(mock_channel("down", &mocks[2], &[MODEL], "weight = 10"))
+        .start()
+        .await;
+    gw.admin_json("POST", "/admin/channels/down/disable", None)
+        .await;
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    for _ in 0..200 {
+        let reply = gw.chat(&key, chat_body()).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let served = |i: usize| mocks[i].stats.requests.load(Ordering::Relaxed);
+    assert_eq!(served(2), 0, "a disabled channel was used");
+    assert_eq!(served(0) + served(1), 200);
+    assert!(
+        (120..=180).contains(&served(1)),
+        "weight 3 of 4 got {} of 200 requests",
+        served(1)
+    );
+}
+
+#[tokio::test]
 async fn auth_labels_reach_the_usage_record() {
     let (gw, key, _up) = with_plugin("tagger", fixtures::TAGGER, &[]).await;
     let reply = gw.chat_with_headers(&key, &[("x-team", "blue")]).await;

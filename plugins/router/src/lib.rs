@@ -24,11 +24,17 @@ impl Lifecycle for PriorityWeight {
 
 impl Planner for PriorityWeight {
     fn plan(req: &Request, candidates: Vec<Candidate>) -> Result<Vec<Step>, Denial> {
-        let mut usable: Vec<(u32, Candidate)> = (0u32..)
-            .zip(candidates)
-            .filter(|(_, c)| c.healthy && (c.max_in_flight == 0 || c.in_flight < c.max_in_flight))
-            .collect();
-        if usable.is_empty() {
+        let mut plan = Vec::with_capacity(candidates.len());
+        plan.extend(
+            (0u32..)
+                .zip(&candidates)
+                .filter(|(_, c)| c.healthy && (c.max_in_flight == 0 || c.in_flight < c.max_in_flight))
+                .map(|(candidate, _)| Step {
+                    candidate,
+                    model: None,
+                }),
+        );
+        if plan.is_empty() {
             return Err(Denial {
                 status: 503,
                 code: "no_healthy_channel".into(),
@@ -39,36 +45,33 @@ impl Planner for PriorityWeight {
                 retry_after_s: Some(1),
             });
         }
-        // The request's seed is a host call: asked for only when some priority
-        // group has a choice to make (never with a single channel).
+        let of = |step: &Step| &candidates[step.candidate as usize];
+        plan.sort_by_key(|step| std::cmp::Reverse(of(step).priority));
         let mut seed = None;
-        usable.sort_by_key(|(_, c)| std::cmp::Reverse(c.priority));
-        let mut plan = Vec::with_capacity(usable.len());
-        for group in usable.chunk_by_mut(|(_, a), (_, b)| a.priority == b.priority) {
+        for group in plan.chunk_by_mut(|a, b| of(a).priority == of(b).priority) {
             if group.len() > 1 {
-                weighted_order(group, seed.get_or_insert_with(|| req.seed()));
+                weighted_order(group, &candidates, seed.get_or_insert_with(|| req.seed()));
             }
-            plan.extend(group.iter().map(|(candidate, _)| Step {
-                candidate: *candidate,
-                model: None,
-            }));
         }
         Ok(plan)
     }
 }
 
-/// Reorders `group` by repeated weighted draws without replacement.
-fn weighted_order(group: &mut [(u32, Candidate)], seed: &mut u64) {
+/// Orders `group` (steps of one priority) by weighted random draws without
+/// replacement: each draw picks a step with probability proportional to its
+/// channel's weight among those left.
+fn weighted_order(group: &mut [Step], candidates: &[Candidate], seed: &mut u64) {
+    let weight = |step: &Step| u64::from(candidates[step.candidate as usize].weight.max(1));
     for start in 0..group.len() {
         let rest = &group[start..];
-        let total: u64 = rest.iter().map(|(_, c)| u64::from(c.weight.max(1))).sum();
+        let total: u64 = rest.iter().map(weight).sum();
         *seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let mut pick = (*seed >> 33) % total;
         let mut chosen = start;
-        for (i, (_, c)) in rest.iter().enumerate() {
-            let w = u64::from(c.weight.max(1));
+        for (i, step) in rest.iter().enumerate() {
+            let w = weight(step);
             if pick < w {
                 chosen = start + i;
                 break;
