@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use wasmtime::ResourceLimiter;
 use wasmtime::StoreLimits;
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::host::{self, CounterState};
 use super::bindings::types::{self, Level};
 use super::call_clock::CallClock;
-use super::views::KeyView;
+use super::views::LentViews;
 
 /// Most entries a plugin may keep in its key/value store or counters.
 const MAX_ENTRIES: usize = 100_000;
@@ -148,6 +148,8 @@ pub struct HostState {
     pub shared: Arc<PluginShared>,
     /// The time budget and overrun lane of the call in progress.
     pub clock: CallClock,
+    /// The views lent to the call in progress (1.1 policies).
+    pub lent: LentViews,
     /// The name of the key counter being updated, kept to reuse its buffer.
     counter_name: String,
 }
@@ -167,6 +169,7 @@ impl HostState {
                 .build(),
             shared,
             clock: CallClock::new(lanes),
+            lent: LentViews::default(),
             counter_name: String::new(),
         }
     }
@@ -175,15 +178,14 @@ impl HostState {
     /// id>`, the name the host charges tokens to).
     ///
     /// # Errors
-    /// When `key` is not a lent key.
+    /// When no key is lent.
     pub fn key_counter_add(
         &mut self,
-        key: &Resource<KeyView>,
         name: &str,
         delta: i64,
         window_ms: u32,
     ) -> wasmtime::Result<CounterState> {
-        let id = &self.table.get(key)?.0.record.id;
+        let id = &self.lent.lent_key()?.record.id;
         self.counter_name.clear();
         self.counter_name.push_str(name);
         self.counter_name.push(':');
@@ -191,11 +193,6 @@ impl HostState {
         Ok(self
             .shared
             .counter_add(&self.counter_name, delta, window_ms))
-    }
-
-    /// The store's resource table, which holds the views lent to 1.1 policies.
-    pub fn table(&mut self) -> &mut ResourceTable {
-        &mut self.table
     }
 
     /// The store's resource limiter.

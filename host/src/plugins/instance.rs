@@ -17,7 +17,6 @@ use super::bindings::{auth, authorizer, editor, planner, router, shaper};
 use super::call_clock::DeadlineExceeded;
 use super::engine::PolicyEngine;
 use super::host_state::{HostState, PluginShared};
-use super::views::{self, KeyView, Lent, RequestView, UsageView};
 use super::{Offer, Pick, PluginError, PolicyKind, World};
 use crate::keys::LiveKey;
 use crate::metrics::{PluginLabels, PluginSeries};
@@ -269,24 +268,14 @@ impl Plugin {
                     .await
             }
             Bindings::Authorizer(b) => {
-                let call = async {
-                    let table = store.data_mut().table();
-                    let req = views::lend(table, RequestView(req.clone()))?;
-                    let key = key
-                        .map(|k| views::lend(table, KeyView(k.clone())))
-                        .transpose()?;
-                    let verdict = b
-                        .sluice_policy_authorizer()
-                        .call_authorize(&mut *store, req.handle(), key.as_ref().map(Lent::handle))
-                        .await;
-                    let table = store.data_mut().table();
-                    req.take_back(table)?;
-                    if let Some(key) = key {
-                        key.take_back(table)?;
-                    }
-                    verdict
-                };
-                call.await.map(|verdict| match verdict {
+                let lent = &mut store.data_mut().lent;
+                let (req, key) = (lent.request(req), key.map(|k| lent.key(k)));
+                let verdict = b
+                    .sluice_policy_authorizer()
+                    .call_authorize(&mut *store, req, key)
+                    .await;
+                store.data_mut().lent.take_back();
+                verdict.map(|verdict| match verdict {
                     Verdict::Allow(labels) => Decision::Allow(labels),
                     Verdict::Deny(denial) => Decision::Deny(denial),
                 })
@@ -321,17 +310,13 @@ impl Plugin {
             }
             Bindings::Planner(b) => {
                 let candidates: Vec<Candidate> = offers.iter().map(candidate).collect();
-                let call = async {
-                    let lent = views::lend(store.data_mut().table(), RequestView(req.clone()))?;
-                    let plan = b
-                        .sluice_policy_planner()
-                        .call_plan(&mut *store, lent.handle(), &candidates)
-                        .await;
-                    lent.take_back(store.data_mut().table())?;
-                    plan
-                };
-                call.await
-                    .map(|plan| plan.map(|steps| picks_by_position(offers.len(), steps)))
+                let req = store.data_mut().lent.request(req);
+                let plan = b
+                    .sluice_policy_planner()
+                    .call_plan(&mut *store, req, &candidates)
+                    .await;
+                store.data_mut().lent.take_back();
+                plan.map(|plan| plan.map(|steps| picks_by_position(offers.len(), steps)))
             }
             _ => return Err(PluginError::WrongKind),
         };
@@ -367,17 +352,12 @@ impl Plugin {
                 })
             }
             Bindings::Editor(b) => {
-                let taken = UsageView(std::mem::take(record));
-                let call = async {
-                    let lent = views::lend(store.data_mut().table(), taken)?;
-                    let keep = b
-                        .sluice_policy_editor()
-                        .call_edit(&mut *store, lent.handle())
-                        .await;
-                    *record = lent.take_back(store.data_mut().table())?.0;
-                    keep
-                };
-                call.await
+                let lent = store.data_mut().lent.usage(std::mem::take(record));
+                let keep = b.sluice_policy_editor().call_edit(&mut *store, lent).await;
+                if let Some(edited) = store.data_mut().lent.take_back() {
+                    *record = edited;
+                }
+                keep
             }
             _ => return Err(PluginError::WrongKind),
         };

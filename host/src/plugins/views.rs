@@ -1,14 +1,13 @@
 //! The host side of the 1.1 `context` interface: the request, key and usage
 //! record a policy reads through handles instead of receiving them as records.
-//! A call puts its views in the store's resource table, lends them to the guest
-//! and takes them back afterwards (the usage view with the editor's changes).
+//! A call lends its views to the guest and takes them back afterwards (the
+//! usage record with the editor's changes).
 //! Accounting fields of the usage record have no setters, so an editor cannot
 //! touch them.
 
-use std::marker::PhantomData;
 use std::sync::Arc;
 
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::Resource;
 
 use super::bindings::context::{self, Standing};
 use super::bindings::host::CounterState;
@@ -17,48 +16,72 @@ use super::host_state::HostState;
 use crate::keys::LiveKey;
 use crate::store::UsageRecord;
 
-/// The request being decided.
-pub struct RequestView(pub Arc<RequestInfo>);
+/// The resource type of the request a policy reads.
+pub struct RequestView;
 
-/// The key the request's credentials resolved to, with its live quota.
-pub struct KeyView(pub Arc<LiveKey>);
+/// The resource type of the key a policy reads.
+pub struct KeyView;
 
-/// The usage record being edited.
-pub struct UsageView(pub UsageRecord);
+/// The resource type of the usage record an editor edits.
+pub struct UsageView;
 
-/// A view lent to the guest for one call: it sits in the store's resource
-/// table, the guest gets a borrow handle to it, and the host takes it back
-/// when the call returns.
-pub struct Lent<T> {
-    rep: u32,
-    view: PhantomData<fn() -> T>,
+/// The one handle value of each view: a call lends at most one view of each
+/// type, so the handle only needs its type.
+const LENT: u32 = 0;
+
+/// The views lent to the call in progress. They live in the store's state
+/// rather than its resource table: lending is a field assignment, and the
+/// guest receives borrow handles, valid only until the call returns.
+#[derive(Default)]
+pub struct LentViews {
+    request: Option<Arc<RequestInfo>>,
+    key: Option<Arc<LiveKey>>,
+    usage: Option<UsageRecord>,
 }
 
-/// Puts `value` in the table to lend it for one call.
-///
-/// # Errors
-/// When the table is full.
-pub fn lend<T: Send + 'static>(table: &mut ResourceTable, value: T) -> wasmtime::Result<Lent<T>> {
-    Ok(Lent {
-        rep: table.push(value)?.rep(),
-        view: PhantomData,
-    })
-}
-
-impl<T: 'static> Lent<T> {
-    /// The handle passed to the guest. A borrow handle is lowered as it is; an
-    /// owned one would first be moved through wasmtime's host handle table.
-    pub fn handle(&self) -> Resource<T> {
-        Resource::new_borrow(self.rep)
+impl LentViews {
+    /// Lends the request; the handle to pass.
+    pub fn request(&mut self, req: &Arc<RequestInfo>) -> Resource<RequestView> {
+        self.request = Some(req.clone());
+        Resource::new_borrow(LENT)
     }
 
-    /// Takes the view back after the call.
+    /// Lends the key; the handle to pass.
+    pub fn key(&mut self, key: &Arc<LiveKey>) -> Resource<KeyView> {
+        self.key = Some(key.clone());
+        Resource::new_borrow(LENT)
+    }
+
+    /// Lends the usage record; the handle to pass.
+    pub fn usage(&mut self, record: UsageRecord) -> Resource<UsageView> {
+        self.usage = Some(record);
+        Resource::new_borrow(LENT)
+    }
+
+    /// Ends the call's loans, returning the usage record (with an editor's
+    /// changes) if one was lent.
+    pub fn take_back(&mut self) -> Option<UsageRecord> {
+        self.request = None;
+        self.key = None;
+        self.usage.take()
+    }
+
+    /// The lent key, for the host functions.
     ///
     /// # Errors
-    /// When the view is no longer in the table (a host bug).
-    pub fn take_back(self, table: &mut ResourceTable) -> wasmtime::Result<T> {
-        Ok(table.delete(Resource::<T>::new_own(self.rep))?)
+    /// When no key is lent (a handle used outside its call).
+    pub fn lent_key(&self) -> wasmtime::Result<&LiveKey> {
+        lent(self.key.as_deref(), "key")
     }
+
+    fn lent_request(&self) -> wasmtime::Result<&RequestInfo> {
+        lent(self.request.as_deref(), "request")
+    }
+}
+
+/// The lent view, or the error a stale handle earns.
+fn lent<'a, T>(view: Option<&'a T>, what: &str) -> wasmtime::Result<&'a T> {
+    view.ok_or_else(|| wasmtime::format_err!("no {what} is lent to this call"))
 }
 
 /// FNV-1a: the request seed (stable across runs and hosts, unlike `std`'s hasher).
@@ -69,14 +92,14 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 fn request<'a>(
-    state: &'a mut HostState,
-    r: &Resource<RequestView>,
+    state: &'a HostState,
+    _: &Resource<RequestView>,
 ) -> wasmtime::Result<&'a RequestInfo> {
-    Ok(&state.table().get(r)?.0)
+    state.lent.lent_request()
 }
 
-fn key<'a>(state: &'a mut HostState, r: &Resource<KeyView>) -> wasmtime::Result<&'a LiveKey> {
-    Ok(&state.table().get(r)?.0)
+fn key<'a>(state: &'a HostState, _: &Resource<KeyView>) -> wasmtime::Result<&'a LiveKey> {
+    state.lent.lent_key()
 }
 
 /// A stored key status as the policy interface names it.
@@ -90,9 +113,13 @@ pub fn key_status(status: crate::store::KeyStatus) -> KeyStatus {
 
 fn usage<'a>(
     state: &'a mut HostState,
-    r: &Resource<UsageView>,
+    _: &Resource<UsageView>,
 ) -> wasmtime::Result<&'a mut UsageRecord> {
-    Ok(&mut state.table().get_mut(r)?.0)
+    state
+        .lent
+        .usage
+        .as_mut()
+        .ok_or_else(|| wasmtime::format_err!("no usage record is lent to this call"))
 }
 
 /// Getters that read a view: `name: Type = |view| value;`.
@@ -139,8 +166,9 @@ impl context::HostRequest for HostState {
             .find(|h| h.name.eq_ignore_ascii_case(&name))
             .map(|h| h.value.clone()))
     }
-    fn drop(&mut self, r: Resource<RequestView>) -> wasmtime::Result<()> {
-        self.table().delete(r).map(|_| ()).map_err(Into::into)
+    fn drop(&mut self, _: Resource<RequestView>) -> wasmtime::Result<()> {
+        // Views are only ever lent as borrow handles: nothing to free.
+        Ok(())
     }
 }
 
@@ -158,8 +186,7 @@ impl context::HostKey for HostState {
         r: Resource<KeyView>,
         req: Resource<RequestView>,
     ) -> wasmtime::Result<Standing> {
-        let table = &*self.table();
-        let (live, req) = (&table.get(&r)?.0, &table.get(&req)?.0);
+        let (live, req) = (key(self, &r)?, request(self, &req)?);
         let k = &live.record;
         Ok(Standing {
             status: key_status(k.status),
@@ -178,15 +205,16 @@ impl context::HostKey for HostState {
     }
     fn counter_add(
         &mut self,
-        r: Resource<KeyView>,
+        _: Resource<KeyView>,
         name: String,
         delta: i64,
         window_ms: u32,
     ) -> wasmtime::Result<CounterState> {
-        self.key_counter_add(&r, &name, delta, window_ms)
+        self.key_counter_add(&name, delta, window_ms)
     }
-    fn drop(&mut self, r: Resource<KeyView>) -> wasmtime::Result<()> {
-        self.table().delete(r).map(|_| ()).map_err(Into::into)
+    fn drop(&mut self, _: Resource<KeyView>) -> wasmtime::Result<()> {
+        // Views are only ever lent as borrow handles: nothing to free.
+        Ok(())
     }
 }
 
@@ -236,7 +264,8 @@ impl context::HostUsage for HostState {
         usage(self, &r)?.labels = labels.into_iter().map(|l| (l.name, l.value)).collect();
         Ok(())
     }
-    fn drop(&mut self, r: Resource<UsageView>) -> wasmtime::Result<()> {
-        self.table().delete(r).map(|_| ()).map_err(Into::into)
+    fn drop(&mut self, _: Resource<UsageView>) -> wasmtime::Result<()> {
+        // Views are only ever lent as borrow handles: nothing to free.
+        Ok(())
     }
 }
