@@ -79,22 +79,25 @@ fn inputs() -> Inputs {
                 })
                 .collect(),
         }),
-        key: Arc::new(key(KeyRecord {
-            id: "key_0123456789abcdef".into(),
-            digest: "0".repeat(64),
-            prefix: "sk-sl-abcdef".into(),
-            name: "bench".into(),
-            owner: "team".into(),
-            status: KeyStatus::Active,
-            created_ms: 0,
-            expires_at_ms: Some(u64::MAX / 2),
-            models,
-            networks: vec!["10.0.0.0/8".into(), "192.168.0.0/16".into()],
-            quota_total: Some(1 << 40),
-            quota_remaining: Some(1 << 40),
-            rpm_limit: Some(u32::MAX),
-            tpm_limit: Some(u32::MAX),
-        })),
+        key: Arc::new(LiveKey::new(
+            KeyRecord {
+                id: "key_0123456789abcdef".into(),
+                digest: "0".repeat(64),
+                prefix: "sk-sl-abcdef".into(),
+                name: "bench".into(),
+                owner: "team".into(),
+                status: KeyStatus::Active,
+                created_ms: 0,
+                expires_at_ms: Some(u64::MAX / 2),
+                models,
+                networks: vec!["10.0.0.0/8".into(), "192.168.0.0/16".into()],
+                quota_total: Some(1 << 40),
+                quota_remaining: Some(1 << 40),
+                rpm_limit: Some(u32::MAX),
+                tpm_limit: Some(u32::MAX),
+            },
+            0,
+        )),
         offers: (0..4)
             .map(|i| Offer {
                 id: CHANNEL_IDS[i],
@@ -126,11 +129,6 @@ fn inputs() -> Inputs {
     }
 }
 
-/// The live key the gateway would resolve for `record`.
-fn key(record: KeyRecord) -> LiveKey {
-    LiveKey::new(record, 0)
-}
-
 /// `full` with every list emptied and a single candidate channel.
 fn minimal(full: &Inputs) -> Inputs {
     let mut req = (*full.req).clone();
@@ -142,7 +140,7 @@ fn minimal(full: &Inputs) -> Inputs {
     record.labels.clear();
     Inputs {
         req: Arc::new(req),
-        key: Arc::new(self::key(key)),
+        key: Arc::new(LiveKey::new(key, 0)),
         offers: full.offers[..1].to_vec(),
         record,
     }
@@ -196,28 +194,40 @@ fn counted_requests(n: u64, policies: &Policies, set: &PolicySet, i: &Inputs) {
     rt.block_on(async {
         for _ in 0..n {
             if phases.contains('a') {
-                policies.authorize(set, &i.req, Some(&i.key)).await.unwrap();
+                authorize(policies, set, i).await;
             }
             if phases.contains('r') {
-                policies.route(set, &i.req, &i.offers).await.unwrap();
+                route(policies, set, i).await;
             }
             if phases.contains('s') {
-                policies.shape(set, i.record.clone()).await.unwrap();
+                shape(policies, set, i).await;
             }
         }
     });
 }
 
 async fn one_request(policies: &Policies, set: &PolicySet, i: &Inputs) {
+    authorize(policies, set, i).await;
+    route(policies, set, i).await;
+    shape(policies, set, i).await;
+}
+
+async fn authorize(policies: &Policies, set: &PolicySet, i: &Inputs) {
     policies
         .authorize(set, &i.req, Some(&i.key))
         .await
         .expect("allowed");
+}
+
+async fn route(policies: &Policies, set: &PolicySet, i: &Inputs) {
     policies
         .route(set, &i.req, &i.offers)
         .await
         .expect("routed")
         .expect("plan");
+}
+
+async fn shape(policies: &Policies, set: &PolicySet, i: &Inputs) {
     policies.shape(set, i.record.clone()).await.expect("kept");
 }
 
@@ -292,29 +302,24 @@ fn bench(c: &mut Criterion) {
                 samples[samples.len() / 2].as_secs_f64() * 1e6
             );
         };
-        let (mut auth, mut route, mut shape) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut auth_times, mut route_times, mut shape_times) =
+            (Vec::new(), Vec::new(), Vec::new());
         rt.block_on(async {
             for _ in 0..5_000 {
                 let t = Instant::now();
-                policies
-                    .authorize(&set, &i.req, Some(&i.key))
-                    .await
-                    .expect("allowed");
-                auth.push(t.elapsed());
+                authorize(&policies, &set, &i).await;
+                auth_times.push(t.elapsed());
                 let t = Instant::now();
-                policies
-                    .route(&set, &i.req, &i.offers)
-                    .await
-                    .expect("routed");
-                route.push(t.elapsed());
+                route(&policies, &set, &i).await;
+                route_times.push(t.elapsed());
                 let t = Instant::now();
-                policies.shape(&set, i.record.clone()).await.expect("kept");
-                shape.push(t.elapsed());
+                shape(&policies, &set, &i).await;
+                shape_times.push(t.elapsed());
             }
         });
-        phase("auth", &mut auth);
-        phase("route", &mut route);
-        phase("shape", &mut shape);
+        phase("auth", &mut auth_times);
+        phase("route", &mut route_times);
+        phase("shape", &mut shape_times);
         let calibration = calibrated[calibrated.len() / 2];
         println!(
             "policy path ({label}): auth+route+shape p50 = {:.2} µs, p99 = {:.2} µs (20,000 requests); calibration between them (parse + serialise a chat request) p50 = {:.2} µs: the path is {:.1}× the calibration",

@@ -144,7 +144,6 @@ impl Networks {
                     Some(ipnet::IpNet::from(ip))
                 })
             })
-            .map(|net| net.trunc())
             .collect();
         Self {
             restricted: !entries.is_empty(),

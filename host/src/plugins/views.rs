@@ -80,7 +80,7 @@ impl LentViews {
 }
 
 /// The lent view, or the error a stale handle earns.
-fn lent<'a, T>(view: Option<&'a T>, what: &str) -> wasmtime::Result<&'a T> {
+fn lent<V>(view: Option<V>, what: &str) -> wasmtime::Result<V> {
     view.ok_or_else(|| wasmtime::format_err!("no {what} is lent to this call"))
 }
 
@@ -115,11 +115,7 @@ fn usage<'a>(
     state: &'a mut HostState,
     _: &Resource<UsageView>,
 ) -> wasmtime::Result<&'a mut UsageRecord> {
-    state
-        .lent
-        .usage
-        .as_mut()
-        .ok_or_else(|| wasmtime::format_err!("no usage record is lent to this call"))
+    lent(state.lent.usage.as_mut(), "usage record")
 }
 
 /// Getters that read a view: `name: Type = |view| value;`.

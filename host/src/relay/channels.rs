@@ -227,10 +227,15 @@ impl Channel {
             healthy: self.is_healthy(),
             in_flight: h.in_flight.load(Ordering::Relaxed),
             max_in_flight: self.config.max_in_flight,
-            latency_ewma_ms: u32::try_from(h.latency_ewma_us.load(Ordering::Relaxed) / 1000)
-                .unwrap_or(u32::MAX),
+            latency_ewma_ms: self.latency_ewma_ms(),
             error_permille: h.error_permille.load(Ordering::Relaxed),
         }
+    }
+
+    /// The latency EWMA in whole milliseconds.
+    fn latency_ewma_ms(&self) -> u32 {
+        let us = self.health.latency_ewma_us.load(Ordering::Relaxed);
+        u32::try_from(us / 1000).unwrap_or(u32::MAX)
     }
 
     /// A snapshot of the health.
@@ -242,8 +247,7 @@ impl Channel {
             disabled: h.disabled.load(Ordering::Relaxed),
             cooling_down: h.cooling.load(Ordering::Relaxed),
             in_flight: h.in_flight.load(Ordering::Relaxed),
-            latency_ewma_ms: u32::try_from(h.latency_ewma_us.load(Ordering::Relaxed) / 1000)
-                .unwrap_or(u32::MAX),
+            latency_ewma_ms: self.latency_ewma_ms(),
             error_permille: h.error_permille.load(Ordering::Relaxed),
             consecutive_failures: h.consecutive_failures.load(Ordering::Relaxed),
         }
