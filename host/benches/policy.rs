@@ -18,8 +18,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::config::{InstanceMode, PluginsConfig};
+use sluice::facts::RequestFacts;
 use sluice::keys::LiveKey;
-use sluice::plugins::bindings::types;
 use sluice::plugins::engine::{InstanceSettings, PolicyEngine};
 use sluice::plugins::loader::Loader;
 use sluice::plugins::{Offer, Policies, PolicySet};
@@ -43,7 +43,7 @@ fn plugins_config(mode: InstanceMode) -> PluginsConfig {
 }
 
 struct Inputs {
-    req: Arc<types::RequestInfo>,
+    req: Arc<RequestFacts>,
     key: Arc<LiveKey>,
     offers: Vec<Offer<'static>>,
     record: UsageRecord,
@@ -65,18 +65,15 @@ fn inputs() -> Inputs {
     ];
     let models: Vec<String> = (0..20).map(|i| format!("model-{i}")).collect();
     Inputs {
-        req: Arc::new(types::RequestInfo {
+        req: Arc::new(RequestFacts {
             request_id: "01J0000000000000000000000".into(),
-            endpoint: "chat.completions".into(),
+            endpoint: "chat.completions",
             model: "model-17".into(),
             stream: true,
             client_ip: "10.1.2.3".into(),
             headers: headers
                 .iter()
-                .map(|h| types::Label {
-                    name: (*h).into(),
-                    value: format!("value of {h}"),
-                })
+                .map(|h| (*h, format!("value of {h}")))
                 .collect(),
         }),
         key: Arc::new(LiveKey::new(

@@ -5,24 +5,28 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
-use crate::app::{AppState, ResponseBody, boxed};
 use crate::error::ApiError;
 use crate::keys::NewKey;
-use crate::server::routes::json;
+use crate::server::body::{ResponseBody, boxed, json};
+use crate::state::AppState;
 use crate::store::{Bucket, GroupBy, KeyPatch, KeyRecord, KeyStatus, StoreError, UsageQuery};
 
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
 /// Handles one admin request.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResponseBody> {
-    match route(&state, req).await {
+pub async fn handle<B>(state: &Arc<AppState>, req: Request<B>) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match route(state, req).await {
         Ok(response) => response,
         Err(e) => e.into_response().map(boxed),
     }
@@ -37,7 +41,7 @@ fn not_found(what: &str) -> ApiError {
     }
 }
 
-fn authorized(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError> {
+fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.config.admin.token else {
         return Err(ApiError::Denied {
             status: StatusCode::FORBIDDEN,
@@ -46,8 +50,7 @@ fn authorized(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError>
             retry_after_s: None,
         });
     };
-    let presented = req
-        .headers()
+    let presented = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -64,7 +67,12 @@ fn authorized(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError>
     }
 }
 
-async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+async fn body<T, B>(req: Request<B>) -> Result<T, ApiError>
+where
+    T: DeserializeOwned,
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let bytes = Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()
         .await
@@ -74,7 +82,7 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError
         .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}"), None))
 }
 
-fn query<T: DeserializeOwned>(req: &Request<Incoming>, skip: &[&str]) -> Result<T, ApiError> {
+fn query<T: DeserializeOwned, B>(req: &Request<B>, skip: &[&str]) -> Result<T, ApiError> {
     let raw = req.uri().query().unwrap_or("");
     let kept: Vec<&str> = raw
         .split('&')
@@ -126,10 +134,14 @@ fn default_bucket() -> Bucket {
     Bucket::Hour
 }
 
-async fn route(
+async fn route<B>(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, ApiError> {
+    req: Request<B>,
+) -> Result<Response<ResponseBody>, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let path = req.uri().path().trim_end_matches('/').to_string();
     let method = req.method().clone();
     if path == "/metrics" && method == Method::GET {
@@ -143,7 +155,7 @@ async fn route(
         );
         return Ok(response);
     }
-    authorized(state, &req)?;
+    authorized(state, req.headers())?;
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let store = state.store.clone();
     match (method, segments.as_slice()) {

@@ -3,12 +3,9 @@
 //! accepting, let in-flight requests finish up to the grace period, drain the
 //! usage queue, final durable commit.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -19,46 +16,10 @@ use crate::plugins::engine::{InstanceSettings, PolicyEngine};
 use crate::plugins::loader::Loader;
 use crate::plugins::{PluginError, Policies};
 use crate::relay::channels::Channels;
-use crate::relay::upstream::{self, UpstreamClient};
+use crate::relay::upstream;
+use crate::state::AppState;
+use crate::store;
 use crate::store::writer::{UsageWriter, WriterSettings};
-use crate::store::{self, Store};
-
-/// The body type of every response.
-pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
-
-/// Boxes any infallible body.
-pub fn boxed<B>(body: B) -> ResponseBody
-where
-    B: http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
-{
-    UnsyncBoxBody::new(body)
-}
-
-/// Everything a request handler needs.
-pub struct AppState {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// The store.
-    pub store: Arc<dyn Store>,
-    /// Key lookups and live quota.
-    pub keys: Arc<KeyCache>,
-    /// Policy runner.
-    pub policies: Arc<Policies>,
-    /// Plugin loader.
-    pub loader: Arc<Loader>,
-    /// Upstream channels.
-    pub channels: Channels,
-    /// Upstream HTTP client.
-    pub upstream: UpstreamClient,
-    /// Usage batch writer.
-    pub writer: UsageWriter,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Tracks every spawned task so shutdown can drain them.
-    pub tracker: TaskTracker,
-    /// Cancelled when shutdown begins.
-    pub shutdown: CancellationToken,
-}
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -82,64 +43,65 @@ pub enum StartError {
     },
 }
 
-impl AppState {
-    /// Opens the store, loads plugins, and starts the writer and background tasks.
-    ///
-    /// # Errors
-    /// Any start-up failure.
-    pub async fn build(config: Config) -> Result<Arc<Self>, StartError> {
-        let config = Arc::new(config);
-        let metrics = Arc::new(Metrics::default());
-        let store = store::open(config.store.backend, &config.store.path)?;
-        let keys = Arc::new(KeyCache::new(
-            store.clone(),
-            config.cache.key_ttl,
-            config.cache.capacity,
-            metrics.clone(),
-        )?);
-        let engine = Arc::new(PolicyEngine::new(
-            InstanceSettings::from_config(&config.plugins),
-            config.plugins.cache_dir.clone(),
-        )?);
-        let policies = Arc::new(Policies::new(
-            config.plugins.on_failure.clone(),
-            metrics.clone(),
-        ));
-        let loader = Loader::start(engine, policies.clone(), config.plugins.clone()).await?;
-        let upstream = upstream::client(
-            config.upstream.connect_timeout,
-            config.upstream.ca_file.as_deref(),
-        )
-        .map_err(StartError::Upstream)?;
-        let committed = keys.clone();
-        let writer = UsageWriter::start(
-            store.clone(),
-            WriterSettings {
-                batch_size: config.store.batch_size,
-                flush_interval: config.store.flush_interval,
-                capacity: config.store.queue_capacity,
-                backpressure_wait: config.store.backpressure_wait,
-            },
-            metrics.clone(),
-            Arc::new(move |charges| committed.committed(charges)),
-        );
-        let state = Arc::new(Self {
-            channels: Channels::new(&config.channels, &metrics),
-            config,
-            store,
-            keys,
-            policies,
-            loader,
-            upstream,
-            writer,
-            metrics,
-            tracker: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
-        });
-        state.loader.watch(&state.tracker, state.shutdown.clone())?;
-        crate::background::spawn_all(&state);
-        Ok(state)
-    }
+/// Builds the gateway's state: opens the store, loads plugins, and starts the
+/// writer, the plugin folder watcher and the background tasks.
+///
+/// # Errors
+/// Any start-up failure.
+pub async fn build(config: Config) -> Result<Arc<AppState>, StartError> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::default());
+    let store = store::open(config.store.backend, &config.store.path)?;
+    let keys = Arc::new(KeyCache::new(
+        store.clone(),
+        config.cache.key_ttl,
+        config.cache.capacity,
+        metrics.clone(),
+    )?);
+    let engine = Arc::new(PolicyEngine::new(
+        InstanceSettings::from_config(&config.plugins),
+        config.plugins.cache_dir.clone(),
+    )?);
+    let policies = Arc::new(Policies::new(
+        config.plugins.on_failure.clone(),
+        metrics.clone(),
+    ));
+    let loader = Loader::start(engine, policies.clone(), config.plugins.clone()).await?;
+    let upstream = upstream::client(
+        config.upstream.connect_timeout,
+        config.upstream.ca_file.as_deref(),
+    )
+    .map_err(StartError::Upstream)?;
+    let committed = keys.clone();
+    let writer = UsageWriter::start(
+        store.clone(),
+        WriterSettings {
+            batch_size: config.store.batch_size,
+            flush_interval: config.store.flush_interval,
+            capacity: config.store.queue_capacity,
+            backpressure_wait: config.store.backpressure_wait,
+        },
+        metrics.clone(),
+        Arc::new(move |charges| committed.committed(charges)),
+    );
+    let state = Arc::new(AppState {
+        channels: Channels::new(&config.channels, &metrics),
+        config,
+        store,
+        keys,
+        policies,
+        loader,
+        upstream,
+        writer,
+        metrics,
+        tracker: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        cut_off: CancellationToken::new(),
+        started_s: crate::keys::now_ms() / 1000,
+    });
+    state.loader.watch(&state.tracker, state.shutdown.clone())?;
+    crate::background::spawn_all(&state);
+    Ok(state)
 }
 
 /// The bound addresses of a running gateway.
@@ -167,7 +129,7 @@ pub async fn run(
     stop: CancellationToken,
     ready: impl FnOnce(Bound),
 ) -> Result<(), StartError> {
-    let state = AppState::build(config).await?;
+    let state = build(config).await?;
     let bind = |addr: SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
@@ -222,11 +184,13 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!(
-            "grace period over; cutting remaining connections (their streams are recorded as partial)"
+            "grace period over; cutting remaining connections (their requests are recorded as partial, error kind shutdown)"
         );
+        state.cut_off.cancel();
+        connections.wait().await;
     }
-    // Connection tasks that outlived the grace period are aborted by the server
-    // (see server::serve); their bodies' drop guards have queued accounting tasks.
+    // Every connection has ended, so every request's accounting has settled
+    // and queued its record on the tracker.
     state.tracker.close();
     state.tracker.wait().await;
     state.writer.close().await;

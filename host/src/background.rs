@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http_body_util::Full;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Records purged per purge transaction, so the writer is never blocked for long.
 const PURGE_BATCH: usize = 500;

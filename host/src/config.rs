@@ -452,6 +452,11 @@ impl Pricing {
     }
 }
 
+/// The default number of plugin overrun lanes: half the cores, at least one.
+fn default_overrun_lanes() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 /// Reads, parses and validates a config file against the process environment.
 ///
 /// # Errors
@@ -765,10 +770,7 @@ impl Validator<'_> {
                 p.call_timeout.as_ref(),
                 Duration::from_millis(10),
             )?,
-            overrun_lanes: p
-                .overrun_lanes
-                .unwrap_or_else(crate::plugins::call_clock::default_lanes)
-                .max(1),
+            overrun_lanes: p.overrun_lanes.unwrap_or_else(default_overrun_lanes).max(1),
             on_failure: p
                 .on_failure
                 .iter()

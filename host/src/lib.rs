@@ -1,22 +1,29 @@
 //! Sluice: an OpenAI-compatible LLM API gateway whose auth, routing and
 //! log-shaping policies are WebAssembly components.
 //!
-//! Modules follow the request's path: [`server`] accepts and dispatches,
-//! [`relay`] talks to upstreams, [`keys`] resolves API keys, [`plugins`] runs
-//! policies, [`usage`] accounts, [`store`] persists; [`admin`] and [`metrics`]
-//! serve operators; [`mock`] is the fake upstream used by tests and the quick start.
+//! Modules follow the request's path: [`server`] accepts, builds the request's
+//! [`context`] at the door ([`endpoint`], [`facts`]) and dispatches; [`keys`]
+//! resolves API keys; [`accounting`] owns each admitted request's settlement;
+//! [`plugins`] runs policies; [`relay`] talks to upstreams; [`store`]
+//! persists. [`state`] holds the shared parts, which [`app`] builds and runs;
+//! [`admin`] and [`metrics`] serve operators; [`mock`] is the fake upstream
+//! used by tests and the quick start.
 
+pub mod accounting;
 pub mod admin;
 pub mod app;
 pub mod background;
 pub mod cli;
 pub mod config;
+pub mod context;
+pub mod endpoint;
 pub mod error;
+pub mod facts;
 pub mod keys;
 pub mod metrics;
 pub mod mock;
 pub mod plugins;
 pub mod relay;
 pub mod server;
+pub mod state;
 pub mod store;
-pub mod usage;

@@ -133,11 +133,6 @@ fn ticks_in(span: Duration) -> u64 {
     u64::try_from(span.as_nanos() / EPOCH_TICK.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The default number of overrun lanes: half the cores, at least one.
-pub fn default_lanes() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

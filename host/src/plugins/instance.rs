@@ -12,12 +12,13 @@ use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre};
 
 use super::bindings::planner::exports::sluice::policy::planner::{Candidate, Step};
-use super::bindings::types::{Channel, Denial, RequestInfo, RouteStep};
+use super::bindings::types::{Channel, Denial, RouteStep};
 use super::bindings::{auth, authorizer, editor, planner, router, shaper};
 use super::call_clock::DeadlineExceeded;
 use super::engine::PolicyEngine;
 use super::host_state::{HostState, PluginShared};
 use super::{Offer, Pick, PluginError, PolicyKind, World};
+use crate::facts::RequestFacts;
 use crate::keys::LiveKey;
 use crate::metrics::{PluginLabels, PluginSeries};
 use crate::store::UsageRecord;
@@ -253,7 +254,7 @@ impl Plugin {
     /// Trap, deadline, memory limit, or a plugin of another kind.
     pub async fn authorize(
         &self,
-        req: &Arc<RequestInfo>,
+        req: &Arc<RequestFacts>,
         key: Option<&Arc<LiveKey>>,
     ) -> Result<Decision, PluginError> {
         let mut warm = self.checkout().await?;
@@ -264,7 +265,7 @@ impl Plugin {
             Bindings::Auth(b) => {
                 let key = key.map(|k| super::key_info(k));
                 b.sluice_policy_auth()
-                    .call_authorize(&mut *store, req, key.as_ref())
+                    .call_authorize(&mut *store, &super::request_info(req), key.as_ref())
                     .await
             }
             Bindings::Authorizer(b) => {
@@ -293,7 +294,7 @@ impl Plugin {
     /// Trap, deadline, memory limit, or a plugin of another kind.
     pub async fn route(
         &self,
-        req: &Arc<RequestInfo>,
+        req: &Arc<RequestFacts>,
         offers: &[Offer<'_>],
     ) -> Result<Result<Vec<Pick>, Denial>, PluginError> {
         let mut warm = self.checkout().await?;
@@ -304,7 +305,7 @@ impl Plugin {
             Bindings::Router(b) => {
                 let channels: Vec<Channel> = offers.iter().map(channel).collect();
                 b.sluice_policy_router()
-                    .call_route(&mut *store, req, &channels)
+                    .call_route(&mut *store, &super::request_info(req), &channels)
                     .await
                     .map(|plan| plan.map(|steps| picks_by_id(offers, steps)))
             }

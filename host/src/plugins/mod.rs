@@ -25,6 +25,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::FailureMode;
 use crate::error::ApiError;
+use crate::facts::RequestFacts;
 use crate::keys::LiveKey;
 use crate::metrics::Metrics;
 use crate::store::UsageRecord;
@@ -250,23 +251,26 @@ impl Policies {
         }
     }
 
-    /// Runs the auth chain; returns the labels the plugins attached.
+    /// Runs the auth chain; returns the labels the plugins attached (a later
+    /// plugin's label replaces an earlier one of the same name).
     ///
     /// # Errors
     /// The first denial, or a policy failure when a failing plugin fails closed.
     pub async fn authorize(
         &self,
         set: &PolicySet,
-        req: &Arc<types::RequestInfo>,
+        req: &Arc<RequestFacts>,
         key: Option<&Arc<LiveKey>>,
-    ) -> Result<Vec<types::Label>, ApiError> {
-        let mut labels = Vec::new();
+    ) -> Result<BTreeMap<String, String>, ApiError> {
+        let mut labels = BTreeMap::new();
         for plugin in &set.auth {
             let started = Instant::now();
             let outcome = plugin.authorize(req, key).await;
             self.observe(plugin, started, outcome.as_ref().err());
             match outcome {
-                Ok(Decision::Allow(mut more)) => labels.append(&mut more),
+                Ok(Decision::Allow(more)) => {
+                    labels.extend(more.into_iter().map(|l| (l.name, l.value)));
+                }
                 Ok(Decision::Deny(d)) => return Err(denial(d)),
                 Err(_)
                     if failure_mode(&self.on_failure, &plugin.info.name) == FailureMode::Skip => {}
@@ -288,7 +292,7 @@ impl Policies {
     pub async fn route(
         &self,
         set: &PolicySet,
-        req: &Arc<types::RequestInfo>,
+        req: &Arc<RequestFacts>,
         offers: &[Offer<'_>],
     ) -> Result<Option<Vec<Pick>>, ApiError> {
         let Some(plugin) = &set.router else {
@@ -347,6 +351,26 @@ pub fn host_redacted(mut record: UsageRecord) -> UsageRecord {
     record.completion = None;
     record.labels.clear();
     record
+}
+
+/// The record a 1.0 plugin receives for a request (1.1 plugins read the
+/// request through a handle instead).
+fn request_info(facts: &RequestFacts) -> types::RequestInfo {
+    types::RequestInfo {
+        request_id: facts.request_id.clone(),
+        endpoint: facts.endpoint.into(),
+        model: facts.model.clone(),
+        stream: facts.stream,
+        client_ip: facts.client_ip.clone(),
+        headers: facts
+            .headers
+            .iter()
+            .map(|(name, value)| types::Label {
+                name: (*name).into(),
+                value: value.clone(),
+            })
+            .collect(),
+    }
 }
 
 /// The record a 1.0 auth plugin receives for a key, with its live remaining

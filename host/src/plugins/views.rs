@@ -11,8 +11,9 @@ use wasmtime::component::Resource;
 
 use super::bindings::context::{self, Standing};
 use super::bindings::host::CounterState;
-use super::bindings::types::{KeyStatus, Label, RequestInfo};
+use super::bindings::types::{KeyStatus, Label};
 use super::host_state::HostState;
+use crate::facts::RequestFacts;
 use crate::keys::LiveKey;
 use crate::store::UsageRecord;
 
@@ -34,14 +35,14 @@ const LENT: u32 = 0;
 /// guest receives borrow handles, valid only until the call returns.
 #[derive(Default)]
 pub struct LentViews {
-    request: Option<Arc<RequestInfo>>,
+    request: Option<Arc<RequestFacts>>,
     key: Option<Arc<LiveKey>>,
     usage: Option<UsageRecord>,
 }
 
 impl LentViews {
     /// Lends the request; the handle to pass.
-    pub fn request(&mut self, req: &Arc<RequestInfo>) -> Resource<RequestView> {
+    pub fn request(&mut self, req: &Arc<RequestFacts>) -> Resource<RequestView> {
         self.request = Some(req.clone());
         Resource::new_borrow(LENT)
     }
@@ -74,7 +75,7 @@ impl LentViews {
         lent(self.key.as_deref(), "key")
     }
 
-    fn lent_request(&self) -> wasmtime::Result<&RequestInfo> {
+    fn lent_request(&self) -> wasmtime::Result<&RequestFacts> {
         lent(self.request.as_deref(), "request")
     }
 }
@@ -94,7 +95,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 fn request<'a>(
     state: &'a HostState,
     _: &Resource<RequestView>,
-) -> wasmtime::Result<&'a RequestInfo> {
+) -> wasmtime::Result<&'a RequestFacts> {
     state.lent.lent_request()
 }
 
@@ -144,23 +145,22 @@ impl context::HostRequest for HostState {
     getters!(RequestView, request,
         request_id: String = |v| v.request_id.clone();
         seed: u64 = |v| fnv1a(v.request_id.as_bytes());
-        endpoint: String = |v| v.endpoint.clone();
+        endpoint: String = |v| v.endpoint.into();
         model: String = |v| v.model.clone();
         stream: bool = |v| v.stream;
         client_ip: String = |v| v.client_ip.clone();
-        headers: Vec<Label> = |v| v.headers.clone();
+        headers: Vec<Label> = |v| v
+            .headers
+            .iter()
+            .map(|(name, value)| Label { name: (*name).into(), value: value.clone() })
+            .collect();
     );
     fn header(
         &mut self,
         r: Resource<RequestView>,
         name: String,
     ) -> wasmtime::Result<Option<String>> {
-        let req = request(self, &r)?;
-        Ok(req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(&name))
-            .map(|h| h.value.clone()))
+        Ok(request(self, &r)?.header(&name).map(String::from))
     }
     fn drop(&mut self, _: Resource<RequestView>) -> wasmtime::Result<()> {
         // Views are only ever lent as borrow handles: nothing to free.

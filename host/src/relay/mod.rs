@@ -1,7 +1,10 @@
 //! The relay: from a parsed, authorized request to the upstream and back. Plans
 //! channels (router policy, else native), retries and fails over only before the
 //! first byte reaches the client, rewrites the body only when it must (model
-//! rename, asking the upstream for usage), and hands streams to [`stream`].
+//! rename, asking the upstream for usage), and hands committed streams to
+//! [`stream`]. It adds what it learns (the channel, the upstream model, phase
+//! timings) to the request's context and returns how the request ended; the
+//! accounting owner settles it.
 
 pub mod channels;
 pub mod coalesce;
@@ -11,18 +14,21 @@ pub mod upstream;
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 
-use crate::app::{AppState, ResponseBody, boxed};
+use crate::accounting::{Accounting, Outcome};
+use crate::context::RequestContext;
 use crate::error::ApiError;
+use crate::facts::{X_API_KEY, X_REQUEST_ID};
 use crate::metrics::UpstreamErrorLabels;
 use crate::plugins::Offer;
-use crate::plugins::bindings::types;
-use crate::usage::{self, Draft, Outcome};
+use crate::server::body::{ResponseBody, boxed};
+use crate::state::AppState;
 use channels::Channel;
 
 /// Largest non-streamed upstream response the relay buffers.
@@ -52,12 +58,6 @@ static NOT_FORWARDED: [HeaderName; 8] = [
     header::ACCEPT_ENCODING,
     HeaderName::from_static("http2-settings"),
 ];
-
-/// The request id header, sent upstream and returned to clients.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The alternative credential header (Anthropic style); never forwarded.
-pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// The fields the relay reads from a JSON request body.
 #[derive(serde::Deserialize)]
@@ -94,7 +94,11 @@ pub struct Parsed {
 ///
 /// # Errors
 /// 413 when it exceeds `limit`, 400 when it cannot be read.
-pub async fn read_body(body: hyper::body::Incoming, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::Client {
@@ -183,49 +187,46 @@ fn upstream_body(parsed: &Parsed, upstream_model: &str) -> Result<Bytes, ApiErro
 /// The ordered plan: `(channel, upstream model)` pairs.
 async fn plan(
     state: &AppState,
-    draft: &Draft,
-    req: &Arc<types::RequestInfo>,
+    ctx: &RequestContext,
 ) -> Result<Vec<(Arc<Channel>, String)>, ApiError> {
-    let serving: Vec<&Arc<Channel>> = state.channels.serving(&draft.model).collect();
+    let model = ctx.model();
+    let serving: Vec<&Arc<Channel>> = state.channels.serving(model).collect();
     if serving.is_empty() {
         return Err(ApiError::Client {
             status: StatusCode::NOT_FOUND,
             code: "model_not_found",
             param: Some("model"),
-            message: format!(
-                "The model `{}` does not exist or you do not have access to it.",
-                draft.model
-            ),
+            message: format!("The model `{model}` does not exist or you do not have access to it."),
         });
     }
-    let offers: Vec<Offer<'_>> = serving.iter().map(|c| c.offer(&draft.model)).collect();
-    let steps: Vec<(Arc<Channel>, String)> =
-        match state.policies.route(&draft.policies, req, &offers).await? {
-            Some(picks) => picks
-                .into_iter()
-                .map(|pick| {
-                    let model = pick
-                        .model
-                        .unwrap_or_else(|| offers[pick.offer].upstream_model.to_string());
-                    (serving[pick.offer].clone(), model)
-                })
-                .collect(),
-            None => channels::native_plan(serving.into_iter())
-                .into_iter()
-                .map(|c| {
-                    let upstream = c.config.upstream_model(&draft.model).to_string();
-                    (c, upstream)
-                })
-                .collect(),
-        };
+    let offers: Vec<Offer<'_>> = serving.iter().map(|c| c.offer(model)).collect();
+    let steps: Vec<(Arc<Channel>, String)> = match state
+        .policies
+        .route(&ctx.policies, &ctx.facts, &offers)
+        .await?
+    {
+        Some(picks) => picks
+            .into_iter()
+            .map(|pick| {
+                let model = pick
+                    .model
+                    .unwrap_or_else(|| offers[pick.offer].upstream_model.to_string());
+                (serving[pick.offer].clone(), model)
+            })
+            .collect(),
+        None => channels::native_plan(serving.into_iter())
+            .into_iter()
+            .map(|c| {
+                let upstream = c.config.upstream_model(model).to_string();
+                (c, upstream)
+            })
+            .collect(),
+    };
     if steps.is_empty() {
         return Err(ApiError::Upstream {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "no_healthy_channel",
-            message: format!(
-                "No healthy upstream channel can serve model `{}` right now.",
-                draft.model
-            ),
+            message: format!("No healthy upstream channel can serve model `{model}` right now."),
         });
     }
     Ok(steps)
@@ -288,25 +289,63 @@ fn build_request(
     Ok(request)
 }
 
-/// Relays one parsed request through its plan.
+/// How a relayed request ended, for its accounting owner to settle.
+pub enum Relayed {
+    /// A complete response (an upstream answer, or the error a cut-short
+    /// upstream body earned), and its outcome.
+    Complete {
+        /// The response for the client.
+        response: Response<ResponseBody>,
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// A committed upstream stream, relayed event by event once the accounting
+    /// owner hands itself to it.
+    Stream(Committed),
+}
+
+/// An upstream stream whose head arrived: the client's response head, and the
+/// body still to relay.
+pub struct Committed {
+    head: http::response::Parts,
+    body: hyper::body::Incoming,
+    in_flight: channels::InFlight,
+    settings: stream::StreamSettings,
+}
+
+impl Committed {
+    /// The response headers, for the door's own (request id, timings).
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.head.headers
+    }
+
+    /// The client's response: the stream, owning the request's accounting.
+    pub fn into_response(self, accounting: Accounting) -> Response<ResponseBody> {
+        let status = self.head.status.as_u16();
+        let body =
+            stream::RelayStream::new(self.body, accounting, self.in_flight, self.settings, status);
+        Response::from_parts(self.head, boxed(coalesce::Coalesce::new(body)))
+    }
+}
+
+/// Relays one parsed request through its plan, adding the channel, upstream
+/// model and phase timings to `ctx`.
 ///
 /// # Errors
 /// Routing refusals, or the last upstream failure when every attempt failed.
 pub async fn relay(
-    state: &Arc<AppState>,
-    mut draft: Draft,
-    parsed: Parsed,
-    req: &Arc<types::RequestInfo>,
-    endpoint_path: &str,
+    state: &AppState,
+    ctx: &mut RequestContext,
+    parsed: &Parsed,
     headers: &HeaderMap,
-    timing: &mut Vec<(&'static str, Duration)>,
-) -> Result<Response<ResponseBody>, (ApiError, Draft)> {
+) -> Result<Relayed, ApiError> {
     let routed = Instant::now();
-    let steps = match plan(state, &draft, req).await {
-        Ok(steps) => steps,
-        Err(e) => return Err((e, draft)),
-    };
-    timing.push(("route", routed.elapsed()));
+    let steps = plan(state, ctx).await?;
+    ctx.time("route", routed);
+    let endpoint_path = ctx
+        .endpoint
+        .upstream_path()
+        .ok_or_else(|| ApiError::Internal(format!("{} is not relayed", ctx.endpoint.name())))?;
     let cfg = &state.config.upstream;
     let mut last: Option<AttemptFailure> = None;
     for (attempt, (channel, upstream_model)) in steps.into_iter().take(cfg.max_attempts).enumerate()
@@ -322,15 +361,8 @@ pub async fn relay(
             ));
             continue;
         }
-        let body = match upstream_body(&parsed, &upstream_model) {
-            Ok(body) => body,
-            Err(e) => return Err((e, draft)),
-        };
-        let request = match build_request(&channel, endpoint_path, body, headers, &draft.request_id)
-        {
-            Ok(r) => r,
-            Err(e) => return Err((e, draft)),
-        };
+        let body = upstream_body(parsed, &upstream_model)?;
+        let request = build_request(&channel, endpoint_path, body, headers, ctx.request_id())?;
         let in_flight = channel.enter();
         let sent = Instant::now();
         let failure = match tokio::time::timeout(
@@ -369,10 +401,10 @@ pub async fn relay(
             ),
             Ok(Ok(response)) => {
                 channel.succeeded(sent.elapsed());
-                timing.push(("upstream", sent.elapsed()));
-                draft.channel_id.clone_from(&channel.config.id);
-                draft.upstream_model = upstream_model;
-                return Ok(respond(state, draft, &parsed, response, in_flight).await);
+                ctx.time("upstream", sent);
+                ctx.channel_id.clone_from(&channel.config.id);
+                ctx.upstream_model = upstream_model;
+                return Ok(respond(state, parsed, response, in_flight).await);
             }
         };
         drop(in_flight);
@@ -385,45 +417,42 @@ pub async fn relay(
             })
             .inc();
         channel.failed(cfg.failures_to_cooldown, cfg.cooldown);
-        draft.channel_id.clone_from(&channel.config.id);
+        ctx.channel_id.clone_from(&channel.config.id);
         last = Some(failure);
     }
-    let error = last.map_or_else(|| ApiError::Internal("empty plan".into()), |f| f.error);
-    Err((error, draft))
+    Err(last.map_or_else(|| ApiError::Internal("empty plan".into()), |f| f.error))
 }
 
-/// Builds the client response from a committed upstream response.
+/// Builds the client response from a committed upstream response: a stream
+/// to relay, or the whole body read and its usage taken.
 async fn respond(
-    state: &Arc<AppState>,
-    draft: Draft,
+    state: &AppState,
     parsed: &Parsed,
     response: Response<hyper::body::Incoming>,
     in_flight: channels::InFlight,
-) -> Response<ResponseBody> {
-    let (parts, body) = response.into_parts();
-    let status = parts.status;
-    let mut headers = parts.headers;
+) -> Relayed {
+    let (mut head, body) = response.into_parts();
+    let status = head.status;
     // Upstream cookies are not the client's business either.
     for name in HOP_BY_HOP.iter().chain([&header::SET_COOKIE]) {
-        headers.remove(name);
+        head.headers.remove(name);
     }
-    let is_sse = headers
+    let is_sse = head
+        .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if parsed.stream && status.is_success() && is_sse {
-        let body = stream::RelayStream::new(
+        return Relayed::Stream(Committed {
+            head,
             body,
-            state.clone(),
-            draft,
             in_flight,
-            parsed.include_usage,
-            status.as_u16(),
-        );
-        let mut out = Response::new(boxed(coalesce::Coalesce::new(body)));
-        *out.status_mut() = status;
-        *out.headers_mut() = headers;
-        return out;
+            settings: stream::StreamSettings {
+                idle_timeout: state.config.upstream.idle_timeout,
+                show_usage: parsed.include_usage,
+                capture: state.config.log.content,
+            },
+        });
     }
     let collected = Limited::new(body, MAX_UPSTREAM_BODY).collect().await;
     drop(in_flight);
@@ -435,15 +464,15 @@ async fn respond(
         Ok(c) => c.to_bytes(),
         Err(e) => {
             tracing::warn!(error = %e, "upstream body failed");
-            outcome.partial = true;
-            outcome.error_kind = Some("upstream_stream_error".into());
             let error = ApiError::Upstream {
                 status: StatusCode::BAD_GATEWAY,
                 code: "upstream_stream_error",
                 message: "The upstream response was cut short.".into(),
             };
-            usage::finish(state, draft, outcome);
-            return error.into_response().map(boxed);
+            outcome.partial = true;
+            outcome.error_kind = Some(error.log_kind());
+            let response = error.into_response().map(boxed);
+            return Relayed::Complete { response, outcome };
         }
     };
     #[derive(serde::Deserialize)]
@@ -466,11 +495,8 @@ async fn respond(
                     .map(String::from)
             });
     }
-    usage::finish(state, draft, outcome);
-    let mut out = Response::new(boxed(Full::new(bytes)));
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    out
+    let response = Response::from_parts(head, boxed(Full::new(bytes)));
+    Relayed::Complete { response, outcome }
 }
 
 #[cfg(test)]

@@ -3,14 +3,14 @@
 //! usage-only chunk and the per-chunk `"usage":null` from clients that did not
 //! ask for usage, enforces the
 //! between-chunk idle timeout, turns upstream failures after the first byte
-//! into an SSE error event, and — through `Drop` — accounts for streams the
-//! client abandoned (which also cancels the upstream request). Events that are
-//! available together are merged into one write by [`super::coalesce`].
+//! into an SSE error event, and settles the request's accounting when the
+//! stream ends — or, through `Drop`, when the client abandoned it or the
+//! shutdown cut it off (which also cancels the upstream request). Events that
+//! are available together are merged into one write by [`super::coalesce`].
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,13 +21,22 @@ use tokio::time::Sleep;
 
 use super::channels::InFlight;
 use super::sse::{self, SseFramer};
-use crate::app::AppState;
-use crate::usage::{self, Draft, Outcome};
+use crate::accounting::{Accounting, Outcome};
 
-/// Accounting that must happen exactly once, however the stream ends.
+/// What a stream needs from the configuration and the request.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    /// The longest the upstream may stay silent between chunks.
+    pub idle_timeout: Duration,
+    /// The client asked for the usage chunk.
+    pub show_usage: bool,
+    /// Capture the completion text (content logging).
+    pub capture: bool,
+}
+
+/// The request's accounting, and its hold on the channel, until the stream ends.
 struct Pending {
-    state: Arc<AppState>,
-    draft: Draft,
+    accounting: Accounting,
     _in_flight: InFlight,
 }
 
@@ -49,17 +58,19 @@ pub struct RelayStream {
 }
 
 impl RelayStream {
-    /// Wraps an upstream body. `show_usage`: the client asked for the usage chunk.
+    /// Wraps an upstream body; the stream settles `accounting` when it ends.
     pub fn new(
         upstream: Incoming,
-        state: Arc<AppState>,
-        draft: Draft,
+        accounting: Accounting,
         in_flight: InFlight,
-        show_usage: bool,
+        settings: StreamSettings,
         status: u16,
     ) -> Self {
-        let idle_timeout = state.config.upstream.idle_timeout;
-        let capture = state.config.log.content.then(String::new);
+        let StreamSettings {
+            idle_timeout,
+            show_usage,
+            capture,
+        } = settings;
         Self {
             upstream,
             framer: SseFramer::default(),
@@ -69,16 +80,15 @@ impl RelayStream {
             idle_timeout,
             last_data: tokio::time::Instant::now(),
             show_usage,
-            capture,
-            started: draft.started,
+            capture: capture.then(String::new),
+            started: accounting.ctx().started,
             outcome: Outcome {
                 status,
                 ..Outcome::default()
             },
             ended: false,
             pending: Some(Pending {
-                state,
-                draft,
+                accounting,
                 _in_flight: in_flight,
             }),
         }
@@ -131,12 +141,11 @@ impl RelayStream {
         false
     }
 
-    fn account(&mut self) {
-        if let Some(p) = self.pending.take() {
-            let mut outcome = std::mem::take(&mut self.outcome);
-            outcome.completion = self.capture.take();
-            usage::finish(&p.state, p.draft, outcome);
-        }
+    /// The outcome so far, with the captured completion text.
+    fn take_outcome(&mut self) -> Outcome {
+        let mut outcome = std::mem::take(&mut self.outcome);
+        outcome.completion = self.capture.take();
+        outcome
     }
 }
 
@@ -172,7 +181,9 @@ impl Body for RelayStream {
                 return Poll::Ready(Some(Ok(Frame::data(event))));
             }
             if this.ended {
-                this.account();
+                if let Some(p) = this.pending.take() {
+                    p.accounting.settle(this.take_outcome());
+                }
                 return Poll::Ready(None);
             }
             match Pin::new(&mut this.upstream).poll_frame(cx) {
@@ -218,13 +229,11 @@ impl Body for RelayStream {
 }
 
 impl Drop for RelayStream {
+    /// A stream dropped before its end: the client left, or the shutdown cut
+    /// it off. What was delivered is accounted as partial.
     fn drop(&mut self) {
-        if self.pending.is_some() {
-            self.outcome.partial = true;
-            self.outcome
-                .error_kind
-                .get_or_insert_with(|| "client_disconnected".into());
-            self.account();
+        if let Some(p) = self.pending.take() {
+            p.accounting.abandon(self.take_outcome());
         }
     }
 }

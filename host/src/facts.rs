@@ -1,0 +1,136 @@
+//! What the gateway reads from a request's head and body before any policy
+//! runs: the request facts that policies see, and the names of the headers it
+//! reads them from. Host types only; `plugins/` converts them at its edge.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, header};
+
+/// The request id header, sent upstream and returned to clients.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The alternative credential header (Anthropic style); never forwarded.
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Request headers policies may see.
+pub static POLICY_HEADERS: [HeaderName; 12] = [
+    header::USER_AGENT,
+    header::CONTENT_TYPE,
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    X_REQUEST_ID,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-name"),
+    HeaderName::from_static("x-user-id"),
+    HeaderName::from_static("x-team"),
+    HeaderName::from_static("x-session-id"),
+    HeaderName::from_static("x-sluice-tag"),
+];
+
+/// What policies may know about a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFacts {
+    /// The request id (the client's `x-request-id` when acceptable, else minted).
+    pub request_id: String,
+    /// The endpoint's name (see [`crate::endpoint::Endpoint::name`]).
+    pub endpoint: &'static str,
+    /// The model asked for (empty until the body is parsed, or when it is malformed).
+    pub model: String,
+    /// Whether a streamed response was asked for.
+    pub stream: bool,
+    /// The client IP (see [`crate::server::client_ip`]).
+    pub client_ip: String,
+    /// The [`POLICY_HEADERS`] the request carried, in that order.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl RequestFacts {
+    /// The facts a request's head gives; the body's come later.
+    pub fn from_head(
+        request_id: String,
+        endpoint: &'static str,
+        client_ip: IpAddr,
+        headers: &HeaderMap,
+    ) -> Self {
+        Self {
+            request_id,
+            endpoint,
+            model: String::new(),
+            stream: false,
+            client_ip: client_ip.to_string(),
+            headers: POLICY_HEADERS
+                .iter()
+                .filter_map(|name| {
+                    let value = headers.get(name)?.to_str().ok()?;
+                    Some((name.as_str(), value.to_string()))
+                })
+                .collect(),
+        }
+    }
+
+    /// The value of a policy-visible header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The presented credential: `Authorization: Bearer …` or `x-api-key`.
+pub fn credential(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty());
+    }
+    headers
+        .get(X_API_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn keeps_only_policy_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-team", HeaderValue::from_static("blue"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer sk"));
+        let facts = RequestFacts::from_head(
+            "id".into(),
+            "chat.completions",
+            IpAddr::from([127, 0, 0, 1]),
+            &headers,
+        );
+        assert_eq!(facts.headers, vec![("x-team", "blue".to_string())]);
+        assert_eq!(facts.header("X-Team"), Some("blue"));
+        assert_eq!(facts.header("authorization"), None);
+        assert_eq!(facts.client_ip, "127.0.0.1");
+    }
+
+    #[test]
+    fn credentials_come_from_bearer_or_x_api_key() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(credential(&headers), None);
+        headers.insert(X_API_KEY, HeaderValue::from_static(" sk-1 "));
+        assert_eq!(credential(&headers), Some("sk-1"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer sk-2"),
+        );
+        assert_eq!(credential(&headers), Some("sk-2"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(credential(&headers), None);
+    }
+}

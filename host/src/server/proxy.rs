@@ -1,0 +1,322 @@
+//! The client-facing API, in the documented phase order. The door builds the
+//! request's context (id, peer, client IP, endpoint, the head's facts); a
+//! relayed endpoint then reads and parses the body, resolves the key and is
+//! admitted with its accounting owner; the auth chain runs; the relay routes
+//! and forwards; the owner settles (at once, or when the stream ends).
+//! Every response gets `x-request-id`, `x-response-time` and `server-timing`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+
+use super::body::{ResponseBody, boxed, json};
+use crate::accounting::{Accounting, Outcome};
+use crate::context::RequestContext;
+use crate::endpoint::Endpoint;
+use crate::error::ApiError;
+use crate::facts::{self, RequestFacts, X_REQUEST_ID};
+use crate::keys::LiveKey;
+use crate::metrics::EndpointLabels;
+use crate::relay::{self, Parsed, Relayed};
+use crate::state::AppState;
+
+const X_RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time");
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+
+/// Handles one request on the client-facing listener.
+pub async fn handle<B>(
+    state: &Arc<AppState>,
+    req: Request<B>,
+    peer: SocketAddr,
+) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let started = Instant::now();
+    let endpoint = Endpoint::of_path(req.uri().path());
+    let ctx = door(state, started, peer, endpoint, req.headers());
+    let response = if endpoint.upstream_path().is_some() {
+        relayed(state, ctx, req).await
+    } else {
+        let answer = answered(state, &ctx, &req).await;
+        finished(&ctx, answer)
+    };
+    state
+        .metrics
+        .latency
+        .get_or_create(&EndpointLabels {
+            endpoint: endpoint.name(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The context a request's head gives.
+fn door(
+    state: &AppState,
+    started: Instant,
+    peer: SocketAddr,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+) -> RequestContext {
+    let request_id = headers
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(super::request_id::new, String::from);
+    let client_ip =
+        super::client_ip::resolve(peer.ip(), headers, &state.config.server.trusted_proxies);
+    let facts = RequestFacts::from_head(request_id, endpoint.name(), client_ip, headers);
+    RequestContext::new(started, peer, endpoint, facts, state.policies.snapshot())
+}
+
+/// The endpoints the gateway answers itself: health, models, unknown paths.
+async fn answered<B>(
+    state: &AppState,
+    ctx: &RequestContext,
+    req: &Request<B>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let method = req.method();
+    match ctx.endpoint {
+        Endpoint::Health => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        Endpoint::Models => {
+            require(method, &Method::GET)?;
+            let id = req
+                .uri()
+                .path()
+                .strip_prefix("/v1/models/")
+                .filter(|id| !id.is_empty());
+            models(state, ctx, req.headers(), id).await
+        }
+        _ => Err(ApiError::Client {
+            status: StatusCode::NOT_FOUND,
+            code: "unknown_url",
+            param: None,
+            message: format!("Invalid URL ({method} {})", req.uri().path()),
+        }),
+    }
+}
+
+/// A relayed endpoint: body, key, admission, auth, relay, settlement.
+async fn relayed<B>(
+    state: &Arc<AppState>,
+    mut ctx: RequestContext,
+    req: Request<B>,
+) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    if let Err(error) = require(req.method(), &Method::POST) {
+        return finished(&ctx, Err(error));
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match relay::read_body(body, state.config.server.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(error) => return finished(&ctx, Err(error)),
+    };
+    ctx.prompt_estimate = u32::try_from(bytes.len() / 4).unwrap_or(u32::MAX);
+    ctx.prompt = state
+        .config
+        .log
+        .content
+        .then(|| String::from_utf8_lossy(&bytes).into_owned());
+    // A malformed body is reported only after auth, as OpenAI does: a bad key
+    // gets its 401 whatever the body says. Auth then sees an empty model.
+    let parsed = relay::parse(bytes);
+    if let Ok(p) = &parsed {
+        ctx.set_body_facts(&p.model, p.stream);
+    }
+    let auth_started = Instant::now();
+    ctx.key = match lookup_key(state, &parts.headers).await {
+        Ok(key) => key,
+        Err(error) => return finished(&ctx, Err(error)),
+    };
+    let mut accounting = Accounting::admit(state, ctx).await;
+    let result = phases(
+        state,
+        accounting.ctx_mut(),
+        parsed,
+        &parts.headers,
+        auth_started,
+    )
+    .await;
+    match result {
+        Ok(Relayed::Complete { response, outcome }) => {
+            let response = finished(accounting.ctx(), Ok(response));
+            accounting.settle(outcome);
+            response
+        }
+        Ok(Relayed::Stream(mut committed)) => {
+            stamp(committed.headers_mut(), accounting.ctx());
+            committed.into_response(accounting)
+        }
+        Err(error) => {
+            let outcome = Outcome::failed(&error);
+            let response = finished(accounting.ctx(), Err(error));
+            accounting.settle(outcome);
+            response
+        }
+    }
+}
+
+/// The phases after admission: the auth chain, then the relay.
+async fn phases(
+    state: &AppState,
+    ctx: &mut RequestContext,
+    parsed: Result<Parsed, ApiError>,
+    headers: &HeaderMap,
+    auth_started: Instant,
+) -> Result<Relayed, ApiError> {
+    ctx.labels = state
+        .policies
+        .authorize(&ctx.policies, &ctx.facts, ctx.key.as_ref())
+        .await?;
+    ctx.time("auth", auth_started);
+    let parsed = parsed?;
+    #[cfg(test)]
+    failpoint(headers, "relay");
+    relay::relay(state, ctx, &parsed, headers).await
+}
+
+/// Test-only: panics inside a phase when the request names it, so tests show
+/// the accounting owner settles a request a panic ended.
+#[cfg(test)]
+#[allow(clippy::panic)]
+fn failpoint(headers: &HeaderMap, phase: &str) {
+    if headers
+        .get("x-sluice-test-panic")
+        .is_some_and(|v| v.as_bytes() == phase.as_bytes())
+    {
+        panic!("test failpoint in phase {phase}");
+    }
+}
+
+/// The response for a result, with the door's headers; failures the operator
+/// must see are logged.
+fn finished(
+    ctx: &RequestContext,
+    result: Result<Response<ResponseBody>, ApiError>,
+) -> Response<ResponseBody> {
+    let mut response = result.unwrap_or_else(|error| {
+        if matches!(
+            error,
+            ApiError::Internal(_) | ApiError::PolicyFailure { .. }
+        ) {
+            tracing::error!(request_id = %ctx.request_id(), error = %error, "request failed");
+        }
+        error.into_response().map(boxed)
+    });
+    stamp(response.headers_mut(), ctx);
+    response
+}
+
+/// Adds `x-request-id`, `x-response-time` and `server-timing`.
+fn stamp(headers: &mut HeaderMap, ctx: &RequestContext) {
+    if let Ok(v) = HeaderValue::from_str(ctx.request_id()) {
+        headers.insert(X_REQUEST_ID, v);
+    }
+    let mut text = String::with_capacity(16);
+    push_millis(&mut text, ctx.started.elapsed());
+    text.push_str("ms");
+    if let Ok(v) = HeaderValue::from_str(&text) {
+        headers.insert(X_RESPONSE_TIME, v);
+    }
+    if !ctx.timing.is_empty() {
+        text.clear();
+        for (i, (name, d)) in ctx.timing.iter().enumerate() {
+            if i > 0 {
+                text.push_str(", ");
+            }
+            text.push_str(name);
+            text.push_str(";dur=");
+            push_millis(&mut text, *d);
+        }
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            headers.insert(SERVER_TIMING, v);
+        }
+    }
+}
+
+/// Appends a duration as milliseconds with three decimals (`12.345`), without
+/// going through float formatting.
+fn push_millis(out: &mut String, d: Duration) {
+    use std::fmt::Write;
+    let us = d.as_micros();
+    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+}
+
+fn require(method: &Method, expected: &Method) -> Result<(), ApiError> {
+    if method == expected {
+        Ok(())
+    } else {
+        Err(ApiError::Client {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: "method_not_allowed",
+            param: None,
+            message: format!("Method {method} is not allowed here; use {expected}."),
+        })
+    }
+}
+
+async fn lookup_key(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<LiveKey>>, ApiError> {
+    let Some(secret) = facts::credential(headers) else {
+        return Ok(None);
+    };
+    state
+        .keys
+        .lookup(secret)
+        .await
+        .map_err(|e| ApiError::Internal(format!("key lookup: {e}")))
+}
+
+/// `GET /v1/models[/{id}]`: the models this key may use on healthy channels.
+async fn models(
+    state: &AppState,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    id: Option<&str>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let key = lookup_key(state, headers).await?;
+    state
+        .policies
+        .authorize(&ctx.policies, &ctx.facts, key.as_ref())
+        .await?;
+    let allowed = |m: &String| {
+        key.as_ref()
+            .is_none_or(|k| k.record.models.is_empty() || k.record.models.contains(m))
+    };
+    let mut names: Vec<&String> = state
+        .channels
+        .all()
+        .iter()
+        .filter(|c| c.is_healthy())
+        .flat_map(|c| c.config.models.iter())
+        .filter(|m| allowed(m))
+        .collect();
+    names.sort();
+    names.dedup();
+    let created = state.started_s;
+    let model = |name: &str| serde_json::json!({"id": name, "object": "model", "created": created, "owned_by": "sluice"});
+    match id {
+        None => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"object": "list", "data": names.iter().map(|n| model(n)).collect::<Vec<_>>()}),
+        )),
+        Some(id) if names.iter().any(|n| *n == id) => Ok(json(StatusCode::OK, &model(id))),
+        Some(id) => Err(ApiError::Client {
+            status: StatusCode::NOT_FOUND,
+            code: "model_not_found",
+            param: Some("model"),
+            message: format!("The model `{id}` does not exist or you do not have access to it."),
+        }),
+    }
+}

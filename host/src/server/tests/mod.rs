@@ -1,0 +1,245 @@
+//! In-process tests of the request path: the server's service driven without
+//! sockets (the request handler is generic over the body) against a real fake
+//! upstream on 127.0.0.1, a real redb store in a temp dir and the real default
+//! policy components.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod endings;
+mod service;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+
+use super::Role;
+use super::body::ResponseBody;
+use crate::config::{self, Config};
+use crate::keys::NewKey;
+use crate::mock::{Mock, MockConfig};
+use crate::state::AppState;
+use crate::store::{KeyRecord, UsageQuery, UsageRecord};
+
+/// The model the test channel serves.
+const MODEL: &str = "gpt-4o-mini";
+/// The quota of the test key, in credits.
+const QUOTA: i64 = 1_000_000;
+/// The admin token of the test gateway.
+const ADMIN_TOKEN: &str = "in-process-admin-token";
+/// Where requests come from.
+const PEER: &str = "127.0.0.1:40000";
+
+/// A plugin cache shared by the unit tests, so each gateway does not compile
+/// the default components again.
+fn plugin_cache() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().join("unit-plugin-cache")
+}
+
+/// A config: one channel `main` serving [`MODEL`] from `upstream`, priced at
+/// 1 credit per prompt token and 2 per completion token, `extra` TOML in the
+/// `[server]` table.
+fn config(dir: &Path, upstream: SocketAddr, server: &str) -> Config {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+{server}
+
+[admin]
+listen = "127.0.0.1:0"
+token = "env::ADMIN_TOKEN"
+
+[store]
+path = "{store}"
+flush_interval = "5ms"
+
+[plugins]
+cache_dir = "{cache}"
+
+[[channels]]
+id = "main"
+base_url = "http://{upstream}/v1"
+api_key = "env::UPSTREAM_KEY"
+models = ["{MODEL}"]
+
+[pricing.models."{MODEL}"]
+input = 1.0
+output = 2.0
+"#,
+        store = dir.join("store.redb").display(),
+        cache = plugin_cache().display(),
+    );
+    let env: std::collections::BTreeMap<String, String> = [
+        ("ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string()),
+        ("UPSTREAM_KEY".to_string(), "sk-upstream-test".to_string()),
+    ]
+    .into();
+    config::parse(&text, &dir.join("sluice.toml"), &env).unwrap()
+}
+
+/// A key with [`QUOTA`] credits, allowed `models` (empty: all).
+fn new_key(models: &[&str]) -> (String, KeyRecord) {
+    crate::keys::generate(&NewKey {
+        name: "test".into(),
+        models: models.iter().map(|m| (*m).to_string()).collect(),
+        quota: Some(QUOTA),
+        ..NewKey::default()
+    })
+    .unwrap()
+}
+
+/// A gateway state with a fake upstream and one key.
+struct Harness {
+    state: Arc<AppState>,
+    upstream: Mock,
+    key: String,
+    key_id: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// A gateway with default settings (plus `server` lines) and a key for [`MODEL`].
+    async fn start(server: &str, key_models: &[&str]) -> Self {
+        let upstream =
+            crate::mock::start("127.0.0.1:0".parse().unwrap(), MockConfig::default(), None)
+                .await
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::app::build(config(dir.path(), upstream.addr, server))
+            .await
+            .unwrap();
+        let (key, record) = new_key(key_models);
+        state.store.create_key(&record).unwrap();
+        state.keys.add_known(&record);
+        Self {
+            state,
+            upstream,
+            key_id: record.id,
+            key,
+            _dir: dir,
+        }
+    }
+
+    /// A gateway with default settings.
+    async fn new() -> Self {
+        Self::start("", &[]).await
+    }
+
+    /// Sends a request to the client-facing service.
+    async fn send(&self, req: Request<Full<Bytes>>) -> Response<ResponseBody> {
+        super::respond(self.state.clone(), Role::Proxy, PEER.parse().unwrap(), req).await
+    }
+
+    /// Sends a request to the admin service.
+    async fn admin(&self, req: Request<Full<Bytes>>) -> Response<ResponseBody> {
+        super::respond(self.state.clone(), Role::Admin, PEER.parse().unwrap(), req).await
+    }
+
+    /// A chat request with the test key, `body`, and extra headers.
+    fn chat(&self, body: serde_json::Value, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+        let mut req = request("POST", "/v1/chat/completions", Some(body));
+        let h = req.headers_mut();
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", self.key).parse().unwrap(),
+        );
+        for (name, value) in headers {
+            h.insert(
+                http::HeaderName::try_from(*name).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        req
+    }
+
+    /// Shuts the state down the way `app::run` does after its connections
+    /// ended, so every record that will ever be written is in the store; then
+    /// reads the records and the key.
+    async fn settle(self) -> Settled {
+        let state = &self.state;
+        state.shutdown.cancel();
+        state.tracker.close();
+        state.tracker.wait().await;
+        state.writer.close().await;
+        let records = state.store.query_usage(&UsageQuery::default()).unwrap();
+        let key = state.store.key_by_id(&self.key_id).unwrap().unwrap();
+        let live = state.keys.lookup(&self.key).await.unwrap().unwrap();
+        Settled {
+            records,
+            charged: QUOTA - key.quota_remaining.unwrap(),
+            live_charged: QUOTA - live.remaining().unwrap(),
+            upstream_requests: self
+                .upstream
+                .stats
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the store holds once a test's requests have settled.
+struct Settled {
+    records: Vec<UsageRecord>,
+    /// Credits charged to the key in the store.
+    charged: i64,
+    /// Credits charged to the key's live (cached) quota.
+    live_charged: i64,
+    /// Requests the fake upstream received.
+    upstream_requests: u64,
+}
+
+impl Settled {
+    /// The one usage record, after checking that the key was charged its cost
+    /// exactly once, in the store and live.
+    fn once(&self) -> &UsageRecord {
+        assert_eq!(self.records.len(), 1, "records: {:#?}", self.records);
+        let record = &self.records[0];
+        assert_eq!(
+            self.charged, record.cost,
+            "store charge vs the record's cost"
+        );
+        assert_eq!(
+            self.live_charged, record.cost,
+            "live charge vs the record's cost"
+        );
+        let expected = i64::from(record.prompt_tokens) + 2 * i64::from(record.completion_tokens);
+        assert_eq!(record.cost, expected, "cost from the record's tokens");
+        record
+    }
+}
+
+/// A request with an optional JSON body.
+fn request(method: &str, path: &str, body: Option<serde_json::Value>) -> Request<Full<Bytes>> {
+    let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+    let mut req = Request::new(Full::new(bytes));
+    *req.method_mut() = method.parse().unwrap();
+    *req.uri_mut() = path.parse().unwrap();
+    req.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    req
+}
+
+/// A chat body for [`MODEL`].
+fn chat_body(stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": MODEL,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Say hello to the gateway."}],
+    })
+}
+
+/// The whole body as bytes.
+async fn body_bytes(response: Response<ResponseBody>) -> Bytes {
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+/// The whole body as JSON.
+async fn body_json(response: Response<ResponseBody>) -> serde_json::Value {
+    serde_json::from_slice(&body_bytes(response).await).unwrap()
+}
