@@ -1,0 +1,270 @@
+//! The typed configuration model: what a validated config file means.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Credits charged per token: `cost = prompt × input + completion × output`, rounded up.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Credits per prompt token.
+    pub input: f64,
+    /// Credits per completion token.
+    pub output: f64,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The client-facing listener.
+    pub server: ServerConfig,
+    /// The admin listener.
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// The usage and key store.
+    pub store: StoreConfig,
+    /// The key cache.
+    pub cache: CacheConfig,
+    /// Policy plugins.
+    pub plugins: PluginsConfig,
+    /// Upstream transport and health.
+    pub upstream: UpstreamConfig,
+    /// The channels, in file order.
+    pub channels: Vec<ChannelConfig>,
+    /// Pricing per model.
+    pub pricing: Pricing,
+}
+
+/// Client-facing server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Listen address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Peers whose `x-forwarded-for` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// Requests slower than this get a warning log line.
+    pub slow_request: Duration,
+}
+
+/// Admin listener settings.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Listen address (loopback by default).
+    pub listen: SocketAddr,
+    /// The bearer token; `None` disables the admin API (metrics stay public on it).
+    pub token: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Format.
+    pub format: LogFormat,
+    /// `tracing` filter directive, e.g. `info` or `sluice=debug`.
+    pub level: String,
+    /// Whether prompts and completions are put in usage records.
+    pub content: bool,
+}
+
+/// Storage backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// redb (default).
+    Redb,
+    /// SQLite in WAL mode.
+    Sqlite,
+}
+
+/// Store and batch-writer settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Backend.
+    pub backend: Backend,
+    /// Database file.
+    pub path: PathBuf,
+    /// Age after which usage records are purged.
+    pub retention: Duration,
+    /// Flush after this many records.
+    pub batch_size: usize,
+    /// Flush at least this often.
+    pub flush_interval: Duration,
+    /// Queue capacity (records).
+    pub queue_capacity: usize,
+    /// How long a request waits for queue space before the record is counted as dropped.
+    pub backpressure_wait: Duration,
+}
+
+/// Key cache settings.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// How long a found key is cached.
+    pub key_ttl: Duration,
+    /// Maximum cached entries.
+    pub capacity: u64,
+}
+
+/// How plugin instances are provided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceMode {
+    /// Warm, initialised instances reused across requests.
+    Pooled,
+    /// A fresh instance per call, for full isolation.
+    Fresh,
+}
+
+/// What the host does when a plugin fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// The kind's default: auth refuses (503), router and shaper fall back.
+    Default,
+    /// Auth refuses; router and shaper fall back.
+    Deny,
+    /// Ignore the failed plugin: auth allows, router and shaper fall back.
+    Skip,
+}
+
+/// Plugin platform settings.
+#[derive(Debug, Clone)]
+pub struct PluginsConfig {
+    /// The watched folder (`None`: built-ins only).
+    pub dir: Option<PathBuf>,
+    /// Where compiled components are cached (`None`: no disk cache).
+    pub cache_dir: Option<PathBuf>,
+    /// Whether the embedded key-auth policy runs first.
+    pub builtin_auth: bool,
+    /// Whether the embedded router is used when the folder has none.
+    pub builtin_router: bool,
+    /// Whether the embedded redactor runs after folder shapers.
+    pub builtin_redactor: bool,
+    /// Instance model.
+    pub instance_mode: InstanceMode,
+    /// Warm instances kept per plugin.
+    pub max_idle_instances: usize,
+    /// Calls after which a warm instance is recycled.
+    pub instance_max_uses: u32,
+    /// Linear-memory limit per instance, in bytes.
+    pub memory_limit: usize,
+    /// Deadline of one plugin call.
+    pub call_timeout: Duration,
+    /// Plugin calls that may run past their first 1 ms slice at once.
+    pub overrun_lanes: usize,
+    /// Per-plugin failure overrides, by plugin name.
+    pub on_failure: BTreeMap<String, FailureMode>,
+}
+
+/// Upstream transport and health settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// TCP+TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Time to response headers.
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two body chunks.
+    pub idle_timeout: Duration,
+    /// Most channels tried per request.
+    pub max_attempts: usize,
+    /// Extra CA certificate (PEM) trusted for upstreams.
+    pub ca_file: Option<PathBuf>,
+    /// Consecutive failures that put a channel in cooldown.
+    pub failures_to_cooldown: u32,
+    /// Cooldown length before the channel is probed again.
+    pub cooldown: Duration,
+    /// How often cooled-down channels are probed.
+    pub probe_interval: Duration,
+}
+
+/// Provider kind of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// Any OpenAI-compatible server.
+    OpenAi,
+}
+
+impl Provider {
+    /// The name used in config and in policy inputs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+        }
+    }
+}
+
+/// One upstream channel.
+#[derive(Clone)]
+pub struct ChannelConfig {
+    /// Unique id.
+    pub id: String,
+    /// Provider kind.
+    pub provider: Provider,
+    /// Base URL including `/v1`, e.g. `https://api.openai.com/v1`.
+    pub base_url: http::Uri,
+    /// The resolved upstream secret (never logged: `Debug` masks it).
+    pub api_key: Option<String>,
+    /// Models served (client-facing names).
+    pub models: Vec<String>,
+    /// Client-facing name → upstream name.
+    pub model_map: BTreeMap<String, String>,
+    /// Higher is tried first.
+    pub priority: i32,
+    /// Weight within a priority.
+    pub weight: u32,
+    /// Concurrency limit; 0 = none.
+    pub max_in_flight: u32,
+}
+
+impl std::fmt::Debug for ChannelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelConfig")
+            .field("id", &self.id)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("models", &self.models)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChannelConfig {
+    /// The upstream name of a client-facing model.
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.model_map.get(model).map_or(model, String::as_str)
+    }
+}
+
+/// Prices per model.
+#[derive(Debug, Clone)]
+pub struct Pricing {
+    /// Price of models not listed.
+    pub default: Price,
+    /// Per-model prices.
+    pub models: BTreeMap<String, Price>,
+}
+
+impl Pricing {
+    /// Credits for a request on `model`.
+    pub fn cost(&self, model: &str, prompt_tokens: u32, completion_tokens: u32) -> i64 {
+        let price = self.models.get(model).unwrap_or(&self.default);
+        let credits =
+            f64::from(prompt_tokens) * price.input + f64::from(completion_tokens) * price.output;
+        // Saturating float→int conversion; credits are never negative.
+        credits.max(0.0).ceil() as i64
+    }
+}

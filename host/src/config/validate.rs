@@ -1,0 +1,475 @@
+//! Validation: the raw TOML shape into the typed model, one function per
+//! table, every error naming the file, line and key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::ConfigError;
+use super::Env;
+use super::model::*;
+use super::raw::*;
+
+/// The default number of plugin overrun lanes: half the cores, at least one.
+fn default_overrun_lanes() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// Validates a parsed file: its text and path, for error positions and
+/// relative paths.
+pub(super) struct Validator<'a> {
+    text: &'a str,
+    file: String,
+    base: &'a Path,
+}
+
+impl<'a> Validator<'a> {
+    /// A validator for `text`, read from `path`.
+    pub(super) fn new(text: &'a str, path: &'a Path) -> Self {
+        Self {
+            text,
+            file: path.display().to_string(),
+            base: path.parent().unwrap_or(Path::new(".")),
+        }
+    }
+
+    fn position(&self, offset: usize) -> (usize, usize) {
+        if offset == 0 && self.text.is_empty() {
+            return (0, 0);
+        }
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before
+            .rfind('\n')
+            .map_or(before.len(), |nl| before.len() - nl - 1)
+            + 1;
+        (line, column)
+    }
+
+    /// The `[table]` or `[[table]]` header above `offset`, if any.
+    fn enclosing_table(&self, offset: usize) -> Option<String> {
+        let before = &self.text[..offset.min(self.text.len())];
+        before
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+    }
+
+    pub(super) fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let (line, column) = e.span().map_or((0, 0), |s| self.position(s.start));
+        let message = e.message().to_string();
+        let field = message
+            .split('`')
+            .nth(1)
+            .filter(|_| {
+                message.starts_with("unknown field") || message.starts_with("missing field")
+            })
+            .unwrap_or("");
+        let key = match e.span().and_then(|s| self.enclosing_table(s.start)) {
+            Some(table) if !field.is_empty() => format!("{table}.{field}"),
+            _ => field.to_string(),
+        };
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            key,
+            message,
+        }
+    }
+
+    fn error(&self, key: &str, value: Option<&Text>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = match value {
+            Some(v) if v.span().end > 0 => self.position(v.span().start),
+            _ => (0, 0),
+        };
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&Text>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(v) = value else { return Ok(default) };
+        humantime::parse_duration(v.get_ref()).map_err(|e| {
+            self.error(
+                key,
+                value,
+                format!(
+                    "invalid duration '{}': {e} (try \"250ms\", \"30s\", \"30d\")",
+                    v.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn addr(
+        &self,
+        key: &str,
+        value: Option<&Text>,
+        default: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        let text = value.map_or(default, |v| v.get_ref().as_str());
+        text.parse()
+            .map_err(|e| self.error(key, value, format!("invalid socket address '{text}': {e}")))
+    }
+
+    fn path(&self, value: &str) -> PathBuf {
+        let p = Path::new(value);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn secret(&self, key: &str, value: &Text, env: &dyn Env) -> Result<String, ConfigError> {
+        let reference = value.get_ref();
+        if let Some(name) = reference.strip_prefix("env::") {
+            env.var(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                self.error(
+                    key,
+                    Some(value),
+                    format!("environment variable {name} is not set"),
+                )
+            })
+        } else if let Some(file) = reference.strip_prefix("file::") {
+            std::fs::read_to_string(self.path(file))
+                .map(|s| s.trim().to_string())
+                .map_err(|e| {
+                    self.error(
+                        key,
+                        Some(value),
+                        format!("cannot read secret file {file}: {e}"),
+                    )
+                })
+        } else {
+            Err(self.error(
+                key,
+                Some(value),
+                "secrets must be references: \"env::NAME\" or \"file::PATH\", never inline",
+            ))
+        }
+    }
+
+    /// Validates the `[server]` table.
+    fn server(&self, raw: &RawServer) -> Result<ServerConfig, ConfigError> {
+        let server = ServerConfig {
+            listen: self.addr("server.listen", raw.listen.as_ref(), "127.0.0.1:8080")?,
+            max_body_bytes: raw.max_body_bytes.unwrap_or(4 << 20),
+            trusted_proxies: raw
+                .trusted_proxies
+                .iter()
+                .flatten()
+                .map(|p| {
+                    let text = p.get_ref();
+                    text.parse::<IpNet>()
+                        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                        .map_err(|e| {
+                            self.error(
+                                "server.trusted_proxies",
+                                Some(p),
+                                format!("invalid network '{text}': {e}"),
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+            shutdown_grace: self.duration(
+                "server.shutdown_grace",
+                raw.shutdown_grace.as_ref(),
+                Duration::from_secs(30),
+            )?,
+            slow_request: self.duration(
+                "server.slow_request",
+                raw.slow_request.as_ref(),
+                Duration::from_secs(30),
+            )?,
+        };
+        Ok(server)
+    }
+
+    /// Validates the `[admin]` table.
+    fn admin(&self, raw: &RawAdmin, env: &dyn Env) -> Result<AdminConfig, ConfigError> {
+        let admin = AdminConfig {
+            listen: self.addr("admin.listen", raw.listen.as_ref(), "127.0.0.1:8081")?,
+            token: raw
+                .token
+                .as_ref()
+                .map(|t| self.secret("admin.token", t, env))
+                .transpose()?,
+        };
+        Ok(admin)
+    }
+
+    /// Validates the `[log]` table.
+    fn log(&self, raw: RawLog) -> Result<LogConfig, ConfigError> {
+        let log = LogConfig {
+            format: match raw.format.as_ref().map(|f| f.get_ref().as_str()) {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(self.error(
+                        "log.format",
+                        raw.format.as_ref(),
+                        format!("unknown format '{other}' (text or json)"),
+                    ));
+                }
+            },
+            level: raw.level.unwrap_or_else(|| "info".into()),
+            content: raw.content.unwrap_or(false),
+        };
+        Ok(log)
+    }
+
+    /// Validates the `[store]` table.
+    fn store(&self, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
+        let store = StoreConfig {
+            backend: match raw.backend.as_ref().map(|b| b.get_ref().as_str()) {
+                None | Some("redb") => Backend::Redb,
+                Some("sqlite") => Backend::Sqlite,
+                Some(other) => {
+                    return Err(self.error(
+                        "store.backend",
+                        raw.backend.as_ref(),
+                        format!("unknown backend '{other}' (redb or sqlite)"),
+                    ));
+                }
+            },
+            path: self.path(raw.path.as_deref().unwrap_or("sluice.db")),
+            retention: self.duration(
+                "store.retention",
+                raw.retention.as_ref(),
+                Duration::from_secs(30 * 86_400),
+            )?,
+            batch_size: raw.batch_size.unwrap_or(1024).max(1),
+            flush_interval: self.duration(
+                "store.flush_interval",
+                raw.flush_interval.as_ref(),
+                Duration::from_millis(50),
+            )?,
+            queue_capacity: raw.queue_capacity.unwrap_or(65_536).max(1),
+            backpressure_wait: self.duration(
+                "store.backpressure_wait",
+                raw.backpressure_wait.as_ref(),
+                Duration::from_millis(100),
+            )?,
+        };
+        Ok(store)
+    }
+
+    /// Validates the `[cache]` table.
+    fn cache(&self, raw: &RawCache) -> Result<CacheConfig, ConfigError> {
+        let cache = CacheConfig {
+            key_ttl: self.duration(
+                "cache.key_ttl",
+                raw.key_ttl.as_ref(),
+                Duration::from_secs(30),
+            )?,
+            capacity: raw.capacity.unwrap_or(100_000),
+        };
+        Ok(cache)
+    }
+
+    /// Validates the `[plugins]` table.
+    fn plugins(&self, p: &RawPlugins) -> Result<PluginsConfig, ConfigError> {
+        let plugins = PluginsConfig {
+            dir: p.dir.as_deref().map(|d| self.path(d)),
+            cache_dir: p.cache_dir.as_deref().map(|d| self.path(d)),
+            builtin_auth: p.builtin_auth.unwrap_or(true),
+            builtin_router: p.builtin_router.unwrap_or(true),
+            builtin_redactor: p.builtin_redactor.unwrap_or(true),
+            instance_mode: match p.instance_mode.as_ref().map(|m| m.get_ref().as_str()) {
+                None | Some("pooled") => InstanceMode::Pooled,
+                Some("fresh") => InstanceMode::Fresh,
+                Some(other) => {
+                    return Err(self.error(
+                        "plugins.instance_mode",
+                        p.instance_mode.as_ref(),
+                        format!("unknown mode '{other}' (pooled or fresh)"),
+                    ));
+                }
+            },
+            max_idle_instances: p.max_idle_instances.unwrap_or(16),
+            instance_max_uses: p.instance_max_uses.unwrap_or(10_000).max(1),
+            memory_limit: p.memory_limit_mb.unwrap_or(32).clamp(1, 4096) << 20,
+            call_timeout: self.duration(
+                "plugins.call_timeout",
+                p.call_timeout.as_ref(),
+                Duration::from_millis(10),
+            )?,
+            overrun_lanes: p.overrun_lanes.unwrap_or_else(default_overrun_lanes).max(1),
+            on_failure: p
+                .on_failure
+                .iter()
+                .map(|(name, mode)| {
+                    let parsed = match mode.get_ref().as_str() {
+                        "deny" => FailureMode::Deny,
+                        "skip" => FailureMode::Skip,
+                        other => {
+                            return Err(self.error(
+                                &format!("plugins.on_failure.{name}"),
+                                Some(mode),
+                                format!("unknown failure mode '{other}' (deny or skip)"),
+                            ));
+                        }
+                    };
+                    Ok((name.clone(), parsed))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(plugins)
+    }
+
+    /// Validates the `[upstream]` table.
+    fn upstream(&self, u: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let upstream = UpstreamConfig {
+            connect_timeout: self.duration(
+                "upstream.connect_timeout",
+                u.connect_timeout.as_ref(),
+                Duration::from_secs(5),
+            )?,
+            first_byte_timeout: self.duration(
+                "upstream.first_byte_timeout",
+                u.first_byte_timeout.as_ref(),
+                Duration::from_secs(120),
+            )?,
+            idle_timeout: self.duration(
+                "upstream.idle_timeout",
+                u.idle_timeout.as_ref(),
+                Duration::from_secs(120),
+            )?,
+            max_attempts: u.max_attempts.unwrap_or(3).max(1),
+            ca_file: u.ca_file.as_deref().map(|f| self.path(f)),
+            failures_to_cooldown: u.failures_to_cooldown.unwrap_or(3).max(1),
+            cooldown: self.duration(
+                "upstream.cooldown",
+                u.cooldown.as_ref(),
+                Duration::from_secs(10),
+            )?,
+            probe_interval: self.duration(
+                "upstream.probe_interval",
+                u.probe_interval.as_ref(),
+                Duration::from_secs(2),
+            )?,
+        };
+        Ok(upstream)
+    }
+
+    /// Validates the `[[channels]]` entries.
+    fn channels(
+        &self,
+        raw: &[RawChannel],
+        env: &dyn Env,
+    ) -> Result<Vec<ChannelConfig>, ConfigError> {
+        let mut channels: Vec<ChannelConfig> = Vec::with_capacity(raw.len());
+        for (i, c) in raw.iter().enumerate() {
+            let key = |field: &str| format!("channels[{i}].{field}");
+            if channels
+                .iter()
+                .any(|existing| existing.id == *c.id.get_ref())
+            {
+                return Err(self.error(
+                    &key("id"),
+                    Some(&c.id),
+                    format!("duplicate channel id '{}'", c.id.get_ref()),
+                ));
+            }
+            let provider = match c.provider.as_ref().map(|p| p.get_ref().as_str()) {
+                None | Some("openai") => Provider::OpenAi,
+                Some(other) => {
+                    return Err(self.error(
+                        &key("provider"),
+                        c.provider.as_ref(),
+                        format!("unsupported provider '{other}' (openai)"),
+                    ));
+                }
+            };
+            let base_url: http::Uri =
+                c.base_url
+                    .get_ref()
+                    .trim_end_matches('/')
+                    .parse()
+                    .map_err(|e| {
+                        self.error(
+                            &key("base_url"),
+                            Some(&c.base_url),
+                            format!("invalid URL: {e}"),
+                        )
+                    })?;
+            if !matches!(base_url.scheme_str(), Some("http" | "https")) || base_url.host().is_none()
+            {
+                return Err(self.error(
+                    &key("base_url"),
+                    Some(&c.base_url),
+                    "base_url must be an absolute http:// or https:// URL",
+                ));
+            }
+            if c.models.is_empty() {
+                return Err(self.error(
+                    &key("models"),
+                    Some(&c.id),
+                    "a channel must serve at least one model",
+                ));
+            }
+            channels.push(ChannelConfig {
+                id: c.id.get_ref().clone(),
+                provider,
+                base_url,
+                api_key: c
+                    .api_key
+                    .as_ref()
+                    .map(|k| {
+                        let secret = self.secret(&key("api_key"), k, env)?;
+                        if http::HeaderValue::from_str(&secret).is_err() {
+                            return Err(self.error(
+                                &key("api_key"),
+                                Some(k),
+                                "the secret contains characters not allowed in an HTTP header",
+                            ));
+                        }
+                        Ok(secret)
+                    })
+                    .transpose()?,
+                models: c.models.clone(),
+                model_map: c.model_map.clone(),
+                priority: c.priority,
+                weight: c.weight,
+                max_in_flight: c.max_in_flight,
+            });
+        }
+        Ok(channels)
+    }
+
+    /// Validates the whole file, one table at a time.
+    pub(super) fn validate(&self, raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
+        Ok(Config {
+            server: self.server(&raw.server)?,
+            admin: self.admin(&raw.admin, env)?,
+            log: self.log(raw.log)?,
+            store: self.store(&raw.store)?,
+            cache: self.cache(&raw.cache)?,
+            plugins: self.plugins(&raw.plugins)?,
+            upstream: self.upstream(&raw.upstream)?,
+            channels: self.channels(&raw.channels, env)?,
+            pricing: Pricing {
+                default: raw.pricing.default.unwrap_or(Price {
+                    input: 1.0,
+                    output: 1.0,
+                }),
+                models: raw.pricing.models,
+            },
+        })
+    }
+}

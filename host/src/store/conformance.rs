@@ -1,0 +1,187 @@
+//! The store conformance suite: every backend must pass the same tests.
+
+use super::*;
+
+pub fn key(id: &str, quota: Option<i64>) -> KeyRecord {
+    KeyRecord {
+        id: id.into(),
+        digest: format!("digest-{id}"),
+        prefix: "sk-sl-ab".into(),
+        name: format!("name-{id}"),
+        owner: "team".into(),
+        status: KeyStatus::Active,
+        created_ms: 1,
+        expires_at_ms: None,
+        models: vec!["m".into()],
+        networks: vec![],
+        quota_total: quota,
+        quota_remaining: quota,
+        rpm_limit: None,
+        tpm_limit: Some(10),
+    }
+}
+
+pub fn record(i: u64, key: &str, model: &str, cost: i64) -> UsageRecord {
+    UsageRecord {
+        request_id: format!("req-{i}"),
+        time_ms: 1_000_000 + i * 1000,
+        key_id: key.into(),
+        model: model.into(),
+        channel_id: if i.is_multiple_of(2) {
+            "even".into()
+        } else {
+            "odd".into()
+        },
+        status: if i.is_multiple_of(5) { 500 } else { 200 },
+        prompt_tokens: 10,
+        completion_tokens: 5,
+        cost,
+        labels: BTreeMap::from([("team".into(), "x".into())]),
+        ..UsageRecord::default()
+    }
+}
+
+fn append(store: &dyn Store, records: Vec<UsageRecord>) -> Result<(), StoreError> {
+    let charges = records
+        .iter()
+        .map(|r| Charge {
+            key_id: r.key_id.clone(),
+            cost: r.cost,
+        })
+        .collect();
+    store.append(&Batch { records, charges })
+}
+
+/// Opens a backend at a path.
+pub type Opener = dyn Fn(&Path) -> Result<Arc<dyn Store>, StoreError>;
+
+/// Runs every conformance check against a store opened by `open` at a path
+/// inside `dir`; `open` is called again to check persistence.
+pub fn run(open: &Opener) -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::backend("tmp", e))?;
+    let path = dir.path().join("store.db");
+    let store = open(&path)?;
+
+    // Keys: create, lookup by digest and id, list, patch, revoke.
+    store.create_key(&key("k1", Some(1000)))?;
+    store.create_key(&key("k2", None))?;
+    assert_eq!(
+        store.key_by_digest("digest-k1")?.map(|k| k.id),
+        Some("k1".into())
+    );
+    assert!(store.key_by_digest("nope")?.is_none());
+    assert_eq!(store.list_keys()?.len(), 2);
+    let patched = store.update_key(
+        "k2",
+        &KeyPatch {
+            status: Some(KeyStatus::Revoked),
+            rpm_limit: Some(Some(5)),
+            ..KeyPatch::default()
+        },
+    )?;
+    assert_eq!(patched.status, KeyStatus::Revoked);
+    assert_eq!(store.key_by_id("k2")?.map(|k| k.rpm_limit), Some(Some(5)));
+    assert!(matches!(
+        store.update_key("zz", &KeyPatch::default()),
+        Err(StoreError::NoSuchKey(_))
+    ));
+
+    // Usage append charges quota atomically.
+    let records: Vec<_> = (1..=20)
+        .map(|i| {
+            record(
+                i,
+                if i.is_multiple_of(2) { "k1" } else { "k2" },
+                if i < 10 { "a" } else { "b" },
+                7,
+            )
+        })
+        .collect();
+    append(&*store, records)?;
+    assert_eq!(
+        store.key_by_id("k1")?.and_then(|k| k.quota_remaining),
+        Some(1000 - 70)
+    );
+    assert_eq!(store.key_by_id("k2")?.and_then(|k| k.quota_remaining), None);
+
+    // Queries: newest first, filters, pagination by cursor.
+    let all = store.query_usage(&UsageQuery::default())?;
+    assert_eq!(all.len(), 20);
+    assert!(all.windows(2).all(|w| w[0].time_ms >= w[1].time_ms));
+    assert_eq!(all[0].request_id, "req-20");
+    assert_eq!(all[0].labels.get("team").map(String::as_str), Some("x"));
+    let k1 = store.query_usage(&UsageQuery {
+        key_id: Some("k1".into()),
+        ..UsageQuery::default()
+    })?;
+    assert_eq!(k1.len(), 10);
+    let page1 = store.query_usage(&UsageQuery {
+        limit: Some(8),
+        ..UsageQuery::default()
+    })?;
+    let page2 = store.query_usage(&UsageQuery {
+        limit: Some(8),
+        before_seq: page1.last().map(|r| r.seq),
+        ..UsageQuery::default()
+    })?;
+    let page3 = store.query_usage(&UsageQuery {
+        limit: Some(8),
+        before_seq: page2.last().map(|r| r.seq),
+        ..UsageQuery::default()
+    })?;
+    assert_eq!((page1.len(), page2.len(), page3.len()), (8, 8, 4));
+    assert_eq!(page2[0].request_id, "req-12");
+    let ranged = store.query_usage(&UsageQuery {
+        since_ms: Some(1_005_000),
+        until_ms: Some(1_010_000),
+        status: Some(200),
+        ..UsageQuery::default()
+    })?;
+    assert_eq!(
+        ranged
+            .iter()
+            .map(|r| r.request_id.as_str())
+            .collect::<Vec<_>>(),
+        ["req-9", "req-8", "req-7", "req-6"]
+    );
+    let by_channel = store.query_usage(&UsageQuery {
+        channel_id: Some("odd".into()),
+        model: Some("b".into()),
+        ..UsageQuery::default()
+    })?;
+    assert_eq!(by_channel.len(), 5);
+
+    // Summaries.
+    let summary = store.summarize(&UsageQuery::default(), GroupBy::Model, Bucket::Day)?;
+    let b = summary
+        .iter()
+        .find(|r| r.group == "b")
+        .map(|r| (r.requests, r.cost, r.errors));
+    assert_eq!(b, Some((11, 77, 3)));
+
+    // Persistence across reopen.
+    drop(store);
+    let store = open(&path)?;
+    assert_eq!(store.query_usage(&UsageQuery::default())?.len(), 20);
+    store.reopen()?;
+    assert_eq!(
+        store.key_by_id("k1")?.and_then(|k| k.quota_remaining),
+        Some(930)
+    );
+
+    // Purge in small batches.
+    let mut purged = 0;
+    loop {
+        let n = store.purge_before(1_011_000, 3)?;
+        if n == 0 {
+            break;
+        }
+        assert!(n <= 3);
+        purged += n;
+    }
+    assert_eq!(purged, 10);
+    let left = store.query_usage(&UsageQuery::default())?;
+    assert_eq!(left.len(), 10);
+    assert_eq!(left.last().map(|r| r.request_id.as_str()), Some("req-11"));
+    Ok(())
+}
