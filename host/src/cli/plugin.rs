@@ -1,0 +1,113 @@
+//! `sluice plugin`: check a component offline; list and reload a running
+//! gateway's plugins.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use super::admin_client::admin_call;
+use super::{Target, init_logging, load, out};
+use crate::config::LogFormat;
+use crate::plugins::engine::PolicyEngine;
+use crate::plugins::host_state::PluginShared;
+
+/// `sluice plugin …`.
+#[derive(Debug, Subcommand)]
+pub(super) enum PluginCommand {
+    /// Load a component and report its kind, version, imports and whether it initialises.
+    Check {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// Its config (TOML), as the gateway would pass it to `init`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// List the plugins loaded by a running gateway.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Ask a running gateway to rescan its plugin folder.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Runs a `plugin` command.
+pub(super) async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
+    match command {
+        PluginCommand::Check { file, config } => {
+            let _logging = init_logging(LogFormat::Text, "warn");
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let toml_text = config.as_deref().map(std::fs::read_to_string).transpose()?;
+            let defaults = crate::config::parse(
+                "",
+                Path::new("defaults.toml"),
+                &std::collections::BTreeMap::new(),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let engine = Arc::new(PolicyEngine::new(
+                crate::plugins::engine::InstanceSettings::from_config(&defaults.plugins),
+                None,
+            )?);
+            let name = file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("plugin")
+                .to_string();
+            let compiling = engine.clone();
+            let component = compiling.compile(&bytes)?;
+            let imports = engine.imports(&component);
+            let plugin = crate::plugins::loader::load_component(
+                &engine,
+                &name,
+                bytes,
+                toml_text.as_deref(),
+                file.display().to_string(),
+                PluginShared::new(&name),
+            )
+            .await
+            .with_context(|| format!("{} is not a usable Sluice plugin", file.display()))?;
+            out(&format!("file:     {}", file.display()))?;
+            out(&format!("kind:     {}", plugin.info.kind.as_str()))?;
+            out(&format!("world:    {}", plugin.info.world.as_str()))?;
+            out(&format!("package:  sluice:policy@{}", plugin.info.version))?;
+            out(&format!("sha256:   {}", plugin.info.hash))?;
+            out(&format!("imports:  {}", imports.join(", ")))?;
+            out("init:     ok (instantiated and initialised)")
+        }
+        PluginCommand::List { target } => {
+            let config = load(&target.config)?;
+            let list = admin_call(&config, http::Method::GET, "/admin/plugins", None)
+                .await?
+                .context("the gateway is not running (nothing listens on admin.listen)")?;
+            out(&format!(
+                "{:<24} {:<7} {:<8} {:>10} {:>9}  HASH",
+                "NAME", "KIND", "VERSION", "CALLS", "FAILURES"
+            ))?;
+            for p in list["data"].as_array().into_iter().flatten() {
+                out(&format!(
+                    "{:<24} {:<7} {:<8} {:>10} {:>9}  {}",
+                    p["name"].as_str().unwrap_or(""),
+                    p["kind"].as_str().unwrap_or(""),
+                    p["version"].as_str().unwrap_or(""),
+                    p["calls"].as_u64().unwrap_or(0),
+                    p["failures"].as_u64().unwrap_or(0),
+                    p["hash"].as_str().unwrap_or("").get(..12).unwrap_or(""),
+                ))?;
+            }
+            Ok(())
+        }
+        PluginCommand::Reload { target } => {
+            let config = load(&target.config)?;
+            let report = admin_call(&config, http::Method::POST, "/admin/plugins/reload", None)
+                .await?
+                .context("the gateway is not running (nothing listens on admin.listen)")?;
+            out(&serde_json::to_string_pretty(&report)?)
+        }
+    }
+}
