@@ -148,18 +148,20 @@ pub async fn run(
         })?,
     };
     let connections = TaskTracker::new();
-    let proxy_task = tokio::spawn(crate::server::serve(
+    let listeners = TaskTracker::new();
+    listeners.spawn(crate::server::serve(
         proxy,
         state.clone(),
         connections.clone(),
         crate::server::Role::Proxy,
     ));
-    let admin_task = tokio::spawn(crate::server::serve(
+    listeners.spawn(crate::server::serve(
         admin,
         state.clone(),
         connections.clone(),
         crate::server::Role::Admin,
     ));
+    listeners.close();
     tracing::info!(proxy = %bound.proxy, admin = %bound.admin, backend = state.store.backend(), "sluice listening");
     let runtime_file = runtime_file(&state.config);
     if let Err(e) = serde_json::to_vec(&bound)
@@ -177,7 +179,7 @@ pub async fn run(
         "shutting down: no new connections"
     );
     state.shutdown.cancel();
-    let _ = tokio::join!(proxy_task, admin_task);
+    listeners.wait().await;
     connections.close();
     if tokio::time::timeout(state.config.server.shutdown_grace, connections.wait())
         .await

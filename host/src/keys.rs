@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::metrics::Metrics;
 use crate::store::{Charge, KeyRecord, KeyStatus, Store, StoreError};
@@ -234,9 +233,7 @@ impl KeyCache {
         let record = tokio::task::spawn_blocking(move || store.key_by_digest(&wanted))
             .await
             .map_err(|e| StoreError::backend("task", e))??;
-        let Some(record) =
-            record.filter(|r| bool::from(r.digest.as_bytes().ct_eq(digest.as_bytes())))
-        else {
+        let Some(record) = record else {
             return Ok(None);
         };
         let live = Arc::new(LiveKey::new(record, pending));

@@ -6,6 +6,11 @@
 //! with a generated test CA. `GET /_mock/stats` reports what it saw, including
 //! streams the client cancelled.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the fake upstream's tasks end with its stop token or their connection; no shutdown drains them"
+)]
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,6 +1,12 @@
 //! The end-to-end suite: one test binary (every extra binary relinks wasmtime).
 //! Every test starts the real `sluice` binary on port 0 against the fake upstream.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods,
+    missing_docs
+)]
 
 mod operators;
 mod plugins;

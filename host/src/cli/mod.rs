@@ -244,12 +244,7 @@ async fn serve(path: &Path, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load(path)?;
     let _logging = init_logging(config.log.format, &config.log.level);
     let stop = CancellationToken::new();
-    let trigger = stop.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        trigger.cancel();
-    });
-    crate::app::run(config, stop, |bound| {
+    let running = crate::app::run(config, stop.clone(), |bound| {
         if let Some(file) = ready_file {
             let tmp = file.with_extension("tmp");
             let written = serde_json::to_vec(&bound)
@@ -260,8 +255,14 @@ async fn serve(path: &Path, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
                 tracing::error!(file = %file.display(), error = %e, "cannot write ready file");
             }
         }
-    })
-    .await?;
+    });
+    tokio::pin!(running);
+    // The first signal starts the graceful shutdown; run() then finishes it.
+    tokio::select! {
+        result = &mut running => return Ok(result?),
+        () = shutdown_signal() => stop.cancel(),
+    }
+    running.await?;
     Ok(())
 }
 

@@ -222,13 +222,6 @@ async fn plan(
             })
             .collect(),
     };
-    if steps.is_empty() {
-        return Err(ApiError::Upstream {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "no_healthy_channel",
-            message: format!("No healthy upstream channel can serve model `{model}` right now."),
-        });
-    }
     Ok(steps)
 }
 
@@ -347,18 +340,27 @@ pub async fn relay(
         .upstream_path()
         .ok_or_else(|| ApiError::Internal(format!("{} is not relayed", ctx.endpoint.name())))?;
     let cfg = &state.config.upstream;
-    let mut last: Option<AttemptFailure> = None;
+    // The error of the last attempt; with nothing to try, no channel could serve.
+    let mut last = ApiError::Upstream {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "no_healthy_channel",
+        message: format!(
+            "No healthy upstream channel can serve model `{}` right now.",
+            ctx.model()
+        ),
+    };
     for (attempt, (channel, upstream_model)) in steps.into_iter().take(cfg.max_attempts).enumerate()
     {
         if attempt > 0 {
             state.metrics.upstream_retries.inc();
         }
         if !channel.has_capacity() {
-            last = Some(attempt_failure(
+            last = attempt_failure(
                 "channel_busy",
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("Channel {} is at its concurrency limit.", channel.config.id),
-            ));
+            )
+            .error;
             continue;
         }
         let body = upstream_body(parsed, &upstream_model)?;
@@ -418,9 +420,9 @@ pub async fn relay(
             .inc();
         channel.failed(cfg.failures_to_cooldown, cfg.cooldown);
         ctx.channel_id.clone_from(&channel.config.id);
-        last = Some(failure);
+        last = failure.error;
     }
-    Err(last.map_or_else(|| ApiError::Internal("empty plan".into()), |f| f.error))
+    Err(last)
 }
 
 /// Builds the client response from a committed upstream response: a stream

@@ -62,6 +62,10 @@ impl UsageWriter {
         on_commit: CommitHook,
     ) -> Self {
         let (tx, rx) = mpsc::channel(settings.capacity);
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "tracked by its handle: close(), the last step of shutdown, awaits it"
+        )]
         let task = tokio::spawn(run(rx, store, settings, metrics.clone(), on_commit));
         Self {
             sender: Mutex::new(Some(tx)),

@@ -2,7 +2,12 @@
 //! sockets (the request handler is generic over the body) against a real fake
 //! upstream on 127.0.0.1, a real redb store in a temp dir and the real default
 //! policy components.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 mod endings;
 mod service;
