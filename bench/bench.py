@@ -23,6 +23,7 @@ import phases
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 SLUICE = str(TARGET / "release" / "sluice")
+MOCK = str(TARGET / "release" / "sluice-mock")
 # The same binary built with frame pointers (bench/run.sh), for the phase profile.
 PROFILER = ROOT / "target" / "profiling" / "release" / "sluice"
 QUICK = "--quick" in sys.argv
@@ -81,7 +82,7 @@ class Bench:
 
     def start(self):
         for name, (port, delay, chunks) in MOCKS.items():
-            self.spawn([SLUICE, "mock-upstream", "--listen", f"{HOST}:{port}", "--chunk-delay-ms", str(delay), "--chunks", str(chunks)])
+            self.spawn([MOCK, "--listen", f"{HOST}:{port}", "--chunk-delay-ms", str(delay), "--chunks", str(chunks)])
         servers = "\n".join(
             f"""    upstream up_{name} {{ server {HOST}:{MOCKS[name][0]}; keepalive 256; }}
     server {{

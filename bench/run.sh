@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --locked -p sluice
+cargo build --release --locked -p sluice -p sluice-mock
 # The same binary with frame pointers, for the per-phase CPU profile (perf -g).
 RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release --locked -p sluice --target-dir target/profiling
 missing=()

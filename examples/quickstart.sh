@@ -4,12 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --locked -p sluice
+cargo build --locked -p sluice -p sluice-mock
 bin="${CARGO_TARGET_DIR:-target}/debug/sluice"
 export SLUICE_ADMIN_TOKEN="${SLUICE_ADMIN_TOKEN:-quickstart-admin-token}"
 export MOCK_UPSTREAM_KEY="quickstart-upstream-key"
 mkdir -p .quickstart
-"$bin" mock-upstream --listen 127.0.0.1:9100 --chunk-delay-ms 30 2> .quickstart/mock.log &
+"$bin-mock" --listen 127.0.0.1:9100 --chunk-delay-ms 30 2> .quickstart/mock.log &
 mock=$!
 trap 'kill $mock 2>/dev/null || true' EXIT
 key=$("$bin" keys create --config examples/quickstart.toml --name quickstart --quota 1000000)

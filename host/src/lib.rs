@@ -6,8 +6,8 @@
 //! resolves API keys; [`accounting`] owns each admitted request's settlement;
 //! [`plugins`] runs policies; [`relay`] talks to upstreams; [`store`]
 //! persists. [`state`] holds the shared parts, which [`app`] builds and runs;
-//! [`admin`] and [`metrics`] serve operators; [`mock`] is the fake upstream
-//! used by tests and the quick start.
+//! [`admin`] and [`metrics`] serve operators. The fake upstream that tests and
+//! the quick start use is its own crate, `sluice-mock`.
 
 pub mod accounting;
 pub mod admin;
@@ -21,7 +21,6 @@ pub mod error;
 pub mod facts;
 pub mod keys;
 pub mod metrics;
-pub mod mock;
 pub mod plugins;
 pub mod relay;
 pub mod server;

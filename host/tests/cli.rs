@@ -13,7 +13,6 @@ fn every_command_has_help() {
         &["usage", "--help"],
         &["plugin", "check", "--help"],
         &["config", "check", "--help"],
-        &["mock-upstream", "--help"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(args)

@@ -74,7 +74,7 @@ async fn with_plugin(
     name: &str,
     wasm: &str,
     extra: &[(&'static str, &str)],
-) -> (Gateway, String, sluice::mock::Mock) {
+) -> (Gateway, String, sluice_mock::Mock) {
     let upstream = keyed_mock(MockConfig::default()).await;
     let mut builder = Gateway::builder()
         .plugin(name, wasm, None)

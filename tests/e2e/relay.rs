@@ -112,8 +112,8 @@ async fn upstream_failures_are_5xx_for_the_sdk() {
 #[tokio::test]
 async fn h2c_clients_and_https_upstreams() {
     let tls_dir = tempfile::tempdir().unwrap();
-    let tls = sluice::mock::test_tls(tls_dir.path()).unwrap();
-    let upstream = sluice::mock::start(
+    let tls = sluice_mock::test_tls(tls_dir.path()).unwrap();
+    let upstream = sluice_mock::start(
         "127.0.0.1:0".parse().unwrap(),
         MockConfig {
             api_key: Some(UPSTREAM_KEY.into()),
@@ -159,10 +159,10 @@ async fn h2c_clients_and_https_upstreams() {
 #[tokio::test]
 async fn failover_happens_before_the_first_byte() {
     let backup = keyed_mock(MockConfig::default()).await;
-    let failing_500 = failing_mock("status", 500, 16).await;
-    let failing_429 = failing_mock("status", 429, 16).await;
-    let hanging = failing_mock("hang", 500, 16).await;
-    let dropping = failing_mock("drop", 500, 16).await;
+    let failing_500 = failing_mock(FailMode::Status, 500, 16).await;
+    let failing_429 = failing_mock(FailMode::Status, 429, 16).await;
+    let hanging = failing_mock(FailMode::Hang, 500, 16).await;
+    let dropping = failing_mock(FailMode::Drop, 500, 16).await;
     let models = ["refused", "fail500", "fail429", "hang", "drop"];
     let gw = Gateway::builder()
         .set("upstream", "first_byte_timeout = \"300ms\"")
@@ -317,8 +317,8 @@ async fn a_burst_of_events_leaves_in_a_few_writes() {
 
 #[tokio::test]
 async fn failures_after_the_first_byte_end_the_stream_with_an_error_event() {
-    let dropping = failing_mock("drop_mid_stream", 500, 8).await;
-    let stalling = failing_mock("stall", 500, 8).await;
+    let dropping = failing_mock(FailMode::DropMidStream, 500, 8).await;
+    let stalling = failing_mock(FailMode::Stall, 500, 8).await;
     let backup = keyed_mock(MockConfig::default()).await;
     let gw = Gateway::builder()
         .set("upstream", "idle_timeout = \"300ms\"")

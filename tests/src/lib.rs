@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-pub use sluice::mock::{Mock, MockConfig};
+pub use sluice_mock::{FailMode, Mock, MockConfig};
 
 /// Paths of the test-fixture components, built by `build.rs`.
 pub mod fixtures {
@@ -67,7 +67,7 @@ pub fn shared_plugin_cache() -> PathBuf {
 
 /// Starts a fake upstream with `config` on a free port.
 pub async fn mock(config: MockConfig) -> Mock {
-    sluice::mock::start("127.0.0.1:0".parse().unwrap(), config, None)
+    sluice_mock::start("127.0.0.1:0".parse().unwrap(), config, None)
         .await
         .expect("mock upstream")
 }
@@ -113,10 +113,10 @@ pub fn channel(id: &str, base: &str, models: &[&str], extra: &str) -> String {
     )
 }
 
-/// A keyed mock in failure mode `fail` (see [`MockConfig::fail`]) with `status` and `chunks`.
-pub async fn failing_mock(fail: &str, status: u16, chunks: u32) -> Mock {
+/// A keyed mock in failure mode `fail` with `status` and `chunks`.
+pub async fn failing_mock(fail: FailMode, status: u16, chunks: u32) -> Mock {
     keyed_mock(MockConfig {
-        fail: fail.into(),
+        fail,
         status,
         chunks,
         ..MockConfig::default()

@@ -5,7 +5,7 @@ use anyhow::bail;
 use clap::Subcommand;
 
 use super::admin_client::admin_call;
-use super::{Target, load, out, parse_age};
+use super::args::{Target, load, out, parse_age};
 use crate::keys::NewKey;
 use crate::store::{KeyPatch, KeyStatus};
 

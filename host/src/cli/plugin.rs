@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 
 use super::admin_client::admin_call;
-use super::{Target, init_logging, load, out};
+use super::args::{Target, init_logging, load, out};
 use crate::config::LogFormat;
 use crate::plugins::engine::PolicyEngine;
 use crate::plugins::host_state::PluginShared;

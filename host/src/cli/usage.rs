@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use super::admin_client::admin_call;
-use super::{Target, load, out, parse_age};
+use super::args::{Target, load, out, parse_age};
 use crate::store::UsageQuery;
 
 /// Shows recent usage records as a table.

@@ -153,7 +153,7 @@ async fn a_panic_inside_a_phase_is_accounted_once() {
 
 #[tokio::test]
 async fn a_stream_cut_off_at_shutdown_is_accounted_once() {
-    let upstream = crate::mock::start("127.0.0.1:0".parse().unwrap(), MockConfig::default(), None)
+    let upstream = sluice_mock::start("127.0.0.1:0".parse().unwrap(), MockConfig::default(), None)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -24,9 +24,9 @@ use super::Role;
 use super::body::ResponseBody;
 use crate::config::{self, Config};
 use crate::keys::NewKey;
-use crate::mock::{Mock, MockConfig};
 use crate::state::AppState;
 use crate::store::{KeyRecord, UsageQuery, UsageRecord};
+use sluice_mock::{Mock, MockConfig};
 
 /// The model the test channel serves.
 const MODEL: &str = "gpt-4o-mini";
@@ -110,7 +110,7 @@ impl Harness {
     /// A gateway with default settings (plus `server` lines) and a key for [`MODEL`].
     async fn start(server: &str, key_models: &[&str]) -> Self {
         let upstream =
-            crate::mock::start("127.0.0.1:0".parse().unwrap(), MockConfig::default(), None)
+            sluice_mock::start("127.0.0.1:0".parse().unwrap(), MockConfig::default(), None)
                 .await
                 .unwrap();
         let dir = tempfile::tempdir().unwrap();

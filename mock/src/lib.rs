@@ -1,7 +1,8 @@
 //! The fake upstream: an OpenAI-compatible server for tests, benchmarks and the
-//! quick start (`sluice mock-upstream`). Pacing (chunks, per-chunk delay, first
-//! byte latency, event size) and failure modes (status, drop, drop mid-stream,
-//! hang, stall, malformed) are set at start, changed at runtime with
+//! quick start (the `sluice-mock` binary). It lives outside the gateway, so the
+//! gateway's release binary carries no test-only code (test certificates).
+//! Pacing (chunks, per-chunk delay, first byte latency, event size) and
+//! failure modes ([`FailMode`]) are set at start, changed at runtime with
 //! `POST /_mock/config`, or per request with `x-mock-*` headers. Optional TLS
 //! with a generated test CA. `GET /_mock/stats` reports what it saw, including
 //! streams the client cancelled.
@@ -27,6 +28,17 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// The prefix of the gateway's own API keys: an upstream that sees one was
+/// handed a client's credential (counted in [`MockStats::leaked_credentials`]).
+pub const GATEWAY_KEY_PREFIX: &str = "sk-sl-";
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The mock's body type: unlike the gateway's, it can fail, which is how it
 /// drops a connection mid-stream.
 type MockBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
@@ -35,6 +47,71 @@ fn full(bytes: Bytes) -> MockBody {
     Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// How the mock fails a request (its wire name is the snake-case variant name,
+/// as in `x-mock-fail: drop_mid_stream`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Answer normally.
+    #[default]
+    None,
+    /// Answer with [`MockConfig::status`] and an error body.
+    Status,
+    /// Close the connection without a response.
+    Drop,
+    /// Stream half the chunks, then break the connection.
+    DropMidStream,
+    /// Never send the response head.
+    Hang,
+    /// Stream half the chunks, then go silent.
+    Stall,
+    /// Answer 200 with a body that is not JSON.
+    Malformed,
+}
+
+impl FailMode {
+    /// Every mode, for parsing and help.
+    pub const ALL: [Self; 7] = [
+        Self::None,
+        Self::Status,
+        Self::Drop,
+        Self::DropMidStream,
+        Self::Hang,
+        Self::Stall,
+        Self::Malformed,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Status => "status",
+            Self::Drop => "drop",
+            Self::DropMidStream => "drop_mid_stream",
+            Self::Hang => "hang",
+            Self::Stall => "stall",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+impl std::str::FromStr for FailMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == text)
+            .ok_or_else(|| format!("unknown failure mode '{text}'"))
+    }
+}
+
+impl std::fmt::Display for FailMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How the mock behaves; every field can be patched at runtime.
@@ -49,9 +126,9 @@ pub struct MockConfig {
     pub ttfb_ms: u64,
     /// Bytes of content per chunk (default: a short word).
     pub event_bytes: usize,
-    /// Failure mode: `none`, `status`, `drop`, `drop_mid_stream`, `hang`, `stall`, `malformed`.
-    pub fail: String,
-    /// Status for `fail = "status"`.
+    /// How to fail, if at all.
+    pub fail: FailMode,
+    /// Status for [`FailMode::Status`].
     pub status: u16,
     /// Required bearer key (none = any).
     pub api_key: Option<String>,
@@ -66,7 +143,7 @@ impl Default for MockConfig {
             chunk_delay_ms: 0,
             ttfb_ms: 0,
             event_bytes: 0,
-            fail: "none".into(),
+            fail: FailMode::None,
             status: 500,
             api_key: None,
             models: vec!["gpt-4o-mini".into()],
@@ -234,8 +311,8 @@ fn effective(req: &Request<Incoming>, base: &MockConfig) -> MockConfig {
     if let Some(v) = num("x-mock-event-bytes") {
         c.event_bytes = usize::try_from(v).unwrap_or(0);
     }
-    if let Some(v) = header("x-mock-fail") {
-        c.fail = v;
+    if let Some(mode) = header("x-mock-fail").and_then(|v| v.parse().ok()) {
+        c.fail = mode;
     }
     if let Some(v) = num("x-mock-status") {
         c.status = u16::try_from(v).unwrap_or(500);
@@ -290,7 +367,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    if req.headers().contains_key("x-api-key") || auth.contains(crate::keys::KEY_PREFIX) {
+    if req.headers().contains_key("x-api-key") || auth.contains(GATEWAY_KEY_PREFIX) {
         stats.leaked_credentials.fetch_add(1, Ordering::Relaxed);
     }
     if let Some(key) = &cfg.api_key
@@ -304,17 +381,17 @@ async fn handle(
     if cfg.ttfb_ms > 0 {
         tokio::time::sleep(Duration::from_millis(cfg.ttfb_ms)).await;
     }
-    match cfg.fail.as_str() {
-        "hang" => {
+    match cfg.fail {
+        FailMode::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
-        "status" => {
+        FailMode::Status => {
             return Ok(respond(
                 StatusCode::from_u16(cfg.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 serde_json::json!({"error": {"message": "mock failure", "type": "server_error", "code": null}}),
             ));
         }
-        "drop" => {
+        FailMode::Drop => {
             return Err(std::io::Error::other(
                 "mock drop: closing the connection without a response",
             ));
@@ -328,7 +405,7 @@ async fn handle(
     if json["stream_options"]["include_usage"].as_bool() == Some(true) {
         stats.usage_requested.fetch_add(1, Ordering::Relaxed);
     }
-    if cfg.fail == "malformed" {
+    if cfg.fail == FailMode::Malformed {
         let mut r = respond(StatusCode::OK, serde_json::Value::Null);
         *r.body_mut() = full(Bytes::from_static(b"{\"choices\": [oops"));
         return Ok(r);
@@ -418,7 +495,7 @@ fn stream(
                     () = tx.closed() => break,
                 }
             }
-            if cfg.fail == "drop_mid_stream" && i == cfg.chunks / 2 {
+            if cfg.fail == FailMode::DropMidStream && i == cfg.chunks / 2 {
                 let _ = tx
                     .send(Ok(Frame::data(Bytes::from_static(b"data: {\"broken"))))
                     .await;
@@ -427,7 +504,7 @@ fn stream(
                     .await;
                 return;
             }
-            if cfg.fail == "stall" && i == cfg.chunks / 2 {
+            if cfg.fail == FailMode::Stall && i == cfg.chunks / 2 {
                 tx.closed().await;
                 break;
             }
@@ -447,9 +524,7 @@ fn stream(
         }
         if tx.is_closed() {
             stats.cancelled_streams.fetch_add(1, Ordering::Relaxed);
-            stats
-                .last_cancel_ms
-                .store(crate::keys::now_ms(), Ordering::Relaxed);
+            stats.last_cancel_ms.store(now_ms(), Ordering::Relaxed);
             return;
         }
         let finish = if chat {
@@ -479,9 +554,7 @@ fn stream(
             stats.completed_streams.fetch_add(1, Ordering::Relaxed);
         } else {
             stats.cancelled_streams.fetch_add(1, Ordering::Relaxed);
-            stats
-                .last_cancel_ms
-                .store(crate::keys::now_ms(), Ordering::Relaxed);
+            stats.last_cancel_ms.store(now_ms(), Ordering::Relaxed);
         }
     });
     let body = StreamBody::new(tokio_stream_from(rx));

@@ -1,0 +1,61 @@
+//! What the commands share: the gateway a command acts on (its config), ages
+//! given on the command line, lines printed on stdout, and logging set up
+//! from a config.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::config::{self, Config, LogFormat};
+
+/// Where key and usage commands act.
+#[derive(Debug, Args)]
+pub(super) struct Target {
+    /// The gateway's config (store location, admin address and token).
+    #[arg(long, short)]
+    pub(super) config: PathBuf,
+}
+
+/// Sets up logging from the config: text or JSON on stderr, written by a
+/// dedicated thread so that a slow stderr (a full pipe, a stalled journald)
+/// never blocks request handling; beyond 128k buffered lines, lines are
+/// dropped rather than waited for. Keep the guard alive for the whole command:
+/// dropping it flushes what is still buffered.
+pub(super) fn init_logging(
+    format: LogFormat,
+    level: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let _ = crate::metrics::LOG_WRITER_DROPS.set(writer.error_counter());
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    guard
+}
+
+/// Prints a line on stdout.
+pub(super) fn out(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")?;
+    Ok(())
+}
+
+/// Loads and validates a config file.
+pub(super) fn load(path: &Path) -> anyhow::Result<Config> {
+    config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// An age such as `7d` or `30m`, in milliseconds.
+pub(super) fn parse_age(text: &str) -> anyhow::Result<u64> {
+    let d =
+        humantime::parse_duration(text).with_context(|| format!("invalid duration '{text}'"))?;
+    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
