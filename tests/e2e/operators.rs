@@ -284,14 +284,9 @@ async fn metrics_move_by_the_right_amounts() {
 async fn no_secret_reaches_logs_or_store_files() {
     let upstream = keyed_mock(MockConfig::default()).await;
     let mut gw = Gateway::builder()
-        .set("log", "level = \"debug\"")
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
-        .channel(channel(
-            "dead",
-            "http://127.0.0.1:9/v1",
-            &[MODEL],
-            "priority = 5",
-        ))
+        .log_level("debug")
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
+        .channel(ChannelSpec::at("dead", "http://127.0.0.1:9/v1", &[MODEL]).priority(5))
         .start()
         .await;
     let (key, _) = gw.create_key(json!({"name": "secretive"})).await;
@@ -383,7 +378,7 @@ async fn the_plugin_template_enforces_team_headers() {
             fixtures::TEAM_HEADER,
             Some("header = \"x-team\"\nteams = [\"blue\", \"red\"]\nrpm_per_team = 2\n"),
         )
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
         .start()
         .await;
     let (key, id) = gw.create_key(json!({"name": "t"})).await;
@@ -418,7 +413,7 @@ async fn a_python_plugin_decides_through_the_same_interface() {
             wasm.to_str().unwrap(),
             Some("header = \"x-user-id\"\nrpm_per_user = 2\n"),
         )
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
         // An 18 MB component (CPython inside) is compiled once, then cached.
         .ready_within(Duration::from_secs(300))
         .start()
@@ -459,9 +454,9 @@ async fn a_python_plugin_decides_through_the_same_interface() {
 async fn json_logs_have_one_access_line_per_request_and_slow_warnings() {
     let upstream = keyed_mock(MockConfig::default()).await;
     let gw = Gateway::builder()
-        .set("log", "format = \"json\"")
-        .set("server", "slow_request = \"0ms\"")
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .json_logs()
+        .slow_request(Duration::ZERO)
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
         .start()
         .await;
     let (key, _) = gw.create_key(json!({"name": "logs"})).await;

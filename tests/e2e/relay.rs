@@ -19,8 +19,8 @@ async fn openai_sdk_sees_the_openai_api() {
     })
     .await;
     let gw = Gateway::builder()
-        .set("server", "max_body_bytes = 1048576")
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .max_body_bytes(1_048_576)
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
         .start()
         .await;
     let (key, key_id) = gw
@@ -43,11 +43,26 @@ async fn openai_sdk_sees_the_openai_api() {
         "stream_usage",
         "embeddings",
         "completions",
-        "errors",
     ] {
         let out = python(scenario, &base, &key, &env).await;
         assert!(out.contains("ok"), "{scenario}: {out}");
     }
+    // The SDK sees each failure with OpenAI's status, shape and code.
+    let errors = python("errors", &base, &key, &env).await;
+    let seen: Vec<&str> = errors.lines().filter(|l| l.starts_with("ok ")).collect();
+    assert_eq!(
+        seen,
+        [
+            "ok AuthenticationError 401 invalid_api_key",
+            "ok NotFoundError 404 model_not_found",
+            "ok BadRequestError 400 invalid_request_error",
+            "ok PermissionDeniedError 403 model_not_allowed",
+            "ok RateLimitError 429 insufficient_quota",
+            "ok APIStatusError 413 request_too_large",
+            "ok NotFoundError 404 unknown_url",
+            "ok APIStatusError 405 method_not_allowed",
+        ]
+    );
     let stats = &upstream.stats;
     assert_eq!(
         stats
@@ -95,18 +110,22 @@ async fn openai_sdk_sees_the_openai_api() {
 #[tokio::test]
 async fn upstream_failures_are_5xx_for_the_sdk() {
     let gw = Gateway::builder()
-        .channel(channel("down", "http://127.0.0.1:9/v1", &[MODEL], ""))
-        .set("upstream", "connect_timeout = \"500ms\"")
+        .channel(ChannelSpec::at("down", "http://127.0.0.1:9/v1", &[MODEL]))
+        .connect_timeout(Duration::from_millis(500))
         .start()
         .await;
     let (key, _) = gw.create_key(json!({"name": "k"})).await;
-    python(
+    let out = python(
         "upstream_down",
         &format!("http://{}/v1", gw.proxy),
         &key,
         &[],
     )
     .await;
+    assert_eq!(
+        out.trim(),
+        "ok InternalServerError 502 upstream_unavailable"
+    );
 }
 
 #[tokio::test]
@@ -125,16 +144,12 @@ async fn h2c_clients_and_https_upstreams() {
     .unwrap();
     let ca = tls_dir.path().join("ca.pem");
     let gw = Gateway::builder()
-        .channel(channel(
+        .channel(ChannelSpec::at(
             "tls",
             &format!("https://127.0.0.1:{}/v1", upstream.addr.port()),
             &[MODEL],
-            "",
         ))
-        .set(
-            "upstream",
-            &format!("ca_file = {:?}", ca.display().to_string()),
-        )
+        .upstream_ca(&ca)
         .start()
         .await;
     let (key, _) = gw.create_key(json!({"name": "k"})).await;
@@ -165,28 +180,13 @@ async fn failover_happens_before_the_first_byte() {
     let dropping = failing_mock(FailMode::Drop, 500, 16).await;
     let models = ["refused", "fail500", "fail429", "hang", "drop"];
     let gw = Gateway::builder()
-        .set("upstream", "first_byte_timeout = \"300ms\"")
-        .channel(channel(
-            "refused",
-            "http://127.0.0.1:9/v1",
-            &["refused"],
-            "priority = 10",
-        ))
-        .channel(mock_channel(
-            "fail500",
-            &failing_500,
-            &["fail500"],
-            "priority = 10",
-        ))
-        .channel(mock_channel(
-            "fail429",
-            &failing_429,
-            &["fail429"],
-            "priority = 10",
-        ))
-        .channel(mock_channel("hang", &hanging, &["hang"], "priority = 10"))
-        .channel(mock_channel("drop", &dropping, &["drop"], "priority = 10"))
-        .channel(mock_channel("backup", &backup, &models, "priority = 0"))
+        .first_byte_timeout(Duration::from_millis(300))
+        .channel(ChannelSpec::at("refused", "http://127.0.0.1:9/v1", &["refused"]).priority(10))
+        .channel(ChannelSpec::mock("fail500", &failing_500, &["fail500"]).priority(10))
+        .channel(ChannelSpec::mock("fail429", &failing_429, &["fail429"]).priority(10))
+        .channel(ChannelSpec::mock("hang", &hanging, &["hang"]).priority(10))
+        .channel(ChannelSpec::mock("drop", &dropping, &["drop"]).priority(10))
+        .channel(ChannelSpec::mock("backup", &backup, &models).priority(0))
         .start()
         .await;
     let (key, key_id) = gw.create_key(json!({"name": "k"})).await;
@@ -321,10 +321,10 @@ async fn failures_after_the_first_byte_end_the_stream_with_an_error_event() {
     let stalling = failing_mock(FailMode::Stall, 500, 8).await;
     let backup = keyed_mock(MockConfig::default()).await;
     let gw = Gateway::builder()
-        .set("upstream", "idle_timeout = \"300ms\"")
-        .channel(mock_channel("drop", &dropping, &["drop"], "priority = 5"))
-        .channel(mock_channel("stall", &stalling, &["stall"], "priority = 5"))
-        .channel(mock_channel("backup", &backup, &["drop", "stall"], ""))
+        .idle_timeout(Duration::from_millis(300))
+        .channel(ChannelSpec::mock("drop", &dropping, &["drop"]).priority(5))
+        .channel(ChannelSpec::mock("stall", &stalling, &["stall"]).priority(5))
+        .channel(ChannelSpec::mock("backup", &backup, &["drop", "stall"]))
         .start()
         .await;
     let (key, _) = gw.create_key(json!({"name": "k"})).await;
@@ -471,8 +471,8 @@ async fn spoofed_forwarded_for_from_untrusted_peer_changes_nothing() {
 async fn trusted_proxies_supply_the_client_ip() {
     let upstream = keyed_mock(MockConfig::default()).await;
     let gw = Gateway::builder()
-        .set("server", "trusted_proxies = [\"127.0.0.1\"]")
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .trusted_proxies(&["127.0.0.1"])
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
         .start()
         .await;
     let (office_only, _) = gw

@@ -34,8 +34,9 @@ async fn graceful_shutdown_loses_nothing(sqlite: bool) {
     })
     .await;
     let mut builder = Gateway::builder()
-        .set("store", "flush_interval = \"2s\"\nbatch_size = 10000")
-        .channel(mock_channel("main", &upstream, &[MODEL], ""));
+        .flush_interval(Duration::from_secs(2))
+        .batch_size(10_000)
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]));
     if sqlite {
         builder = builder.sqlite();
     }
@@ -127,11 +128,10 @@ async fn crash_keeps_record_and_charge_atomic(sqlite: bool) {
     })
     .await;
     let mut builder = Gateway::builder()
-        .set(
-            "store",
-            "flush_interval = \"20ms\"\nbatch_size = 64\nqueue_capacity = 256",
-        )
-        .channel(mock_channel("main", &upstream, &[MODEL], ""));
+        .flush_interval(Duration::from_millis(20))
+        .batch_size(64)
+        .queue_capacity(256)
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]));
     if sqlite {
         builder = builder.sqlite();
     }
@@ -231,8 +231,8 @@ async fn key_lookups_stay_off_the_store() {
     .await;
     let gw = Arc::new(
         Gateway::builder()
-            .set("cache", "key_ttl = \"1s\"")
-            .channel(mock_channel("main", &upstream, &[MODEL], ""))
+            .key_ttl(Duration::from_secs(1))
+            .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
             .start()
             .await,
     );
@@ -284,9 +284,10 @@ async fn key_lookups_stay_off_the_store() {
 async fn quota_is_enforced_from_the_live_view_before_the_store_catches_up() {
     let upstream = keyed_mock(MockConfig::default()).await;
     let gw = Gateway::builder()
-        .set("store", "flush_interval = \"30s\"\nbatch_size = 100000")
-        .set("plugins", "instance_mode = \"fresh\"")
-        .channel(mock_channel("main", &upstream, &[MODEL], ""))
+        .flush_interval(Duration::from_secs(30))
+        .batch_size(100_000)
+        .fresh_instances()
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
         .start()
         .await;
     // Each request costs prompt (body bytes / 4) + 16 completion credits, about 32.

@@ -76,33 +76,32 @@ def completions():
     print("ok completions", len(chunks))
 
 
-def expect(exc, fn, status=None):
+def expect(exc, fn, status):
     try:
         fn()
     except exc as e:
-        if status is not None:
-            assert e.status_code == status, (e.status_code, status)
+        assert e.status_code == status, (e.status_code, status)
         body = e.body if isinstance(e.body, dict) else {}
         assert "message" in body and "type" in body and "code" in body, body
-        print(f"ok {exc.__name__} {getattr(e, 'status_code', '')} {body.get('code')}")
+        print(f"ok {exc.__name__} {e.status_code} {body.get('code')}")
         return
     raise AssertionError(f"expected {exc.__name__}")
 
 
 def errors():
-    expect(openai.AuthenticationError, lambda: client("sk-sl-not-a-key").chat.completions.create(model=MODEL, messages=MESSAGES))
-    expect(openai.NotFoundError, lambda: client().chat.completions.create(model="no-such-model", messages=MESSAGES))
-    expect(openai.BadRequestError, lambda: client().chat.completions.create(model=MODEL, messages=MESSAGES, extra_body={"stream": "yes"}))
-    expect(openai.PermissionDeniedError, lambda: client(os.environ["SLUICE_KEY_LIMITED"]).chat.completions.create(model=MODEL, messages=MESSAGES))
-    expect(openai.RateLimitError, lambda: client(os.environ["SLUICE_KEY_BROKE"]).chat.completions.create(model=MODEL, messages=MESSAGES))
+    expect(openai.AuthenticationError, lambda: client("sk-sl-not-a-key").chat.completions.create(model=MODEL, messages=MESSAGES), 401)
+    expect(openai.NotFoundError, lambda: client().chat.completions.create(model="no-such-model", messages=MESSAGES), 404)
+    expect(openai.BadRequestError, lambda: client().chat.completions.create(model=MODEL, messages=MESSAGES, extra_body={"stream": "yes"}), 400)
+    expect(openai.PermissionDeniedError, lambda: client(os.environ["SLUICE_KEY_LIMITED"]).chat.completions.create(model=MODEL, messages=MESSAGES), 403)
+    expect(openai.RateLimitError, lambda: client(os.environ["SLUICE_KEY_BROKE"]).chat.completions.create(model=MODEL, messages=MESSAGES), 429)
     big = "x" * (2 << 20)
     expect(openai.APIStatusError, lambda: client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": big}]), 413)
-    expect(openai.NotFoundError, lambda: client().post("/no/such/path", cast_to=object, body={}))
+    expect(openai.NotFoundError, lambda: client().post("/no/such/path", cast_to=object, body={}), 404)
     expect(openai.APIStatusError, lambda: client().get("/chat/completions", cast_to=object), 405)
 
 
 def upstream_down():
-    expect(openai.InternalServerError, lambda: client().chat.completions.create(model=MODEL, messages=MESSAGES))
+    expect(openai.InternalServerError, lambda: client().chat.completions.create(model=MODEL, messages=MESSAGES), 502)
 
 
 SCENARIOS = {f.__name__: f for f in (models, chat, stream, stream_usage, embeddings, completions, errors, upstream_down)}

@@ -96,7 +96,6 @@ pub struct Gateway {
 /// Builder for a gateway's config.
 pub struct GatewayBuilder {
     channels: Vec<String>,
-    extra: String,
     backend: &'static str,
     plugins: Vec<(String, PathBuf, Option<String>)>,
     env: Vec<(String, String)>,
@@ -104,13 +103,71 @@ pub struct GatewayBuilder {
     ready_within: Duration,
 }
 
-/// A `[[channels]]` entry pointing at `base` (e.g. `http://127.0.0.1:1234/v1`).
-pub fn channel(id: &str, base: &str, models: &[&str], extra: &str) -> String {
-    let models: Vec<String> = models.iter().map(|m| format!("{m:?}")).collect();
-    format!(
-        "[[channels]]\nid = {id:?}\nbase_url = {base:?}\napi_key = \"env::UPSTREAM_KEY\"\nmodels = [{}]\n{extra}\n",
-        models.join(", ")
-    )
+/// A `[[channels]]` entry, typed like the config it becomes.
+#[derive(Debug, Clone)]
+pub struct ChannelSpec {
+    id: String,
+    base_url: String,
+    models: Vec<String>,
+    priority: i32,
+    weight: u32,
+    renames: Vec<(String, String)>,
+}
+
+impl ChannelSpec {
+    /// Channel `id` at `base_url` (e.g. `http://127.0.0.1:1234/v1`), serving
+    /// `models` with the standard upstream key.
+    pub fn at(id: &str, base_url: &str, models: &[&str]) -> Self {
+        Self {
+            id: id.into(),
+            base_url: base_url.into(),
+            models: models.iter().map(|m| (*m).to_string()).collect(),
+            priority: 0,
+            weight: 1,
+            renames: Vec::new(),
+        }
+    }
+
+    /// Channel `id` in front of a fake upstream, serving `models`.
+    pub fn mock(id: &str, mock: &Mock, models: &[&str]) -> Self {
+        Self::at(id, &format!("http://{}/v1", mock.addr), models)
+    }
+
+    /// Its priority (higher is tried first).
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Its weight within its priority group.
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Asks the upstream for `upstream` when a client asks for `model`.
+    pub fn rename(mut self, model: &str, upstream: &str) -> Self {
+        self.renames.push((model.into(), upstream.into()));
+        self
+    }
+
+    fn toml(&self) -> String {
+        let models: Vec<String> = self.models.iter().map(|m| format!("{m:?}")).collect();
+        let renames: Vec<String> = self
+            .renames
+            .iter()
+            .map(|(from, to)| format!("{from:?} = {to:?}"))
+            .collect();
+        format!(
+            "[[channels]]\nid = {:?}\nbase_url = {:?}\napi_key = \"env::UPSTREAM_KEY\"\nmodels = [{}]\npriority = {}\nweight = {}\nmodel_map = {{ {} }}\n",
+            self.id,
+            self.base_url,
+            models.join(", "),
+            self.priority,
+            self.weight,
+            renames.join(", "),
+        )
+    }
 }
 
 /// A keyed mock in failure mode `fail` with `status` and `chunks`.
@@ -124,9 +181,18 @@ pub async fn failing_mock(fail: FailMode, status: u16, chunks: u32) -> Mock {
     .await
 }
 
-/// A channel for a mock.
-pub fn mock_channel(id: &str, mock: &Mock, models: &[&str], extra: &str) -> String {
-    channel(id, &format!("http://{}/v1", mock.addr), models, extra)
+/// What the host does when a plugin fails (`[plugins] on_failure`).
+#[derive(Debug, Clone, Copy)]
+pub enum OnFailure {
+    /// Refuse the request (auth) or fall back (router, shaper).
+    Deny,
+    /// Carry on as if the plugin were absent.
+    Skip,
+}
+
+/// A duration as the config writes it.
+fn millis(d: Duration) -> String {
+    format!("\"{}ms\"", d.as_millis())
 }
 
 impl Gateway {
@@ -134,7 +200,6 @@ impl Gateway {
     pub fn builder() -> GatewayBuilder {
         GatewayBuilder {
             channels: Vec::new(),
-            extra: String::new(),
             backend: "redb",
             plugins: Vec::new(),
             env: Vec::new(),
@@ -147,7 +212,7 @@ impl Gateway {
     /// [`MODEL`] from `upstream`.
     pub async fn serving(upstream: &Mock) -> Gateway {
         Self::builder()
-            .channel(mock_channel("main", upstream, &[MODEL], ""))
+            .channel(ChannelSpec::mock("main", upstream, &[MODEL]))
             .start()
             .await
     }
@@ -196,9 +261,11 @@ impl Gateway {
     /// Sends SIGTERM and waits for exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::TERM,
+        )
+        .expect("send SIGTERM");
         wait_exit(&mut child, Duration::from_secs(30))
     }
 
@@ -372,26 +439,123 @@ async fn spawn(
 }
 
 impl GatewayBuilder {
-    /// Adds a channel entry (see [`channel`]).
-    pub fn channel(mut self, entry: String) -> Self {
-        self.channels.push(entry);
+    /// Adds a channel.
+    pub fn channel(mut self, spec: ChannelSpec) -> Self {
+        self.channels.push(spec.toml());
         self
     }
 
-    /// Adds a `key = value` line to one of the tables the builder writes
-    /// (`server`, `store`, `plugins`, `log`, `upstream`, `cache`).
-    pub fn set(mut self, table: &'static str, line: &str) -> Self {
+    fn set(mut self, table: &'static str, key: &str, value: String) -> Self {
         let entry = self.tables.entry(table).or_default();
-        entry.push_str(line);
-        entry.push('\n');
+        entry.push_str(&format!("{key} = {value}\n"));
         self
     }
 
-    /// Appends raw TOML at the end (other tables, such as `[pricing]`).
-    pub fn toml(mut self, extra: &str) -> Self {
-        self.extra.push_str(extra);
-        self.extra.push('\n');
-        self
+    /// `[server] max_body_bytes`.
+    pub fn max_body_bytes(self, bytes: usize) -> Self {
+        self.set("server", "max_body_bytes", bytes.to_string())
+    }
+
+    /// `[server] slow_request`.
+    pub fn slow_request(self, after: Duration) -> Self {
+        self.set("server", "slow_request", millis(after))
+    }
+
+    /// `[server] trusted_proxies`.
+    pub fn trusted_proxies(self, networks: &[&str]) -> Self {
+        let list: Vec<String> = networks.iter().map(|n| format!("{n:?}")).collect();
+        self.set(
+            "server",
+            "trusted_proxies",
+            format!("[{}]", list.join(", ")),
+        )
+    }
+
+    /// `[log] level`.
+    pub fn log_level(self, level: &str) -> Self {
+        self.set("log", "level", format!("{level:?}"))
+    }
+
+    /// `[log] format = "json"`.
+    pub fn json_logs(self) -> Self {
+        self.set("log", "format", "\"json\"".into())
+    }
+
+    /// `[log] content = true`: prompts and completions in usage records.
+    pub fn content_logging(self) -> Self {
+        self.set("log", "content", "true".into())
+    }
+
+    /// `[upstream] connect_timeout`.
+    pub fn connect_timeout(self, limit: Duration) -> Self {
+        self.set("upstream", "connect_timeout", millis(limit))
+    }
+
+    /// `[upstream] first_byte_timeout`.
+    pub fn first_byte_timeout(self, limit: Duration) -> Self {
+        self.set("upstream", "first_byte_timeout", millis(limit))
+    }
+
+    /// `[upstream] idle_timeout`.
+    pub fn idle_timeout(self, limit: Duration) -> Self {
+        self.set("upstream", "idle_timeout", millis(limit))
+    }
+
+    /// `[upstream] ca_file`.
+    pub fn upstream_ca(self, file: &Path) -> Self {
+        self.set(
+            "upstream",
+            "ca_file",
+            format!("{:?}", file.display().to_string()),
+        )
+    }
+
+    /// `[store] flush_interval`.
+    pub fn flush_interval(self, every: Duration) -> Self {
+        self.set("store", "flush_interval", millis(every))
+    }
+
+    /// `[store] batch_size`.
+    pub fn batch_size(self, records: usize) -> Self {
+        self.set("store", "batch_size", records.to_string())
+    }
+
+    /// `[store] queue_capacity`.
+    pub fn queue_capacity(self, records: usize) -> Self {
+        self.set("store", "queue_capacity", records.to_string())
+    }
+
+    /// `[cache] key_ttl`.
+    pub fn key_ttl(self, ttl: Duration) -> Self {
+        self.set("cache", "key_ttl", millis(ttl))
+    }
+
+    /// `[plugins] instance_mode = "fresh"`: a new instance per call.
+    pub fn fresh_instances(self) -> Self {
+        self.set("plugins", "instance_mode", "\"fresh\"".into())
+    }
+
+    /// `[plugins] call_timeout`.
+    pub fn call_timeout(self, budget: Duration) -> Self {
+        self.set("plugins", "call_timeout", millis(budget))
+    }
+
+    /// `[plugins] memory_limit_mb`.
+    pub fn plugin_memory_mb(self, mb: usize) -> Self {
+        self.set("plugins", "memory_limit_mb", mb.to_string())
+    }
+
+    /// `[plugins] on_failure.<plugin>`.
+    pub fn on_failure(self, plugin: &str, mode: OnFailure) -> Self {
+        let mode = match mode {
+            OnFailure::Deny => "deny",
+            OnFailure::Skip => "skip",
+        };
+        self.set(
+            "plugins",
+            &format!("on_failure.{plugin}"),
+            format!("{mode:?}"),
+        )
     }
 
     /// Uses the SQLite backend.
@@ -434,7 +598,7 @@ impl GatewayBuilder {
         let cache = shared_plugin_cache();
         let t = |name: &str| self.tables.get(name).cloned().unwrap_or_default();
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"env::SLUICE_ADMIN_TOKEN\"\n\n[log]\n{}\n[store]\nbackend = \"{}\"\npath = \"store.db\"\n{}\n[plugins]\ndir = \"plugins\"\ncache_dir = {:?}\n{}\n[upstream]\n{}\n[cache]\n{}\n{}\n{}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"env::SLUICE_ADMIN_TOKEN\"\n\n[log]\n{}\n[store]\nbackend = \"{}\"\npath = \"store.db\"\n{}\n[plugins]\ndir = \"plugins\"\ncache_dir = {:?}\n{}\n[upstream]\n{}\n[cache]\n{}\n{}",
             t("server"),
             t("log"),
             self.backend,
@@ -443,7 +607,6 @@ impl GatewayBuilder {
             t("plugins"),
             t("upstream"),
             t("cache"),
-            self.extra,
             self.channels.join("\n"),
         );
         let config_path = dir.path().join("sluice.toml");

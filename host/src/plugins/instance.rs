@@ -4,7 +4,6 @@
 //! Both generations of the interface are called here: 1.0 plugins receive
 //! records, 1.1 plugins handles to views the host lends for the call.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Semaphore;
@@ -110,10 +109,6 @@ pub struct Plugin {
     settings: super::engine::InstanceSettings,
     lanes: Arc<Semaphore>,
     idle: Mutex<Vec<Warm>>,
-    /// Calls made.
-    pub calls: AtomicU64,
-    /// Calls that failed.
-    pub failures: AtomicU64,
 }
 
 impl Plugin {
@@ -167,8 +162,6 @@ impl Plugin {
             settings: engine.settings,
             lanes: engine.lanes().clone(),
             idle: Mutex::new(Vec::new()),
-            calls: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
         };
         let first = plugin.instantiate().await?;
         plugin.checkin(first);
@@ -234,16 +227,12 @@ impl Plugin {
     }
 
     fn finish<R>(&self, warm: Warm, result: wasmtime::Result<R>) -> Result<R, PluginError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(value) => {
                 self.checkin(warm);
                 Ok(value)
             }
-            Err(e) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                Err(classify(e))
-            }
+            Err(e) => Err(classify(e)),
         }
     }
 

@@ -305,10 +305,13 @@ impl Loader {
 
     /// Every loaded plugin (builtins first) with its counters.
     pub fn list(&self) -> Vec<PluginStatus> {
-        let status = |p: &Arc<Plugin>| PluginStatus {
-            info: p.info.clone(),
-            calls: p.calls.load(std::sync::atomic::Ordering::Relaxed),
-            failures: p.failures.load(std::sync::atomic::Ordering::Relaxed),
+        let status = |p: &Arc<Plugin>| {
+            let (calls, failures) = self.policies.counts(p);
+            PluginStatus {
+                info: p.info.clone(),
+                calls,
+                failures,
+            }
         };
         let mut all: Vec<_> = self.builtins.values().map(status).collect();
         if let Ok(folder) = self.folder.lock() {

@@ -27,7 +27,7 @@ use crate::config::FailureMode;
 use crate::error::ApiError;
 use crate::facts::RequestFacts;
 use crate::keys::LiveKey;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PluginSeries};
 use crate::store::UsageRecord;
 use bindings::auth::exports::sluice::policy::auth::Decision;
 use bindings::types;
@@ -239,10 +239,22 @@ impl Policies {
         self.current.store(Arc::new(set));
     }
 
-    fn observe(&self, plugin: &Plugin, started: Instant, failed: Option<&PluginError>) {
-        let series = plugin
+    /// The plugin's metric series: the one record of its calls and failures.
+    fn series<'a>(&self, plugin: &'a Plugin) -> &'a PluginSeries {
+        plugin
             .series
-            .get_or_init(|| self.metrics.plugin_series(&plugin.labels));
+            .get_or_init(|| self.metrics.plugin_series(&plugin.labels))
+    }
+
+    /// A plugin's calls and failures so far, as `/metrics` counts them (across
+    /// the versions loaded under its name).
+    pub fn counts(&self, plugin: &Plugin) -> (u64, u64) {
+        let series = self.series(plugin);
+        (series.calls.get(), series.failures.get())
+    }
+
+    fn observe(&self, plugin: &Plugin, started: Instant, failed: Option<&PluginError>) {
+        let series = self.series(plugin);
         series.calls.inc();
         series.seconds.observe(started.elapsed().as_secs_f64());
         if let Some(e) = failed {
