@@ -129,7 +129,7 @@ path = "store.redb"
 dir = "plugins"
 cache_dir = "plugin-cache"
 {channels}""")
-        self.env = dict(os.environ, BENCH_UPSTREAM_KEY="bench-upstream", SLUICE_ADMIN_TOKEN="bench-admin")
+        self.env = dict(os.environ, BENCH_UPSTREAM_KEY="bench-upstream", SLUICE_ADMIN_TOKEN="bench-admin-token-0001")
         self.key = subprocess.check_output([SLUICE, "keys", "create", "--config", str(self.config), "--name", "bench"], env=self.env, text=True).strip()
         self.sluice = self.spawn([SLUICE, "serve", "--config", str(self.config)], env=self.env)
         for port in [p for p, _, _ in MOCKS.values()] + list(NGINX.values()) + [PROXY]:

@@ -50,11 +50,14 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             retry_after_s: None,
         });
     };
+    // The scheme is case-insensitive (RFC 9110); config guarantees a token of
+    // at least 16 bytes, so an absent or empty credential never matches.
     let presented = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
     if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
         Ok(())
     } else {

@@ -88,7 +88,10 @@ fn config_errors_match_their_golden_files() -> Result<(), Box<dyn std::error::Er
 fn shipped_examples_are_valid() -> Result<(), ConfigError> {
     let env = BTreeMap::from([
         ("OPENAI_API_KEY".to_string(), "sk-x".to_string()),
-        ("SLUICE_ADMIN_TOKEN".to_string(), "t".to_string()),
+        (
+            "SLUICE_ADMIN_TOKEN".to_string(),
+            "an-admin-token-of-24-byte".to_string(),
+        ),
         ("MOCK_UPSTREAM_KEY".to_string(), "m".to_string()),
     ]);
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");

@@ -12,6 +12,9 @@ use super::Env;
 use super::model::*;
 use super::raw::*;
 
+/// The shortest admin token accepted.
+const MIN_ADMIN_TOKEN: usize = 16;
+
 /// The default number of plugin overrun lanes: half the cores, at least one.
 fn default_overrun_lanes() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
@@ -138,23 +141,28 @@ impl<'a> Validator<'a> {
     fn secret(&self, key: &str, value: &Text, env: &dyn Env) -> Result<String, ConfigError> {
         let reference = value.get_ref();
         if let Some(name) = reference.strip_prefix("env::") {
-            env.var(name).filter(|v| !v.is_empty()).ok_or_else(|| {
-                self.error(
-                    key,
-                    Some(value),
-                    format!("environment variable {name} is not set"),
-                )
-            })
-        } else if let Some(file) = reference.strip_prefix("file::") {
-            std::fs::read_to_string(self.path(file))
-                .map(|s| s.trim().to_string())
-                .map_err(|e| {
+            env.var(name)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| {
                     self.error(
                         key,
                         Some(value),
-                        format!("cannot read secret file {file}: {e}"),
+                        format!("environment variable {name} is not set or empty"),
                     )
                 })
+        } else if let Some(file) = reference.strip_prefix("file::") {
+            let text = std::fs::read_to_string(self.path(file)).map_err(|e| {
+                self.error(
+                    key,
+                    Some(value),
+                    format!("cannot read secret file {file}: {e}"),
+                )
+            })?;
+            let secret = text.trim();
+            if secret.is_empty() {
+                return Err(self.error(key, Some(value), format!("secret file {file} is empty")));
+            }
+            Ok(secret.to_string())
         } else {
             Err(self.error(
                 key,
@@ -200,17 +208,37 @@ impl<'a> Validator<'a> {
         Ok(server)
     }
 
-    /// Validates the `[admin]` table.
-    fn admin(&self, raw: &RawAdmin, env: &dyn Env) -> Result<AdminConfig, ConfigError> {
-        let admin = AdminConfig {
-            listen: self.addr("admin.listen", raw.listen.as_ref(), "127.0.0.1:8081")?,
-            token: raw
-                .token
-                .as_ref()
-                .map(|t| self.secret("admin.token", t, env))
-                .transpose()?,
+    /// Validates the `[admin]` table: its own listener (never the client
+    /// API's) and a token of at least [`MIN_ADMIN_TOKEN`] bytes.
+    fn admin(
+        &self,
+        raw: &RawAdmin,
+        env: &dyn Env,
+        server: &ServerConfig,
+    ) -> Result<AdminConfig, ConfigError> {
+        let listen = self.addr("admin.listen", raw.listen.as_ref(), "127.0.0.1:8081")?;
+        if listen == server.listen && listen.port() != 0 {
+            return Err(self.error(
+                "admin.listen",
+                raw.listen.as_ref(),
+                format!("admin.listen must differ from server.listen ({listen})"),
+            ));
+        }
+        let token = match &raw.token {
+            Some(t) => {
+                let token = self.secret("admin.token", t, env)?;
+                if token.len() < MIN_ADMIN_TOKEN {
+                    return Err(self.error(
+                        "admin.token",
+                        Some(t),
+                        format!("the admin token must be at least {MIN_ADMIN_TOKEN} bytes"),
+                    ));
+                }
+                Some(token)
+            }
+            None => None,
         };
-        Ok(admin)
+        Ok(AdminConfig { listen, token })
     }
 
     /// Validates the `[log]` table.
@@ -454,9 +482,10 @@ impl<'a> Validator<'a> {
 
     /// Validates the whole file, one table at a time.
     pub(super) fn validate(&self, raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
+        let server = self.server(&raw.server)?;
         Ok(Config {
-            server: self.server(&raw.server)?,
-            admin: self.admin(&raw.admin, env)?,
+            admin: self.admin(&raw.admin, env, &server)?,
+            server,
             log: self.log(raw.log)?,
             store: self.store(&raw.store)?,
             cache: self.cache(&raw.cache)?,

@@ -156,10 +156,19 @@ async fn the_admin_api_needs_its_token() {
         error_code(anonymous, StatusCode::UNAUTHORIZED).await,
         "invalid_admin_token"
     );
+    for presented in ["Bearer", "Bearer ", "Basic in-process-admin-token"] {
+        let mut wrong = request("GET", "/admin/keys", None);
+        wrong.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static(presented),
+        );
+        let refused = h.admin(wrong).await;
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{presented:?}");
+    }
     let mut listing = request("GET", "/admin/keys", None);
     listing.headers_mut().insert(
         http::header::AUTHORIZATION,
-        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+        format!("bearer {ADMIN_TOKEN}").parse().unwrap(),
     );
     let keys = h.admin(listing).await;
     assert_eq!(keys.status(), StatusCode::OK);
