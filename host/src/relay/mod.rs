@@ -66,8 +66,18 @@ struct Peek<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     stream: Option<bool>,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
+    /// Absent: `None`; `null`: `Some(None)`.
+    #[serde(default, deserialize_with = "present")]
+    stream_options: Option<Option<StreamOptions>>,
+}
+
+/// Deserializes a field that is present (even as `null`) into `Some`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 #[derive(serde::Deserialize)]
@@ -84,7 +94,7 @@ pub struct Parsed {
     pub model: String,
     /// Streamed?
     pub stream: bool,
-    /// Whether `stream_options` is present at all.
+    /// Whether `stream_options` is present at all (even as `null`).
     has_stream_options: bool,
     /// Whether the client asked for the usage chunk.
     pub include_usage: bool,
@@ -114,7 +124,10 @@ where
     }
 }
 
-/// Parses the fields the gateway needs without re-serialising the body.
+/// Parses the fields the gateway needs without re-serialising the body. A
+/// body that repeats one of those fields is rewritten once with the last
+/// value of each key (as JSON parsers commonly read it), so the upstream
+/// never sees a duplicate the gateway read differently.
 ///
 /// # Errors
 /// 400 for malformed JSON, a non-object body, or ill-typed fields.
@@ -125,12 +138,36 @@ pub fn parse(body: Bytes) -> Result<Parsed, ApiError> {
             None,
         ));
     }
-    let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| {
+    let unparsable = |e: serde_json::Error| {
         ApiError::bad_request(
             format!("We could not parse the JSON body of your request: {e}"),
             None,
         )
-    })?;
+    };
+    let (model, stream, has_stream_options, include_usage) =
+        match serde_json::from_slice::<Peek<'_>>(&body) {
+            Ok(peek) => fields(peek)?,
+            Err(e) if e.to_string().starts_with("duplicate field") => {
+                let last_wins: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(&body).map_err(unparsable)?;
+                let rewritten = serde_json::to_vec(&last_wins)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                return parse(Bytes::from(rewritten));
+            }
+            Err(e) => return Err(unparsable(e)),
+        };
+    Ok(Parsed {
+        model,
+        stream,
+        has_stream_options,
+        include_usage,
+        body,
+    })
+}
+
+/// The owned fields of a peek: model, stream, whether `stream_options` is
+/// present, and whether the client asked for usage.
+fn fields(peek: Peek<'_>) -> Result<(String, bool, bool, bool), ApiError> {
     let model = match peek.model {
         Some(m) if !m.is_empty() => m.into_owned(),
         _ => {
@@ -143,15 +180,15 @@ pub fn parse(body: Bytes) -> Result<Parsed, ApiError> {
     let include_usage = peek
         .stream_options
         .as_ref()
+        .and_then(|o| o.as_ref())
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    Ok(Parsed {
+    Ok((
         model,
-        stream: peek.stream.unwrap_or(false),
-        has_stream_options: peek.stream_options.is_some(),
+        peek.stream.unwrap_or(false),
+        peek.stream_options.is_some(),
         include_usage,
-        body,
-    })
+    ))
 }
 
 /// The body to send upstream: the original bytes unless the model is renamed or
@@ -177,7 +214,11 @@ fn upstream_body(parsed: &Parsed, upstream_model: &str) -> Result<Bytes, ApiErro
         value["model"] = serde_json::Value::String(upstream_model.into());
     }
     if need_usage {
-        value["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
+        let options = &mut value["stream_options"];
+        if !options.is_object() {
+            *options = serde_json::Value::Object(serde_json::Map::new());
+        }
+        options["include_usage"] = serde_json::Value::Bool(true);
     }
     serde_json::to_vec(&value)
         .map(Bytes::from)
@@ -552,6 +593,35 @@ mod tests {
             "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
         )?;
         assert_eq!(upstream_body(&asked, "m")?, asked.body);
+        Ok(())
+    }
+
+    /// However a client writes `stream_options`, a stream's upstream body
+    /// holds exactly one, asking for usage, and keeps the client's other options.
+    #[test]
+    fn streams_ask_for_usage_exactly_once() -> Result<(), ApiError> {
+        let bodies = [
+            r#"{"model":"m","stream":true,"stream_options":null}"#,
+            r#"{"model":"m","stream":true,"stream_options":{}}"#,
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#,
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":null,"x":1}}"#,
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"stream_options":null}"#,
+            r#"{"model":"m","stream_options":null,"stream":true,"stream_options":{"include_usage":false}}"#,
+            r#"{"model":"m","stream":false,"stream":true}"#,
+        ];
+        for text in bodies {
+            let parsed = parse(Bytes::from_static(text.as_bytes()))?;
+            assert!(parsed.stream, "{text}");
+            let sent = upstream_body(&parsed, "m")?;
+            let raw = String::from_utf8_lossy(&sent);
+            assert_eq!(raw.matches("\"stream_options\"").count(), 1, "{text} -> {raw}");
+            let value: serde_json::Value = serde_json::from_slice(&sent)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            assert_eq!(value["stream_options"]["include_usage"], true, "{text} -> {raw}");
+            if text.contains("\"x\":1") {
+                assert_eq!(value["stream_options"]["x"], 1, "{raw}");
+            }
+        }
         Ok(())
     }
 }
