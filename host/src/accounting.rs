@@ -155,7 +155,7 @@ impl Accounting {
             }
             None => 0,
         };
-        let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+        let tokens = total_tokens(usage);
         let charge = ctx.key.as_ref().map(|key| {
             state.keys.charge(key, cost);
             if tokens > 0 {
@@ -186,7 +186,7 @@ impl Accounting {
                 .get_or_create(&ChannelLabels {
                     channel: ctx.channel_id.clone(),
                 })
-                .inc_by(u64::from(tokens));
+                .inc_by(tokens);
         }
         let key_prefix = ctx
             .key
@@ -271,6 +271,12 @@ impl Drop for Accounting {
     }
 }
 
+/// Prompt plus completion tokens, summed without overflow (two `u32`
+/// counts from an upstream can exceed `u32`).
+fn total_tokens(usage: Usage) -> u64 {
+    u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens)
+}
+
 /// The tokens to bill: the upstream's usage, else — for a response that
 /// delivered something — the estimates.
 fn billable_usage(outcome: &Outcome, prompt_estimate: u32) -> Usage {
@@ -288,5 +294,19 @@ fn billable_usage(outcome: &Outcome, prompt_estimate: u32) -> Usage {
         }
     } else {
         Usage::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_sums_do_not_wrap() {
+        let usage = Usage {
+            prompt_tokens: u32::MAX,
+            completion_tokens: 2,
+        };
+        assert_eq!(total_tokens(usage), u64::from(u32::MAX) + 2);
     }
 }

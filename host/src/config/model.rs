@@ -180,6 +180,11 @@ pub struct UpstreamConfig {
     pub first_byte_timeout: Duration,
     /// Longest silence between two body chunks.
     pub idle_timeout: Duration,
+    /// Largest single SSE event (an unterminated one included) a stream relays.
+    pub max_event_bytes: usize,
+    /// Largest upstream body read whole (a non-streamed answer, or a stream
+    /// request answered without SSE).
+    pub max_response_bytes: usize,
     /// Most channels tried per request.
     pub max_attempts: usize,
     /// Extra CA certificate (PEM) trusted for upstreams.

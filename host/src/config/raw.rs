@@ -103,6 +103,8 @@ pub(super) struct RawUpstream {
     pub(super) connect_timeout: Option<Text>,
     pub(super) first_byte_timeout: Option<Text>,
     pub(super) idle_timeout: Option<Text>,
+    pub(super) max_event_bytes: Option<usize>,
+    pub(super) max_response_bytes: Option<usize>,
     pub(super) max_attempts: Option<usize>,
     pub(super) ca_file: Option<String>,
     pub(super) failures_to_cooldown: Option<u32>,

@@ -378,6 +378,8 @@ impl<'a> Validator<'a> {
                 u.idle_timeout.as_ref(),
                 Duration::from_secs(120),
             )?,
+            max_event_bytes: u.max_event_bytes.unwrap_or(4 << 20).max(1024),
+            max_response_bytes: u.max_response_bytes.unwrap_or(16 << 20).max(1024),
             max_attempts: u.max_attempts.unwrap_or(3).max(1),
             ca_file: u.ca_file.as_deref().map(|f| self.path(f)),
             failures_to_cooldown: u.failures_to_cooldown.unwrap_or(3).max(1),

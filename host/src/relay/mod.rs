@@ -31,9 +31,6 @@ use crate::server::body::{ResponseBody, boxed};
 use crate::state::AppState;
 use channels::Channel;
 
-/// Largest non-streamed upstream response the relay buffers.
-const MAX_UPSTREAM_BODY: usize = 64 << 20;
-
 /// Hop-by-hop and framing headers: never passed on in either direction.
 static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -493,11 +490,13 @@ async fn respond(
             settings: stream::StreamSettings {
                 idle_timeout: state.config.upstream.idle_timeout,
                 show_usage: parsed.include_usage,
+                max_event_bytes: state.config.upstream.max_event_bytes,
                 capture: state.config.log.content,
             },
         });
     }
-    let collected = Limited::new(body, MAX_UPSTREAM_BODY).collect().await;
+    let limit = state.config.upstream.max_response_bytes;
+    let collected = Limited::new(body, limit).collect().await;
     drop(in_flight);
     let mut outcome = Outcome {
         status: status.as_u16(),
@@ -506,14 +505,28 @@ async fn respond(
     let bytes = match collected {
         Ok(c) => c.to_bytes(),
         Err(e) => {
-            tracing::warn!(error = %e, "upstream body failed");
-            let error = ApiError::Upstream {
-                status: StatusCode::BAD_GATEWAY,
-                code: "upstream_stream_error",
-                message: "The upstream response was cut short.".into(),
+            let error = if e.is::<http_body_util::LengthLimitError>() {
+                tracing::warn!(limit, "upstream body over upstream.max_response_bytes");
+                ApiError::Upstream {
+                    status: StatusCode::BAD_GATEWAY,
+                    code: "upstream_response_too_large",
+                    message: format!(
+                        "The upstream response exceeds the gateway's limit of {limit} bytes."
+                    ),
+                }
+            } else {
+                tracing::warn!(error = %e, "upstream body failed");
+                ApiError::Upstream {
+                    status: StatusCode::BAD_GATEWAY,
+                    code: "upstream_stream_error",
+                    message: "The upstream response was cut short.".into(),
+                }
             };
-            outcome.partial = true;
-            outcome.error_kind = Some(error.log_kind());
+            // The client gets the error's status, and so does the record.
+            let outcome = Outcome {
+                partial: true,
+                ..Outcome::failed(&error)
+            };
             let response = error.into_response().map(boxed);
             return Relayed::Complete { response, outcome };
         }
@@ -614,10 +627,17 @@ mod tests {
             assert!(parsed.stream, "{text}");
             let sent = upstream_body(&parsed, "m")?;
             let raw = String::from_utf8_lossy(&sent);
-            assert_eq!(raw.matches("\"stream_options\"").count(), 1, "{text} -> {raw}");
-            let value: serde_json::Value = serde_json::from_slice(&sent)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            assert_eq!(value["stream_options"]["include_usage"], true, "{text} -> {raw}");
+            assert_eq!(
+                raw.matches("\"stream_options\"").count(),
+                1,
+                "{text} -> {raw}"
+            );
+            let value: serde_json::Value =
+                serde_json::from_slice(&sent).map_err(|e| ApiError::Internal(e.to_string()))?;
+            assert_eq!(
+                value["stream_options"]["include_usage"], true,
+                "{text} -> {raw}"
+            );
             if text.contains("\"x\":1") {
                 assert_eq!(value["stream_options"]["x"], 1, "{raw}");
             }

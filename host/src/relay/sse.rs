@@ -1,32 +1,41 @@
 //! A small SSE framer for the streaming relay: splits upstream bytes into whole
-//! events (each ending in a blank line) with no cap below [`MAX_EVENT_BYTES`],
-//! so a 1 MiB event relays intact; and a cheap reader of the `usage` object.
-//! Fuzzed by `fuzz/fuzz_targets/sse.rs`.
+//! events (each ending in a blank line) up to a configured size
+//! (`upstream.max_event_bytes`), so a large event relays intact and an
+//! upstream that never ends an event cannot grow a stream's memory without
+//! bound; and a cheap reader of the `usage` object.
 
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
-/// Largest single event accepted before the stream is failed (memory guard).
-pub const MAX_EVENT_BYTES: usize = 32 << 20;
-
 /// Splits a byte stream into SSE events.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SseFramer {
     buf: BytesMut,
     /// Bytes of `buf` already searched for a delimiter (minus an overlap).
     searched: usize,
+    /// Largest unfinished event held before the stream is failed.
+    max_event_bytes: usize,
 }
 
-/// The framer's buffer outgrew [`MAX_EVENT_BYTES`].
+/// The framer's buffer outgrew its event size limit.
 #[derive(Debug, PartialEq, Eq)]
 pub struct EventTooLarge;
 
 impl SseFramer {
+    /// A framer that holds at most `max_event_bytes` of an unfinished event.
+    pub fn new(max_event_bytes: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            searched: 0,
+            max_event_bytes,
+        }
+    }
+
     /// Feeds `chunk` and appends every completed event (delimiter included) to `out`.
     ///
     /// # Errors
-    /// When an unfinished event exceeds [`MAX_EVENT_BYTES`].
+    /// When an unfinished event exceeds the framer's limit.
     pub fn push(&mut self, mut chunk: Bytes, out: &mut Vec<Bytes>) -> Result<(), EventTooLarge> {
         if self.buf.is_empty() {
             // The usual case, one or more whole events per upstream chunk: slice
@@ -46,7 +55,7 @@ impl SseFramer {
         }
         self.buf.extend_from_slice(&chunk);
         self.searched = self.buf.len().saturating_sub(3);
-        if self.buf.len() > MAX_EVENT_BYTES {
+        if self.buf.len() > self.max_event_bytes {
             Err(EventTooLarge)
         } else {
             Ok(())
@@ -186,8 +195,11 @@ fn memfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// The default `upstream.max_event_bytes`.
+    const LIMIT: usize = 4 << 20;
+
     fn frames(chunks: &[&[u8]]) -> Vec<Bytes> {
-        let mut framer = SseFramer::default();
+        let mut framer = SseFramer::new(LIMIT);
         let mut out = Vec::new();
         for c in chunks {
             assert!(framer.push(Bytes::copy_from_slice(c), &mut out).is_ok());
@@ -225,13 +237,14 @@ mod tests {
     }
 
     #[test]
-    fn oversized_events_are_refused() {
-        let mut framer = SseFramer::default();
+    fn oversized_events_are_refused_at_the_limit() {
+        let mut framer = SseFramer::new(LIMIT);
         let mut out = Vec::new();
         let chunk = Bytes::from(vec![b'x'; 1 << 20]);
         let mut result = Ok(());
-        for _ in 0..40 {
+        for pushed in 1..=8 {
             result = framer.push(chunk.clone(), &mut out);
+            assert_eq!(result.is_err(), pushed > 4, "after {pushed} MiB");
             if result.is_err() {
                 break;
             }

@@ -30,6 +30,8 @@ pub struct StreamSettings {
     pub idle_timeout: Duration,
     /// The client asked for the usage chunk.
     pub show_usage: bool,
+    /// Largest single event relayed (`upstream.max_event_bytes`).
+    pub max_event_bytes: usize,
     /// Capture the completion text (content logging).
     pub capture: bool,
 }
@@ -69,11 +71,12 @@ impl RelayStream {
         let StreamSettings {
             idle_timeout,
             show_usage,
+            max_event_bytes,
             capture,
         } = settings;
         Self {
             upstream,
-            framer: SseFramer::default(),
+            framer: SseFramer::new(max_event_bytes),
             ready: VecDeque::new(),
             scratch: Vec::new(),
             idle: Box::pin(tokio::time::sleep(idle_timeout)),

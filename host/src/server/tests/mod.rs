@@ -45,9 +45,9 @@ fn plugin_cache() -> PathBuf {
 }
 
 /// A config: one channel `main` serving [`MODEL`] from `upstream`, priced at
-/// 1 credit per prompt token and 2 per completion token, `extra` TOML in the
-/// `[server]` table.
-fn config(dir: &Path, upstream: SocketAddr, server: &str) -> Config {
+/// 1 credit per prompt token and 2 per completion token; `server` and
+/// `upstream_settings` are lines for those tables.
+fn config(dir: &Path, upstream: SocketAddr, server: &str, upstream_settings: &str) -> Config {
     let text = format!(
         r#"
 [server]
@@ -64,6 +64,9 @@ flush_interval = "5ms"
 
 [plugins]
 cache_dir = "{cache}"
+
+[upstream]
+{upstream_settings}
 
 [[channels]]
 id = "main"
@@ -107,14 +110,15 @@ struct Harness {
 }
 
 impl Harness {
-    /// A gateway with default settings (plus `server` lines) and a key for [`MODEL`].
-    async fn start(server: &str, key_models: &[&str]) -> Self {
+    /// A gateway with default settings plus `server` and `upstream` lines, and
+    /// a key for `key_models` (empty: every model).
+    async fn start(server: &str, upstream_settings: &str, key_models: &[&str]) -> Self {
         let upstream =
             sluice_mock::start("127.0.0.1:0".parse().unwrap(), MockConfig::default(), None)
                 .await
                 .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let state = crate::app::build(config(dir.path(), upstream.addr, server))
+        let state = crate::app::build(config(dir.path(), upstream.addr, server, upstream_settings))
             .await
             .unwrap();
         let (key, record) = new_key(key_models);
@@ -131,7 +135,7 @@ impl Harness {
 
     /// A gateway with default settings.
     async fn new() -> Self {
-        Self::start("", &[]).await
+        Self::start("", "", &[]).await
     }
 
     /// Sends a request to the client-facing service.
