@@ -166,6 +166,24 @@ pub struct MockStats {
     pub leaked_credentials: AtomicU64,
     /// Requests that asked for `stream_options.include_usage`.
     pub usage_requested: AtomicU64,
+    /// The headers of the last request, lower-case names in arrival order.
+    #[serde(skip)]
+    pub last_headers: Mutex<Vec<(String, String)>>,
+}
+
+impl MockStats {
+    /// The values of header `name` on the last request.
+    pub fn last_header(&self, name: &str) -> Vec<String> {
+        self.last_headers
+            .lock()
+            .map(|h| {
+                h.iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// A running mock.
@@ -360,6 +378,18 @@ async fn handle(
         });
     }
     stats.requests.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut last) = stats.last_headers.lock() {
+        *last = req
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+    }
     let cfg = effective(&req, &base);
     let auth = req
         .headers()

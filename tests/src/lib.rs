@@ -159,7 +159,7 @@ impl ChannelSpec {
             .map(|(from, to)| format!("{from:?} = {to:?}"))
             .collect();
         format!(
-            "[[channels]]\nid = {:?}\nbase_url = {:?}\napi_key = \"env::UPSTREAM_KEY\"\nmodels = [{}]\npriority = {}\nweight = {}\nmodel_map = {{ {} }}\n",
+            "[[channels]]\nid = {:?}\nbase_url = {:?}\napi_key = \"env::UPSTREAM_KEY\"\nmodels = [{}]\npriority = {}\nweight = {}\nmodel_map = {{ {} }}\nforward_headers = [\"x-mock-*\"]\n",
             self.id,
             self.base_url,
             models.join(", "),

@@ -234,6 +234,12 @@ pub struct ChannelConfig {
     pub weight: u32,
     /// Concurrency limit; 0 = none.
     pub max_in_flight: u32,
+    /// Headers the operator sets on every request to this channel (an
+    /// organisation, a project); they replace anything a client sent.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Client headers forwarded to this channel beyond the protocol's
+    /// allow-list, lower-case; a trailing `*` matches a prefix.
+    pub forward_headers: Vec<String>,
 }
 
 impl std::fmt::Debug for ChannelConfig {
@@ -248,6 +254,16 @@ impl std::fmt::Debug for ChannelConfig {
 }
 
 impl ChannelConfig {
+    /// Whether the operator forwards the client header `name` to this channel.
+    pub fn forwards(&self, name: &str) -> bool {
+        self.forward_headers
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == pattern,
+            })
+    }
+
     /// The upstream name of a client-facing model.
     pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
         self.model_map.get(model).map_or(model, String::as_str)

@@ -129,6 +129,10 @@ pub(super) struct RawChannel {
     pub(super) weight: u32,
     #[serde(default)]
     pub(super) max_in_flight: u32,
+    #[serde(default)]
+    pub(super) headers: BTreeMap<String, Text>,
+    #[serde(default)]
+    pub(super) forward_headers: Vec<Text>,
 }
 
 fn one() -> u32 {

@@ -1,6 +1,7 @@
 //! Validation: the raw TOML shape into the typed model, one function per
 //! table, every error naming the file, line and key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -397,6 +398,39 @@ impl<'a> Validator<'a> {
         Ok(upstream)
     }
 
+    /// A channel's fixed headers: valid names and values, none that the
+    /// gateway sets itself (credentials, framing, routing).
+    fn fixed_headers(
+        &self,
+        key: &str,
+        raw: &BTreeMap<String, Text>,
+    ) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ConfigError> {
+        const RESERVED: [&str; 9] = [
+            "authorization",
+            "host",
+            "content-length",
+            "content-type",
+            "transfer-encoding",
+            "connection",
+            "te",
+            "upgrade",
+            "x-request-id",
+        ];
+        raw.iter()
+            .map(|(name, value)| {
+                let bad = |why: &str| self.error(&format!("{key}.{name}"), Some(value), why);
+                let name = http::HeaderName::try_from(name.as_str())
+                    .map_err(|_| bad("not a valid header name"))?;
+                if RESERVED.contains(&name.as_str()) {
+                    return Err(bad("the gateway sets this header itself"));
+                }
+                let value = http::HeaderValue::try_from(value.get_ref().as_str())
+                    .map_err(|_| bad("not a valid header value"))?;
+                Ok((name, value))
+            })
+            .collect()
+    }
+
     /// Validates the `[[channels]]` entries.
     fn channels(
         &self,
@@ -477,6 +511,12 @@ impl<'a> Validator<'a> {
                 priority: c.priority,
                 weight: c.weight,
                 max_in_flight: c.max_in_flight,
+                headers: self.fixed_headers(&key("headers"), &c.headers)?,
+                forward_headers: c
+                    .forward_headers
+                    .iter()
+                    .map(|h| h.get_ref().to_ascii_lowercase())
+                    .collect(),
             });
         }
         Ok(channels)

@@ -43,9 +43,18 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONTENT_LENGTH,
 ];
 
-/// Request headers never forwarded upstream besides [`HOP_BY_HOP`]: the host,
-/// the client's credentials, cookies, encoding and h2c negotiation.
-static NOT_FORWARDED: [HeaderName; 8] = [
+/// The client headers the OpenAI protocol forwards upstream. Everything else
+/// a client sends stays at the gateway — its credentials, cookies, and headers
+/// that choose what the operator's upstream key bills (`OpenAI-Organization`,
+/// `OpenAI-Project`) — unless the channel's `forward_headers` names it. The
+/// gateway sets `content-type`, `accept-encoding`, `x-request-id` and the
+/// channel's credential and fixed headers itself.
+static OPENAI_FORWARDED: [HeaderName; 2] = [header::ACCEPT, header::USER_AGENT];
+
+/// Client headers never forwarded, whatever a channel's `forward_headers`
+/// says (besides [`HOP_BY_HOP`]): credentials, cookies, the host, encoding
+/// and h2c negotiation.
+static NEVER_FORWARDED: [HeaderName; 8] = [
     header::HOST,
     header::PROXY_AUTHORIZATION,
     header::PROXY_AUTHENTICATE,
@@ -297,9 +306,13 @@ fn build_request(
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = uri;
     let out = request.headers_mut();
-    out.reserve(headers.len() + 4);
+    out.reserve(OPENAI_FORWARDED.len() + channel.config.headers.len() + 4);
     for (name, value) in headers {
-        if !HOP_BY_HOP.contains(name) && !NOT_FORWARDED.contains(name) {
+        let allowed = OPENAI_FORWARDED.contains(name)
+            || (channel.config.forwards(name.as_str())
+                && !NEVER_FORWARDED.contains(name)
+                && !HOP_BY_HOP.contains(name));
+        if allowed {
             out.append(name, value.clone());
         }
     }
@@ -316,6 +329,9 @@ fn build_request(
     }
     if let Some(authorization) = &channel.authorization {
         out.insert(header::AUTHORIZATION, authorization.clone());
+    }
+    for (name, value) in &channel.config.headers {
+        out.insert(name, value.clone());
     }
     Ok(request)
 }

@@ -73,6 +73,8 @@ id = "main"
 base_url = "http://{upstream}/v1"
 api_key = "env::UPSTREAM_KEY"
 models = ["{MODEL}"]
+forward_headers = ["x-mock-*"]
+headers = {{ "OpenAI-Organization" = "org-operator" }}
 
 [pricing.models."{MODEL}"]
 input = 1.0

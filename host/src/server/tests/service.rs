@@ -183,3 +183,42 @@ async fn the_admin_api_needs_its_token() {
     let text = String::from_utf8(body_bytes(metrics).await.to_vec()).unwrap();
     assert!(text.contains("sluice_"), "{text}");
 }
+
+#[tokio::test]
+async fn client_headers_stay_at_the_gateway() {
+    let h = Harness::new().await;
+    let sent = [
+        ("openai-organization", "org-client"),
+        ("openai-project", "proj-client"),
+        ("api-key", "azure-style-key"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("cookie", "session=1"),
+        ("x-custom", "anything"),
+        ("user-agent", "sdk-test/1.0"),
+        ("accept", "application/json"),
+    ];
+    let response = h.send(h.chat(chat_body(false), &sent)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let stats = &h.upstream.stats;
+    // The operator's fixed header replaces the client's choice of organisation.
+    assert_eq!(stats.last_header("openai-organization"), ["org-operator"]);
+    for dropped in [
+        "openai-project",
+        "api-key",
+        "x-forwarded-for",
+        "cookie",
+        "x-custom",
+    ] {
+        assert!(
+            stats.last_header(dropped).is_empty(),
+            "{dropped} reached the upstream"
+        );
+    }
+    assert_eq!(stats.last_header("user-agent"), ["sdk-test/1.0"]);
+    assert_eq!(stats.last_header("accept"), ["application/json"]);
+    assert_eq!(
+        stats.last_header("authorization"),
+        ["Bearer sk-upstream-test"]
+    );
+    assert_eq!(stats.last_header("x-request-id").len(), 1);
+}
