@@ -21,6 +21,10 @@ use crate::state::AppState;
 use crate::store;
 use crate::store::writer::{UsageWriter, WriterSettings};
 
+/// How long streams cut at the end of the grace period get to deliver their
+/// closing error event before their connections are dropped.
+const CUT_OFF_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -147,7 +151,7 @@ pub async fn run(
             error,
         })?,
     };
-    let connections = TaskTracker::new();
+    let connections = crate::server::Connections::default();
     let listeners = TaskTracker::new();
     listeners.spawn(crate::server::serve(
         proxy,
@@ -180,16 +184,25 @@ pub async fn run(
     );
     state.shutdown.cancel();
     listeners.wait().await;
-    connections.close();
-    if tokio::time::timeout(state.config.server.shutdown_grace, connections.wait())
+    let open = &connections.tracker;
+    open.close();
+    if tokio::time::timeout(state.config.server.shutdown_grace, open.wait())
         .await
         .is_err()
     {
         tracing::warn!(
-            "grace period over; cutting remaining connections (their requests are recorded as partial, error kind shutdown)"
+            "grace period over; cutting what is still running (recorded as partial, error kind shutdown)"
         );
+        // Streams end themselves with an SSE error event; give them a moment
+        // to leave, then drop whatever connection is still open.
         state.cut_off.cancel();
-        connections.wait().await;
+        if tokio::time::timeout(CUT_OFF_FLUSH, open.wait())
+            .await
+            .is_err()
+        {
+            connections.abort.cancel();
+            open.wait().await;
+        }
     }
     // Every connection has ended, so every request's accounting has settled
     // and queued its record on the tracker.

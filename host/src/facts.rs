@@ -78,23 +78,23 @@ impl RequestFacts {
     }
 }
 
-/// The presented credential: `Authorization: Bearer …` or `x-api-key`.
+/// The presented credential: a bearer token in `Authorization`, else
+/// `x-api-key` (an `Authorization` with another scheme, such as `Basic` added
+/// by a proxy, does not hide the key).
 pub fn credential(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-    {
-        let (scheme, token) = v.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim())
-            .filter(|t| !t.is_empty());
-    }
-    headers
-        .get(X_API_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let api_key = || {
+        headers
+            .get(X_API_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    bearer.or_else(api_key).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -131,6 +131,12 @@ mod tests {
         );
         assert_eq!(credential(&headers), Some("sk-2"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(
+            credential(&headers),
+            Some("sk-1"),
+            "Basic does not hide x-api-key"
+        );
+        headers.remove(X_API_KEY);
         assert_eq!(credential(&headers), None);
     }
 }

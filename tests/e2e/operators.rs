@@ -314,7 +314,12 @@ async fn no_secret_reaches_logs_or_store_files() {
     .await;
     assert_eq!(reply.status, 200);
     assert!(gw.stop().success());
-    let mut haystack = gw.logs().into_bytes();
+    let logs = gw.logs();
+    assert!(
+        logs.contains("sluice::access") && !logs.contains('\u{1b}'),
+        "logs written to a file carry no colour codes"
+    );
+    let mut haystack = logs.into_bytes();
     for entry in walk(gw.dir.path()) {
         haystack.extend(std::fs::read(entry).unwrap_or_default());
     }

@@ -408,7 +408,7 @@ async fn spawn(
         .arg(&ready);
     cmd.env("UPSTREAM_KEY", UPSTREAM_KEY)
         .env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("NO_COLOR", "1");
+        .env_remove("NO_COLOR");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -2,7 +2,7 @@
 //! given on the command line, lines printed on stdout, and logging set up
 //! from a config.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -18,7 +18,8 @@ pub(super) struct Target {
     pub(super) config: PathBuf,
 }
 
-/// Sets up logging from the config: text or JSON on stderr, written by a
+/// Sets up logging from the config: text or JSON on stderr (coloured only on a
+/// terminal), written by a
 /// dedicated thread so that a slow stderr (a full pipe, a stalled journald)
 /// never blocks request handling; beyond 128k buffered lines, lines are
 /// dropped rather than waited for. Keep the guard alive for the whole command:
@@ -31,8 +32,10 @@ pub(super) fn init_logging(
     let _ = crate::metrics::LOG_WRITER_DROPS.set(writer.error_counter());
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: escape codes in a log file or journald are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

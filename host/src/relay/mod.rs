@@ -504,6 +504,7 @@ async fn respond(
             body,
             in_flight,
             settings: stream::StreamSettings {
+                cut_off: state.cut_off.clone(),
                 idle_timeout: state.config.upstream.idle_timeout,
                 show_usage: parsed.include_usage,
                 max_event_bytes: state.config.upstream.max_event_bytes,

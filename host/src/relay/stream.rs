@@ -22,10 +22,13 @@ use tokio::time::Sleep;
 use super::channels::InFlight;
 use super::sse::{self, SseFramer};
 use crate::accounting::{Accounting, Outcome};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// What a stream needs from the configuration and the request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StreamSettings {
+    /// Cancelled when the shutdown grace period is over.
+    pub cut_off: CancellationToken,
     /// The longest the upstream may stay silent between chunks.
     pub idle_timeout: Duration,
     /// The client asked for the usage chunk.
@@ -35,6 +38,10 @@ pub struct StreamSettings {
     /// Capture the completion text (content logging).
     pub capture: bool,
 }
+
+/// What a stream that the shutdown cut off tells its client, last.
+const CUT_OFF_MESSAGE: &str =
+    "The gateway is shutting down: this stream was cut at the end of its grace period.";
 
 /// The request's accounting, and its hold on the channel, until the stream ends.
 struct Pending {
@@ -50,6 +57,7 @@ pub struct RelayStream {
     scratch: Vec<Bytes>,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
+    cut_off: Pin<Box<WaitForCancellationFutureOwned>>,
     last_data: tokio::time::Instant,
     show_usage: bool,
     capture: Option<String>,
@@ -69,6 +77,7 @@ impl RelayStream {
         status: u16,
     ) -> Self {
         let StreamSettings {
+            cut_off,
             idle_timeout,
             show_usage,
             max_event_bytes,
@@ -81,6 +90,7 @@ impl RelayStream {
             scratch: Vec::new(),
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
+            cut_off: Box::pin(cut_off.cancelled_owned()),
             last_data: tokio::time::Instant::now(),
             show_usage,
             capture: capture.then(String::new),
@@ -217,6 +227,10 @@ impl Body for RelayStream {
                     this.ended = true;
                 }
                 Poll::Pending => {
+                    if this.cut_off.as_mut().poll(cx).is_ready() {
+                        this.fail("shutdown", CUT_OFF_MESSAGE);
+                        continue;
+                    }
                     if this.idle_expired(cx) {
                         this.fail(
                             "upstream_idle_timeout",

@@ -25,6 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::ApiError;
@@ -94,11 +95,21 @@ impl<F: Future<Output = Response<ResponseBody>>> Future for CatchPanic<F> {
     }
 }
 
+/// The connections of the listeners: their tasks, and the token that drops
+/// the ones still open once shutdown has given up on them.
+#[derive(Clone, Default)]
+pub struct Connections {
+    /// Every connection task.
+    pub tracker: TaskTracker,
+    /// Cancelled to drop the connections still open.
+    pub abort: CancellationToken,
+}
+
 /// Accepts connections until shutdown; each connection runs on `connections`.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
-    connections: TaskTracker,
+    connections: Connections,
     role: Role,
 ) {
     loop {
@@ -116,17 +127,25 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        connections.spawn(connection(TokioIo::new(stream), peer, state.clone(), role));
+        connections.tracker.spawn(connection(
+            TokioIo::new(stream),
+            peer,
+            state.clone(),
+            role,
+            connections.abort.clone(),
+        ));
     }
 }
 
 /// Serves one connection: until it closes, or — once shutdown begins — until
-/// its in-flight requests finish or the grace period's cut-off.
+/// its in-flight requests finish (streams end themselves at the grace
+/// period's cut-off) or shutdown drops it.
 async fn connection(
     io: TokioIo<tokio::net::TcpStream>,
     peer: SocketAddr,
     state: Arc<AppState>,
     role: Role,
+    abort: CancellationToken,
 ) {
     let handler = state.clone();
     let service = service_fn(move |req| {
@@ -147,8 +166,8 @@ async fn connection(
     }
     tokio::select! {
         _ = conn => {}
-        () = state.cut_off.cancelled() => {
-            tracing::warn!(%peer, "connection still busy at the end of the grace period; closing it");
+        () = abort.cancelled() => {
+            tracing::warn!(%peer, "connection still busy after the cut-off; dropping it");
         }
     }
 }

@@ -409,10 +409,24 @@ pub fn open(backend: Backend, path: &Path) -> Result<Arc<dyn Store>, StoreError>
         std::fs::create_dir_all(parent)
             .map_err(|e| StoreError::backend("fs", format!("{}: {e}", parent.display())))?;
     }
+    owner_only(path).map_err(|e| StoreError::backend("fs", format!("{}: {e}", path.display())))?;
     Ok(match backend {
         Backend::Redb => Arc::new(redb::RedbStore::open(path)?),
         Backend::Sqlite => Arc::new(sqlite::SqliteStore::open(path)?),
     })
+}
+
+/// Creates the store file readable and writable by its owner only (0600), or
+/// narrows an existing one to that: it holds key digests and usage. SQLite
+/// gives its WAL and shared-memory files the database file's mode.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 /// Groups charges per key (summing costs), so a batch touches each key once.
@@ -426,3 +440,36 @@ pub fn total_charges(charges: &[Charge]) -> BTreeMap<&str, i64> {
 
 #[cfg(test)]
 pub(crate) mod conformance;
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o777)
+    }
+
+    #[test]
+    fn store_files_are_owner_only() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::backend("test", e))?;
+        for (backend, name) in [(Backend::Redb, "s.redb"), (Backend::Sqlite, "s.db")] {
+            let path = dir.path().join(name);
+            let store = open(backend, &path)?;
+            store.create_key(&conformance::key("k", None))?;
+            assert_eq!(mode(&path), 0o600, "{name}");
+            let wal = dir.path().join(format!("{name}-wal"));
+            if wal.exists() {
+                assert_eq!(mode(&wal), 0o600, "{name}-wal");
+            }
+            drop(store);
+            // An existing file with a wider mode is narrowed.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| StoreError::backend("test", e))?;
+            drop(open(backend, &path)?);
+            assert_eq!(mode(&path), 0o600, "{name} reopened");
+        }
+        Ok(())
+    }
+}

@@ -192,15 +192,28 @@ async fn a_stream_cut_off_at_shutdown_is_accounted_once() {
 
     stop.cancel();
     // The client keeps reading; the gateway cuts the stream at the end of the
-    // grace period and then finishes its shutdown.
-    let reading = tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+    // grace period, with a closing error event, and then finishes its shutdown.
+    let reading = tokio::spawn(async move {
+        let mut text = String::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                text.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+        text
+    });
     tokio::time::timeout(Duration::from_secs(30), running)
         .await
         .expect("shutdown within the grace period and the drain")
         .unwrap()
         .unwrap();
-    let _ = reading.await;
+    let text = reading.await.unwrap();
     client.abort();
+    let last = text.trim_end().rsplit("\n\n").next().unwrap_or_default();
+    assert!(
+        last.starts_with("data: {\"error\"") && last.contains("\"code\":\"shutdown\""),
+        "the stream ends with a shutdown error event: {last}"
+    );
 
     let store = crate::store::open(crate::config::Backend::Redb, &store_path).unwrap();
     let records = store.query_usage(&UsageQuery::default()).unwrap();
