@@ -39,6 +39,7 @@ fn plugins_config(mode: InstanceMode) -> PluginsConfig {
         call_timeout: Duration::from_millis(10),
         overrun_lanes: 1,
         on_failure: Default::default(),
+        required: Vec::new(),
     }
 }
 
@@ -273,12 +274,10 @@ fn bench(c: &mut Criterion) {
         let config = plugins_config(mode);
         let settings = InstanceSettings::from_config(&config);
         let engine = Arc::new(PolicyEngine::new(settings, None).unwrap());
-        let policies = Arc::new(Policies::new(
-            Default::default(),
-            Arc::new(sluice::metrics::Metrics::default()),
-        ));
+        let metrics = Arc::new(sluice::metrics::Metrics::default());
+        let policies = Arc::new(Policies::new(Default::default(), metrics.clone()));
         let _loader = rt
-            .block_on(Loader::start(engine, policies.clone(), config))
+            .block_on(Loader::start(engine, policies.clone(), config, metrics))
             .unwrap();
         let set = policies.snapshot();
         rt.block_on(async {

@@ -70,7 +70,13 @@ pub async fn build(config: Config) -> Result<Arc<AppState>, StartError> {
         config.plugins.on_failure.clone(),
         metrics.clone(),
     ));
-    let loader = Loader::start(engine, policies.clone(), config.plugins.clone()).await?;
+    let loader = Loader::start(
+        engine,
+        policies.clone(),
+        config.plugins.clone(),
+        metrics.clone(),
+    )
+    .await?;
     let upstream = upstream::client(
         config.upstream.connect_timeout,
         config.upstream.ca_file.as_deref(),

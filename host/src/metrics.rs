@@ -73,6 +73,8 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     /// Attempts beyond the first.
     pub upstream_retries: Counter,
+    /// Plugin folder rescans (events, changes found by the poll, reload calls).
+    pub plugin_rescans: Counter,
     /// Tokens relayed (prompt + completion).
     pub tokens: Family<ChannelLabels, Counter>,
     /// Policy call duration, seconds.
@@ -118,6 +120,7 @@ impl Default for Metrics {
             ttft: Family::new_with_constructor(latency_histogram),
             upstream_errors: Family::default(),
             upstream_retries: Counter::default(),
+            plugin_rescans: Counter::default(),
             tokens: Family::default(),
             policy_seconds: Family::new_with_constructor(latency_histogram),
             policy_calls: Family::default(),
@@ -155,6 +158,11 @@ impl Default for Metrics {
             "upstream_retries",
             "Upstream attempts beyond the first",
             m.upstream_retries.clone(),
+        );
+        registry.register(
+            "plugin_rescans",
+            "Plugin folder rescans",
+            m.plugin_rescans.clone(),
         );
         registry.register("tokens", "Tokens relayed", m.tokens.clone());
         registry.register(

@@ -585,3 +585,94 @@ fn plugin_check_reports_kind_version_and_init() {
         assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
     }
 }
+
+#[tokio::test]
+async fn an_unreadable_plugin_folder_keeps_its_plugins() {
+    let (gw, key, _up) = with_plugin("deny-all", fixtures::DENY_ALL, |b| b).await;
+    assert_eq!(gw.chat(&key, chat_body()).await.status, 403);
+    let dir = gw.plugin_dir();
+    std::fs::rename(&dir, dir.with_extension("moved")).unwrap();
+    let (status, report) = gw.admin_json("POST", "/admin/plugins/reload", None).await;
+    assert_eq!(status, 200);
+    assert!(report["error"].is_string(), "{report}");
+    assert_eq!(
+        gw.chat(&key, chat_body()).await.status,
+        403,
+        "a folder read error must not unload the auth plugin"
+    );
+    let logged = eventually(Duration::from_secs(3), async || {
+        gw.logs().contains("cannot read the plugin folder")
+    })
+    .await;
+    assert!(logged, "{}", gw.logs());
+}
+
+#[tokio::test]
+async fn required_plugins_are_enforced_at_start_and_at_run_time() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .required_plugins(&["gate"])
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
+        .start()
+        .await;
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    let reply = gw.chat(&key, chat_body()).await;
+    assert_eq!(reply.status, 503, "served without a required plugin");
+    assert_eq!(reply.error_code(), "policy_failure");
+    let gate = gw.plugin_dir().join("gate.wasm");
+    std::fs::copy(fixtures::DENY_ALL, &gate).unwrap();
+    let loaded = eventually(Duration::from_secs(5), async || {
+        gw.chat(&key, chat_body()).await.status == 403
+    })
+    .await;
+    assert!(loaded, "the required plugin, once loaded, decides");
+    std::fs::remove_file(&gate).unwrap();
+    let refused = eventually(Duration::from_secs(5), async || {
+        gw.chat(&key, chat_body()).await.status == 503
+    })
+    .await;
+    assert!(refused, "removing a required plugin refuses requests again");
+    let warned = eventually(Duration::from_secs(3), async || {
+        gw.logs()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("plugin file removed") && l.contains("gate"))
+    })
+    .await;
+    assert!(warned, "{}", gw.logs());
+}
+
+#[tokio::test]
+async fn an_idle_plugin_folder_is_not_rescanned() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .plugin("tagger", fixtures::TAGGER, None)
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
+        .start()
+        .await;
+    let dir = gw.plugin_dir();
+    std::fs::write(dir.join("broken.wasm"), b"\0asm not a component").unwrap();
+    std::fs::create_dir(dir.join("folder.wasm")).unwrap();
+    std::os::unix::fs::symlink(dir.join("nowhere"), dir.join("dangling.wasm")).unwrap();
+    // Let the events of those three changes be handled.
+    let rejected = eventually(Duration::from_secs(5), async || {
+        gw.logs().contains("plugin rejected")
+    })
+    .await;
+    assert!(rejected, "{}", gw.logs());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rescans = |metrics: &str| metric(metrics, "sluice_plugin_rescans_total");
+    let before = rescans(&gw.metrics().await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rescans(&gw.metrics().await);
+    assert!(before >= 1.0, "the metric counts rescans");
+    assert_eq!(after, before, "an idle folder woke the loader");
+    let logs = gw.logs();
+    let count = |needle: &str| logs.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count("plugin rejected"),
+        1,
+        "a rejected version is logged once"
+    );
+    assert_eq!(count("folder.wasm"), 1, "{logs}");
+    assert_eq!(count("dangling.wasm"), 1, "{logs}");
+}

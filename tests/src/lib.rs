@@ -545,6 +545,12 @@ impl GatewayBuilder {
         self.set("plugins", "memory_limit_mb", mb.to_string())
     }
 
+    /// `[plugins] required`: folder plugins the gateway must not serve without.
+    pub fn required_plugins(self, names: &[&str]) -> Self {
+        let list: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+        self.set("plugins", "required", format!("[{}]", list.join(", ")))
+    }
+
     /// `[plugins] on_failure.<plugin>`.
     pub fn on_failure(self, plugin: &str, mode: OnFailure) -> Self {
         let mode = match mode {

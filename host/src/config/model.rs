@@ -169,6 +169,9 @@ pub struct PluginsConfig {
     pub overrun_lanes: usize,
     /// Per-plugin failure overrides, by plugin name.
     pub on_failure: BTreeMap<String, FailureMode>,
+    /// Folder plugins that must be loaded: without one of them, requests get
+    /// 503 rather than being served without it.
+    pub required: Vec<String>,
 }
 
 /// Upstream transport and health settings.

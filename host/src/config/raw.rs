@@ -95,6 +95,8 @@ pub(super) struct RawPlugins {
     pub(super) overrun_lanes: Option<usize>,
     #[serde(default)]
     pub(super) on_failure: BTreeMap<String, Text>,
+    #[serde(default)]
+    pub(super) required: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

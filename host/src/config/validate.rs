@@ -357,6 +357,7 @@ impl<'a> Validator<'a> {
                     Ok((name.clone(), parsed))
                 })
                 .collect::<Result<_, _>>()?,
+            required: p.required.clone(),
         };
         Ok(plugins)
     }

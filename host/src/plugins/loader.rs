@@ -2,12 +2,16 @@
 //! optional `NAME.toml`), hot reload, and `plugin check`. Every new or changed
 //! file is compiled off the request path and swapped in atomically; a file that
 //! fails to compile, has the wrong world or version, or fails `init` is rejected
-//! with one log line and the previous version keeps serving.
+//! with one log line per version and the previous version keeps serving. A
+//! folder that cannot be read keeps the loaded set (it never reads as empty);
+//! files are compared by size and modification time before they are read, and
+//! only creations, writes, renames and removals wake the watcher, so an idle
+//! folder costs nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -17,6 +21,7 @@ use super::engine::PolicyEngine;
 use super::host_state::PluginShared;
 use super::{Plugin, PluginError, PluginInfo, Policies, PolicyKind, PolicySet};
 use crate::config::PluginsConfig;
+use crate::metrics::Metrics;
 
 /// The default policies, built from `plugins/` by `build.rs`.
 pub const EMBEDDED: [(&str, &[u8]); 3] = [
@@ -48,6 +53,8 @@ pub struct ReloadReport {
     pub rejected: Vec<(String, String)>,
     /// Plugins whose files disappeared.
     pub removed: Vec<String>,
+    /// Why the folder could not be read (the loaded set was kept).
+    pub error: Option<String>,
 }
 
 /// A plugin with its counters, for listings.
@@ -62,9 +69,34 @@ pub struct PluginStatus {
     pub failures: u64,
 }
 
+/// Size and modification time of a plugin's files: a version's identity,
+/// checked before anything is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    wasm: (u64, SystemTime),
+    toml: Option<(u64, SystemTime)>,
+}
+
 struct Loaded {
+    stamp: Stamp,
     fingerprint: String,
     plugin: Arc<Plugin>,
+}
+
+/// A plugin's files in the folder.
+struct Entry {
+    wasm: PathBuf,
+    toml: Option<PathBuf>,
+    stamp: Stamp,
+}
+
+/// What a scan of the folder found.
+#[derive(Default)]
+struct Scan {
+    /// Plugins by name.
+    plugins: BTreeMap<String, Entry>,
+    /// `.wasm` entries that are not files (a directory, a dangling link), with why.
+    odd: BTreeMap<PathBuf, &'static str>,
 }
 
 /// Loads, watches and composes plugins.
@@ -74,7 +106,12 @@ pub struct Loader {
     config: PluginsConfig,
     builtins: BTreeMap<&'static str, Arc<Plugin>>,
     folder: Mutex<BTreeMap<String, Loaded>>,
+    /// The rejected version of each name, so it is compiled and logged once.
+    rejected: Mutex<HashMap<String, Stamp>>,
+    /// Odd folder entries already reported.
+    reported: Mutex<BTreeSet<PathBuf>>,
     shared: Mutex<HashMap<String, Arc<PluginShared>>>,
+    metrics: Arc<Metrics>,
     reloading: tokio::sync::Mutex<()>,
 }
 
@@ -132,6 +169,7 @@ impl Loader {
         engine: Arc<PolicyEngine>,
         policies: Arc<Policies>,
         config: PluginsConfig,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, PluginError> {
         let mut builtins = BTreeMap::new();
         let enabled = [
@@ -163,7 +201,10 @@ impl Loader {
             config,
             builtins,
             folder: Mutex::new(BTreeMap::new()),
+            rejected: Mutex::new(HashMap::new()),
+            reported: Mutex::new(BTreeSet::new()),
             shared: Mutex::new(HashMap::new()),
+            metrics,
             reloading: tokio::sync::Mutex::new(()),
         });
         loader.reload().await;
@@ -180,83 +221,138 @@ impl Loader {
             .clone()
     }
 
-    /// Rescans the folder, loads what changed, and swaps in the new set.
+    /// Rescans the folder, loads what changed, and swaps in the new set;
+    /// counted in `sluice_plugin_rescans_total`.
     pub async fn reload(&self) -> ReloadReport {
         let _one_at_a_time = self.reloading.lock().await;
+        self.metrics.plugin_rescans.inc();
         let mut report = ReloadReport::default();
-        let files = self
-            .config
-            .dir
-            .as_deref()
-            .map(scan_folder)
-            .unwrap_or_default();
-        let previous: BTreeMap<String, String> = self
-            .folder
-            .lock()
-            .map(|f| {
-                f.iter()
-                    .map(|(name, l)| (name.clone(), l.fingerprint.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let scan = match self.config.dir.as_deref().map(scan_folder).transpose() {
+            Ok(scan) => scan.unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(dir = ?self.config.dir, error = %e, "cannot read the plugin folder; the loaded plugins keep serving");
+                report.error = Some(e.to_string());
+                return report;
+            }
+        };
+        self.report_odd(&scan.odd);
         let mut next: BTreeMap<String, Loaded> = BTreeMap::new();
-        for (name, (wasm, toml_path)) in &files {
-            let read = std::fs::read(wasm).and_then(|bytes| {
-                let toml_text = toml_path
-                    .as_ref()
-                    .map(std::fs::read_to_string)
-                    .transpose()?;
-                Ok((bytes, toml_text))
-            });
-            let (bytes, toml_text) = match read {
-                Ok(contents) => contents,
-                Err(e) => {
-                    self.keep_previous(name, &mut next);
-                    reject(&mut report, name, wasm, &PluginError::Io(e.to_string()));
-                    continue;
-                }
-            };
-            let fingerprint = fingerprint(&bytes, toml_text.as_deref());
-            if previous.get(name) == Some(&fingerprint) {
+        for (name, entry) in &scan.plugins {
+            if self.unchanged(name, &entry.stamp) {
                 self.keep_previous(name, &mut next);
                 continue;
             }
-            let loaded = load_component(
-                &self.engine,
-                name,
-                bytes,
-                toml_text.as_deref(),
-                wasm.display().to_string(),
-                self.shared_state(name),
-            )
-            .await;
-            match loaded {
-                Ok(plugin) => {
-                    tracing::info!(plugin = %name, kind = plugin.info.kind.as_str(), version = %plugin.info.version, file = %wasm.display(), "plugin loaded");
+            match self.load_entry(name, entry).await {
+                Ok(Some(loaded)) => {
                     report.loaded.push(name.clone());
-                    next.insert(
-                        name.clone(),
-                        Loaded {
-                            fingerprint,
-                            plugin: Arc::new(plugin),
-                        },
-                    );
+                    next.insert(name.clone(), loaded);
                 }
+                Ok(None) => self.keep_previous(name, &mut next),
                 Err(e) => {
                     self.keep_previous(name, &mut next);
-                    reject(&mut report, name, wasm, &e);
+                    if let Ok(mut rejected) = self.rejected.lock() {
+                        rejected.insert(name.clone(), entry.stamp.clone());
+                    }
+                    reject(&mut report, name, &entry.wasm, &e);
                 }
             }
         }
-        for name in previous.keys().filter(|n| !files.contains_key(*n)) {
-            tracing::info!(plugin = %name, "plugin file removed; unloaded");
-            report.removed.push(name.clone());
-        }
         if let Ok(mut folder) = self.folder.lock() {
+            for name in folder.keys().filter(|n| !scan.plugins.contains_key(*n)) {
+                tracing::warn!(plugin = %name, "plugin file removed; the plugin is unloaded");
+                report.removed.push(name.clone());
+            }
             *folder = next;
+        }
+        if let Ok(mut rejected) = self.rejected.lock() {
+            rejected.retain(|name, _| scan.plugins.contains_key(name));
         }
         self.install();
         report
+    }
+
+    /// Whether `name`'s files are the version already loaded or rejected.
+    fn unchanged(&self, name: &str, stamp: &Stamp) -> bool {
+        let loaded = self
+            .folder
+            .lock()
+            .is_ok_and(|f| f.get(name).is_some_and(|l| l.stamp == *stamp));
+        loaded
+            || self
+                .rejected
+                .lock()
+                .is_ok_and(|r| r.get(name) == Some(stamp))
+    }
+
+    /// Reads and loads a changed entry; `None` when its contents turn out to
+    /// be the loaded version's (touched, not changed).
+    async fn load_entry(&self, name: &str, entry: &Entry) -> Result<Option<Loaded>, PluginError> {
+        let bytes = std::fs::read(&entry.wasm).map_err(|e| PluginError::Io(e.to_string()))?;
+        let toml_text = entry
+            .toml
+            .as_ref()
+            .map(std::fs::read_to_string)
+            .transpose()
+            .map_err(|e| PluginError::Io(e.to_string()))?;
+        let fingerprint = fingerprint(&bytes, toml_text.as_deref());
+        if let Ok(mut folder) = self.folder.lock()
+            && let Some(old) = folder.get_mut(name)
+            && old.fingerprint == fingerprint
+        {
+            old.stamp = entry.stamp.clone();
+            return Ok(None);
+        }
+        let plugin = load_component(
+            &self.engine,
+            name,
+            bytes,
+            toml_text.as_deref(),
+            entry.wasm.display().to_string(),
+            self.shared_state(name),
+        )
+        .await?;
+        tracing::info!(plugin = %name, kind = plugin.info.kind.as_str(), version = %plugin.info.version, file = %entry.wasm.display(), "plugin loaded");
+        if let Ok(mut rejected) = self.rejected.lock() {
+            rejected.remove(name);
+        }
+        Ok(Some(Loaded {
+            stamp: entry.stamp.clone(),
+            fingerprint,
+            plugin: Arc::new(plugin),
+        }))
+    }
+
+    /// Logs each odd folder entry once, while it stays.
+    fn report_odd(&self, odd: &BTreeMap<PathBuf, &'static str>) {
+        let Ok(mut reported) = self.reported.lock() else {
+            return;
+        };
+        for (path, what) in odd {
+            if reported.insert(path.clone()) {
+                tracing::warn!(file = %path.display(), "plugin folder entry is {what}; ignored");
+            }
+        }
+        reported.retain(|p| odd.contains_key(p));
+    }
+
+    /// Whether the folder differs from what was last loaded or rejected (a
+    /// cheap check: one directory read and a stat per file, no file opened).
+    fn changed_on_disk(&self) -> bool {
+        let Some(Ok(scan)) = self.config.dir.as_deref().map(scan_folder) else {
+            return self.config.dir.is_some();
+        };
+        let known = self.folder.lock().map(|f| f.len()).unwrap_or(0)
+            + self.rejected.lock().map(|r| r.len()).unwrap_or(0);
+        let odd_known = self
+            .reported
+            .lock()
+            .is_ok_and(|r| r.len() == scan.odd.len() && scan.odd.keys().all(|p| r.contains(p)));
+        scan.plugins.len() != known
+            || !odd_known
+            || scan
+                .plugins
+                .iter()
+                .any(|(name, entry)| !self.unchanged(name, &entry.stamp))
     }
 
     fn keep_previous(&self, name: &str, next: &mut BTreeMap<String, Loaded>) {
@@ -266,6 +362,7 @@ impl Loader {
             next.insert(
                 name.to_string(),
                 Loaded {
+                    stamp: old.stamp.clone(),
                     fingerprint: old.fingerprint.clone(),
                     plugin: old.plugin.clone(),
                 },
@@ -284,7 +381,19 @@ impl Loader {
                 .filter(move |l| l.plugin.info.kind == kind)
                 .map(|l| l.plugin.clone())
         };
-        let mut set = PolicySet::default();
+        let mut set = PolicySet {
+            missing: self
+                .config
+                .required
+                .iter()
+                .filter(|name| !folder.contains_key(*name))
+                .cloned()
+                .collect(),
+            ..PolicySet::default()
+        };
+        if !set.missing.is_empty() {
+            tracing::warn!(missing = ?set.missing, "required plugins are not loaded; requests get 503 until they are");
+        }
         set.auth
             .extend(self.builtins.get("builtin-key-auth").cloned());
         set.auth.extend(of_kind(PolicyKind::Auth));
@@ -336,7 +445,7 @@ impl Loader {
         let signal = changed.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                if event.is_ok_and(|e| is_change(e.kind)) {
                     signal.notify_one();
                 }
             })
@@ -350,7 +459,11 @@ impl Loader {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = changed.notified() => tokio::time::sleep(DEBOUNCE).await,
-                    () = tokio::time::sleep(POLL) => {}
+                    () = tokio::time::sleep(POLL) => {
+                        if !loader.changed_on_disk() {
+                            continue;
+                        }
+                    }
                 }
                 loader.reload().await;
             }
@@ -371,19 +484,62 @@ fn fingerprint(bytes: &[u8], toml_text: Option<&str>) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// `NAME.wasm` files of the folder with their optional `NAME.toml`, by name.
-fn scan_folder(dir: &Path) -> BTreeMap<String, (PathBuf, Option<PathBuf>)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return BTreeMap::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
-        .filter_map(|p| {
-            let name = p.file_stem()?.to_str()?.to_string();
-            let toml = p.with_extension("toml");
-            Some((name, (p.clone(), toml.is_file().then_some(toml))))
-        })
-        .collect()
+/// Whether a watcher event says the folder's contents changed: a creation,
+/// a write (or a file closed after writing), a rename or a removal. Reads —
+/// the loader's own among them — are not changes.
+fn is_change(kind: notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    matches!(
+        kind,
+        EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
+}
+
+/// Size and modification time of a file.
+fn stamp_of(path: &Path) -> std::io::Result<(u64, SystemTime)> {
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.len(), meta.modified()?))
+}
+
+/// The folder's `NAME.wasm` files with their optional `NAME.toml`, by name,
+/// and the `.wasm` entries that are not files.
+///
+/// # Errors
+/// When the folder cannot be read: the caller keeps what it has loaded.
+fn scan_folder(dir: &Path) -> std::io::Result<Scan> {
+    let mut scan = Scan::default();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|x| x != "wasm") {
+            continue;
+        }
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(String::from) else {
+            continue;
+        };
+        let wasm = match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => (meta.len(), meta.modified()?),
+            Ok(_) => {
+                scan.odd.insert(path, "not a file (a directory?)");
+                continue;
+            }
+            Err(_) => {
+                scan.odd.insert(path, "a dangling link");
+                continue;
+            }
+        };
+        let toml_path = path.with_extension("toml");
+        let toml = stamp_of(&toml_path).ok();
+        scan.plugins.insert(
+            name,
+            Entry {
+                wasm: path,
+                toml: toml.is_some().then_some(toml_path),
+                stamp: Stamp { wasm, toml },
+            },
+        );
+    }
+    Ok(scan)
 }

@@ -205,6 +205,9 @@ pub struct PolicySet {
     pub router: Option<Arc<Plugin>>,
     /// Shaper chain, in order.
     pub shapers: Vec<Arc<Plugin>>,
+    /// Required plugins (`[plugins] required`) that are not loaded: while
+    /// any is missing, the auth chain refuses every request.
+    pub missing: Vec<String>,
 }
 
 /// What the host does after a plugin failure, resolved per plugin.
@@ -274,6 +277,11 @@ impl Policies {
         req: &Arc<RequestFacts>,
         key: Option<&Arc<LiveKey>>,
     ) -> Result<BTreeMap<String, String>, ApiError> {
+        if let Some(plugin) = set.missing.first() {
+            return Err(ApiError::PolicyFailure {
+                plugin: format!("{plugin} (required, not loaded)"),
+            });
+        }
         let mut labels = BTreeMap::new();
         for plugin in &set.auth {
             let started = Instant::now();
