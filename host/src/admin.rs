@@ -158,6 +158,9 @@ where
         );
         return Ok(response);
     }
+    if path == "/admin/instance" && method == Method::GET {
+        return instance_proof(state, &req);
+    }
     authorized(state, req.headers())?;
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let store = state.store.clone();
@@ -261,6 +264,31 @@ where
         }
         _ => Err(not_found("route")),
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Challenge {
+    nonce: String,
+}
+
+/// `GET /admin/instance?nonce=…`, without the token: proves this is the
+/// gateway that wrote the runtime file, so the CLI can trust it with the token.
+fn instance_proof<B>(
+    state: &AppState,
+    req: &Request<B>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let Challenge { nonce } = query(req, &[])?;
+    if !(16..=128).contains(&nonce.len()) || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(
+            "nonce must be 16 to 128 hex digits",
+            Some("nonce"),
+        ));
+    }
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"proof": crate::runtime::proof(&state.instance, &nonce)}),
+    ))
 }
 
 async fn update_key(

@@ -17,6 +17,7 @@ use crate::plugins::loader::Loader;
 use crate::plugins::{PluginError, Policies};
 use crate::relay::channels::Channels;
 use crate::relay::upstream;
+use crate::runtime::{self, Bound, Runtime};
 use crate::state::AppState;
 use crate::store;
 use crate::store::writer::{UsageWriter, WriterSettings};
@@ -37,6 +38,9 @@ pub enum StartError {
     /// Upstream client problem.
     #[error("upstream: {0}")]
     Upstream(String),
+    /// The instance secret could not be drawn.
+    #[error("instance secret: {0}")]
+    Instance(getrandom::Error),
     /// Listener problem.
     #[error("listen {addr}: {error}")]
     Listen {
@@ -108,25 +112,11 @@ pub async fn build(config: Config) -> Result<Arc<AppState>, StartError> {
         shutdown: CancellationToken::new(),
         cut_off: CancellationToken::new(),
         started_s: crate::keys::now_ms() / 1000,
+        instance: runtime::new_instance_secret().map_err(StartError::Instance)?,
     });
     state.loader.watch(&state.tracker, state.shutdown.clone())?;
     crate::background::spawn_all(&state);
     Ok(state)
-}
-
-/// The bound addresses of a running gateway.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct Bound {
-    /// Client-facing listener.
-    pub proxy: SocketAddr,
-    /// Admin listener.
-    pub admin: SocketAddr,
-}
-
-/// Where a running gateway records its bound addresses (next to the store), so
-/// the CLI finds the admin API even when the config says port 0.
-pub fn runtime_file(config: &Config) -> std::path::PathBuf {
-    config.store.path.with_extension("runtime.json")
 }
 
 /// Runs the gateway until `stop` is cancelled, then shuts down gracefully.
@@ -173,11 +163,13 @@ pub async fn run(
     ));
     listeners.close();
     tracing::info!(proxy = %bound.proxy, admin = %bound.admin, backend = state.store.backend(), "sluice listening");
-    let runtime_file = runtime_file(&state.config);
-    if let Err(e) = serde_json::to_vec(&bound)
-        .map_err(std::io::Error::other)
-        .and_then(|json| std::fs::write(&runtime_file, json))
-    {
+    let runtime_file = runtime::path(&state.config);
+    let record = Runtime {
+        bound,
+        pid: std::process::id(),
+        instance: state.instance.clone(),
+    };
+    if let Err(e) = runtime::write(&runtime_file, &record) {
         tracing::warn!(file = %runtime_file.display(), error = %e, "cannot write the runtime file the CLI uses to find the admin API");
     }
     ready(bound);

@@ -23,6 +23,7 @@ pub mod keys;
 pub mod metrics;
 pub mod plugins;
 pub mod relay;
+pub mod runtime;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -46,4 +46,7 @@ pub struct AppState {
     pub cut_off: CancellationToken,
     /// When the gateway started, in Unix seconds (`created` in `/v1/models`).
     pub started_s: u64,
+    /// The secret the admin API proves knowledge of to the CLI (see
+    /// [`crate::runtime`]).
+    pub instance: String,
 }

@@ -509,3 +509,83 @@ async fn json_logs_have_one_access_line_per_request_and_slow_warnings() {
         && l["message"] == "slow request"
         && l["request_id"] == "log-me"));
 }
+
+/// A listener that answers every HTTP request with `{"proof":"forged"}` and
+/// keeps every byte it received.
+async fn impostor(addr: &str) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                    let body = "{\"proof\":\"forged\"}";
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(reply.as_bytes()).await;
+                }
+            });
+        }
+    });
+    seen
+}
+
+// Multi-threaded: the impostor answers while the test thread waits on the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_the_admin_token_only_to_its_gateway() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let mut gw = Gateway::serving(&upstream).await;
+    let config = gw.config_path().to_str().unwrap().to_string();
+    let runtime = gw.dir.path().join("store.runtime.json");
+    // Another process takes over the address the runtime file names.
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&runtime).unwrap()).unwrap();
+    let fake = "127.0.0.1:0";
+    let probe = tokio::net::TcpListener::bind(fake).await.unwrap();
+    let fake = probe.local_addr().unwrap().to_string();
+    drop(probe);
+    let seen = impostor(&fake).await;
+    record["admin"] = json!(fake);
+    std::fs::write(&runtime, record.to_string()).unwrap();
+    let out = gw.cli(&["keys", "list", "--config", &config]);
+    assert!(!out.status.success(), "the CLI trusted an impostor");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not the gateway"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let received = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(received.contains("/admin/instance?nonce="), "{received}");
+    assert!(
+        !received.contains(ADMIN_TOKEN),
+        "the admin token reached an impostor"
+    );
+
+    // After SIGKILL the runtime file stays behind; its process is gone, so the
+    // CLI ignores it and works on the store, even with a listener on the port.
+    let admin = gw.admin.clone();
+    gw.kill();
+    let seen = impostor(&admin).await;
+    record["admin"] = json!(admin);
+    std::fs::write(&runtime, record.to_string()).unwrap();
+    let listed = gw.cli(&["keys", "list", "--config", &config]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the CLI called a dead gateway's port"
+    );
+}
