@@ -128,6 +128,8 @@ pub struct MockConfig {
     pub event_bytes: usize,
     /// How to fail, if at all.
     pub fail: FailMode,
+    /// `retry-after` seconds sent with [`FailMode::Status`] answers.
+    pub retry_after_s: Option<u64>,
     /// Status for [`FailMode::Status`].
     pub status: u16,
     /// Required bearer key (none = any).
@@ -144,6 +146,7 @@ impl Default for MockConfig {
             ttfb_ms: 0,
             event_bytes: 0,
             fail: FailMode::None,
+            retry_after_s: None,
             status: 500,
             api_key: None,
             models: vec!["gpt-4o-mini".into()],
@@ -332,6 +335,9 @@ fn effective(req: &Request<Incoming>, base: &MockConfig) -> MockConfig {
     if let Some(mode) = header("x-mock-fail").and_then(|v| v.parse().ok()) {
         c.fail = mode;
     }
+    if let Some(v) = num("x-mock-retry-after") {
+        c.retry_after_s = Some(v);
+    }
     if let Some(v) = num("x-mock-status") {
         c.status = u16::try_from(v).unwrap_or(500);
     }
@@ -416,10 +422,16 @@ async fn handle(
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
         FailMode::Status => {
-            return Ok(respond(
+            let mut response = respond(
                 StatusCode::from_u16(cfg.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 serde_json::json!({"error": {"message": "mock failure", "type": "server_error", "code": null}}),
-            ));
+            );
+            if let Some(seconds) = cfg.retry_after_s {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+            }
+            return Ok(response);
         }
         FailMode::Drop => {
             return Err(std::io::Error::other(

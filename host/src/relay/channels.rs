@@ -188,6 +188,17 @@ impl Channel {
         false
     }
 
+    /// Takes the channel out for `pause` (an upstream's `retry-after`); it is
+    /// probed and re-enabled after that, like after a cooldown.
+    pub fn pause(&self, pause: Duration) {
+        let h = &self.health;
+        let until = crate::keys::now_ms() + u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+        h.cooldown_until_ms.fetch_max(until, Ordering::Relaxed);
+        if !h.cooling.swap(true, Ordering::Relaxed) {
+            tracing::warn!(channel = %self.config.id, pause_ms = pause.as_millis() as u64, "upstream asked for a pause (retry-after); channel paused");
+        }
+    }
+
     /// Whether the cooldown has run out and the channel should be probed.
     pub fn due_for_probe(&self) -> bool {
         self.health.cooling.load(Ordering::Relaxed)

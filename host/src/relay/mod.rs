@@ -14,7 +14,7 @@ pub mod upstream;
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
@@ -272,13 +272,36 @@ async fn plan(
     Ok(steps)
 }
 
-/// Why one attempt failed.
+/// Why one attempt failed, and what it says about the channel.
 struct AttemptFailure {
     kind: &'static str,
     error: ApiError,
+    health: HealthSignal,
 }
 
-fn attempt_failure(kind: &'static str, status: StatusCode, message: String) -> AttemptFailure {
+/// What a failed attempt says about the channel's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HealthSignal {
+    /// The upstream failed (unreachable, 5xx, a stream's head late, a 429
+    /// without `retry-after`): counts toward the cooldown.
+    Failure,
+    /// The upstream asked for a pause (`429` with `retry-after`): the channel
+    /// cools down for that long.
+    Pause(Duration),
+    /// Nothing about the upstream: a non-streamed answer's head comes only
+    /// after the whole generation, so its lateness is the request's doing.
+    Neutral,
+}
+
+/// The longest `retry-after` pause honoured.
+const MAX_PAUSE: Duration = Duration::from_secs(300);
+
+fn attempt_failure(
+    kind: &'static str,
+    status: StatusCode,
+    message: String,
+    health: HealthSignal,
+) -> AttemptFailure {
     AttemptFailure {
         kind,
         error: ApiError::Upstream {
@@ -286,7 +309,20 @@ fn attempt_failure(kind: &'static str, status: StatusCode, message: String) -> A
             code: kind,
             message,
         },
+        health,
     }
+}
+
+/// A `retry-after` in seconds (the HTTP-date form is not honoured), capped.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_PAUSE))
 }
 
 fn build_request(
@@ -413,6 +449,7 @@ pub async fn relay(
                 "channel_busy",
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("Channel {} is at its concurrency limit.", channel.config.id),
+                HealthSignal::Neutral,
             )
             .error;
             continue;
@@ -431,6 +468,11 @@ pub async fn relay(
                 "upstream_timeout",
                 StatusCode::GATEWAY_TIMEOUT,
                 "The upstream did not answer in time.".into(),
+                if parsed.stream {
+                    HealthSignal::Failure
+                } else {
+                    HealthSignal::Neutral
+                },
             ),
             Ok(Err(e)) => {
                 tracing::warn!(channel = %channel.config.id, error = %e, "upstream request failed");
@@ -438,6 +480,7 @@ pub async fn relay(
                     "upstream_unavailable",
                     StatusCode::BAD_GATEWAY,
                     "The upstream could not be reached.".into(),
+                    HealthSignal::Failure,
                 )
             }
             Ok(Ok(response)) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
@@ -445,6 +488,8 @@ pub async fn relay(
                     "upstream_overloaded",
                     StatusCode::SERVICE_UNAVAILABLE,
                     "The upstream is rate limiting the gateway.".into(),
+                    retry_after(response.headers())
+                        .map_or(HealthSignal::Failure, HealthSignal::Pause),
                 )
             }
             Ok(Ok(response)) if response.status().is_server_error() => attempt_failure(
@@ -454,6 +499,7 @@ pub async fn relay(
                     "The upstream failed with status {}.",
                     response.status().as_u16()
                 ),
+                HealthSignal::Failure,
             ),
             Ok(Ok(response)) => {
                 channel.succeeded(sent.elapsed());
@@ -472,7 +518,13 @@ pub async fn relay(
                 kind: failure.kind.into(),
             })
             .inc();
-        channel.failed(cfg.failures_to_cooldown, cfg.cooldown);
+        match failure.health {
+            HealthSignal::Failure => {
+                channel.failed(cfg.failures_to_cooldown, cfg.cooldown);
+            }
+            HealthSignal::Pause(pause) => channel.pause(pause),
+            HealthSignal::Neutral => {}
+        }
         ctx.channel_id.clone_from(&channel.config.id);
         last = failure.error;
     }

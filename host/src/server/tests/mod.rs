@@ -10,6 +10,7 @@
 )]
 
 mod endings;
+mod health;
 mod service;
 
 use std::net::SocketAddr;
@@ -140,6 +141,14 @@ impl Harness {
         Self::start("", "", &[]).await
     }
 
+    /// A second key, for [`MODEL`].
+    fn another_key(&self) -> String {
+        let (key, record) = new_key(&[]);
+        self.state.store.create_key(&record).unwrap();
+        self.state.keys.add_known(&record);
+        key
+    }
+
     /// Sends a request to the client-facing service.
     async fn send(&self, req: Request<Full<Bytes>>) -> Response<ResponseBody> {
         super::respond(self.state.clone(), Role::Proxy, PEER.parse().unwrap(), req).await
@@ -152,19 +161,7 @@ impl Harness {
 
     /// A chat request with the test key, `body`, and extra headers.
     fn chat(&self, body: serde_json::Value, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
-        let mut req = request("POST", "/v1/chat/completions", Some(body));
-        let h = req.headers_mut();
-        h.insert(
-            http::header::AUTHORIZATION,
-            format!("Bearer {}", self.key).parse().unwrap(),
-        );
-        for (name, value) in headers {
-            h.insert(
-                http::HeaderName::try_from(*name).unwrap(),
-                value.parse().unwrap(),
-            );
-        }
-        req
+        chat_as(&self.key, body, headers)
     }
 
     /// Shuts the state down the way `app::run` does after its connections
@@ -221,6 +218,23 @@ impl Settled {
         assert_eq!(record.cost, expected, "cost from the record's tokens");
         record
     }
+}
+
+/// A chat request with `key`, `body`, and extra headers.
+fn chat_as(key: &str, body: serde_json::Value, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut req = request("POST", "/v1/chat/completions", Some(body));
+    let h = req.headers_mut();
+    h.insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    for (name, value) in headers {
+        h.insert(
+            http::HeaderName::try_from(*name).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    req
 }
 
 /// A request with an optional JSON body.
