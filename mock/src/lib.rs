@@ -172,6 +172,9 @@ pub struct MockStats {
     /// The headers of the last request, lower-case names in arrival order.
     #[serde(skip)]
     pub last_headers: Mutex<Vec<(String, String)>>,
+    /// The body of the last completion request, as it arrived.
+    #[serde(skip)]
+    pub last_body: Mutex<Bytes>,
 }
 
 impl MockStats {
@@ -441,6 +444,9 @@ async fn handle(
         _ => {}
     }
     let body = read_body(req).await;
+    if let Ok(mut last) = stats.last_body.lock() {
+        last.clone_from(&body);
+    }
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let model = json["model"].as_str().unwrap_or("mock").to_string();
     let prompt_tokens = u32::try_from(body.len() / 4).unwrap_or(u32::MAX).max(1);

@@ -222,3 +222,33 @@ async fn client_headers_stay_at_the_gateway() {
     );
     assert_eq!(stats.last_header("x-request-id").len(), 1);
 }
+
+#[tokio::test]
+async fn the_upstream_is_asked_for_stream_usage_exactly_once() {
+    let h = Harness::new().await;
+    let variants = [
+        r#""stream_options":null"#,
+        r#""stream_options":{}"#,
+        r#""stream_options":{"include_usage":false}"#,
+        r#""stream_options":{"include_usage":true},"stream_options":null"#,
+    ];
+    for (i, options) in variants.iter().enumerate() {
+        let text = format!(r#"{{"model":"{MODEL}","stream":true,{options},"messages":[]}}"#);
+        let mut req = h.chat(serde_json::Value::Null, &[]);
+        *req.body_mut() = Full::new(Bytes::from(text));
+        let response = h.send(req).await;
+        assert_eq!(response.status(), StatusCode::OK, "{options}");
+        body_bytes(response).await;
+        let stats = &h.upstream.stats;
+        let seen = String::from_utf8_lossy(&stats.last_body.lock().unwrap()).into_owned();
+        assert_eq!(
+            seen.matches("\"stream_options\"").count(),
+            1,
+            "{options}: {seen}"
+        );
+        let usage_requests = stats
+            .usage_requested
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(usage_requests, i as u64 + 1, "{options}: {seen}");
+    }
+}
