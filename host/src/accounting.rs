@@ -168,10 +168,17 @@ impl Accounting {
         });
         let endpoint = ctx.endpoint.name();
         let m = &state.metrics;
+        // Only configured models become label values: a client's junk model
+        // names would otherwise grow /metrics without bound.
+        let model_label = if state.channels.serves(model) {
+            model
+        } else {
+            "other"
+        };
         m.requests
             .get_or_create(&RequestLabels {
                 endpoint: endpoint.into(),
-                model: model.into(),
+                model: model_label.into(),
                 channel: ctx.channel_id.clone(),
                 status: outcome.status,
             })

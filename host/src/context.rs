@@ -76,10 +76,12 @@ impl RequestContext {
         &self.facts.model
     }
 
-    /// Records the body's facts (model and stream flag) for the phases after it.
+    /// Records the body's facts (model, clipped to
+    /// [`crate::facts::MAX_CLIENT_STRING`] bytes, and stream flag) for the
+    /// phases after it.
     pub fn set_body_facts(&mut self, model: &str, stream: bool) {
         let facts = Arc::make_mut(&mut self.facts);
-        model.clone_into(&mut facts.model);
+        crate::facts::clipped(model).clone_into(&mut facts.model);
         facts.stream = stream;
     }
 

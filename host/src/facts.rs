@@ -28,6 +28,19 @@ pub static POLICY_HEADERS: [HeaderName; 12] = [
     HeaderName::from_static("x-sluice-tag"),
 ];
 
+/// The most bytes of a client-chosen string (a model name) that go on to
+/// policies, logs and usage records.
+pub const MAX_CLIENT_STRING: usize = 256;
+
+/// `text` cut to [`MAX_CLIENT_STRING`] bytes at a character boundary.
+pub fn clipped(text: &str) -> &str {
+    let mut end = text.len().min(MAX_CLIENT_STRING);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// What policies may know about a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestFacts {
@@ -117,6 +130,15 @@ mod tests {
         assert_eq!(facts.header("X-Team"), Some("blue"));
         assert_eq!(facts.header("authorization"), None);
         assert_eq!(facts.client_ip, "127.0.0.1");
+    }
+
+    #[test]
+    fn client_strings_are_clipped_at_a_character_boundary() {
+        assert_eq!(clipped("gpt-4o"), "gpt-4o");
+        let long = "é".repeat(200);
+        let cut = clipped(&long);
+        assert!(cut.len() <= MAX_CLIENT_STRING && cut.len() >= MAX_CLIENT_STRING - 1);
+        assert!(long.starts_with(cut));
     }
 
     #[test]

@@ -291,6 +291,11 @@ impl Channels {
         self.all.iter().find(|c| c.config.id == id)
     }
 
+    /// Whether any channel serves `model` (a configured model name).
+    pub fn serves(&self, model: &str) -> bool {
+        self.serving(model).next().is_some()
+    }
+
     /// Channels serving `model`, in file order.
     pub fn serving<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Arc<Channel>> + 'a {
         self.all

@@ -252,3 +252,43 @@ async fn the_upstream_is_asked_for_stream_usage_exactly_once() {
         assert_eq!(usage_requests, i as u64 + 1, "{options}: {seen}");
     }
 }
+
+#[tokio::test]
+async fn client_chosen_model_names_do_not_grow_metrics_or_records() {
+    let h = Harness::new().await;
+    for i in 0..200 {
+        let model = format!("{i}-{}", "m".repeat(16 << 10));
+        let body = serde_json::json!({"model": model, "messages": []});
+        let response = h
+            .send(request("POST", "/v1/chat/completions", Some(body)))
+            .await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    for i in 0..20 {
+        let model = format!("{i}-{}", "k".repeat(64 << 10));
+        let response = h
+            .send(h.chat(serde_json::json!({"model": model, "messages": []}), &[]))
+            .await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+    let metrics = body_bytes(h.admin(request("GET", "/metrics", None)).await).await;
+    let text = String::from_utf8_lossy(&metrics).into_owned();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("sluice_requests_total{"))
+        .count();
+    assert!(series <= 4, "{series} request series");
+    assert!(
+        metrics.len() < 64 << 10,
+        "/metrics is {} bytes",
+        metrics.len()
+    );
+    let settled = h.settle().await;
+    assert_eq!(settled.records.len(), 20);
+    assert!(
+        settled
+            .records
+            .iter()
+            .all(|r| r.model.len() <= crate::facts::MAX_CLIENT_STRING)
+    );
+}
