@@ -113,6 +113,12 @@ impl Accounting {
         }
     }
 
+    /// Whether a keyed request got its place in the usage queue (the queue
+    /// stayed full for the backpressure wait when it did not).
+    pub fn has_queue_place(&self) -> bool {
+        self.ctx.key.is_none() || self.slot.is_some()
+    }
+
     /// The request's context.
     pub fn ctx(&self) -> &RequestContext {
         &self.ctx

@@ -98,6 +98,7 @@ pub async fn build(config: Config) -> Result<Arc<AppState>, StartError> {
         metrics.clone(),
         Arc::new(move |charges| committed.committed(charges)),
     );
+    let body_budget = crate::server::intake::BodyBudget::new(config.server.max_body_memory);
     let state = Arc::new(AppState {
         channels: Channels::new(&config.channels, &metrics),
         config,
@@ -112,6 +113,7 @@ pub async fn build(config: Config) -> Result<Arc<AppState>, StartError> {
         shutdown: CancellationToken::new(),
         cut_off: CancellationToken::new(),
         started_s: crate::keys::now_ms() / 1000,
+        body_budget,
         instance: runtime::new_instance_secret().map_err(StartError::Instance)?,
     });
     state.loader.watch(&state.tracker, state.shutdown.clone())?;

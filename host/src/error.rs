@@ -48,6 +48,13 @@ pub enum ApiError {
         /// Message for the client (never contains upstream secrets).
         message: String,
     },
+    /// A shared bound is reached (body memory, connections, the usage queue):
+    /// the request is shed with 503 and `retry-after` rather than kept waiting.
+    #[error("The gateway is overloaded ({what}); please retry shortly.")]
+    Overloaded {
+        /// What is full.
+        what: &'static str,
+    },
     /// A bug or a broken dependency (store unavailable, ...).
     #[error("{0}")]
     Internal(String),
@@ -70,7 +77,7 @@ impl ApiError {
             Self::Client { status, .. }
             | Self::Denied { status, .. }
             | Self::Upstream { status, .. } => *status,
-            Self::PolicyFailure { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PolicyFailure { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -78,7 +85,7 @@ impl ApiError {
     /// OpenAI's error `type` for this status.
     pub fn kind(&self) -> &'static str {
         match self.status().as_u16() {
-            400 | 404 | 405 | 413 => "invalid_request_error",
+            400 | 404 | 405 | 408 | 413 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             429 => match self {
@@ -96,6 +103,7 @@ impl ApiError {
             Self::Client { code, .. } | Self::Upstream { code, .. } => code,
             Self::Denied { code, .. } => code,
             Self::PolicyFailure { .. } => "policy_failure",
+            Self::Overloaded { .. } => "overloaded",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -149,7 +157,10 @@ impl ApiError {
         {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(*secs));
         }
-        if matches!(self, Self::PolicyFailure { .. } | Self::Upstream { .. }) {
+        if matches!(
+            self,
+            Self::PolicyFailure { .. } | Self::Upstream { .. } | Self::Overloaded { .. }
+        ) {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

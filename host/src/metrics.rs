@@ -31,6 +31,13 @@ pub struct EndpointLabels {
     pub endpoint: &'static str,
 }
 
+/// Labels naming what was full when a request or connection was shed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    /// `request bodies`, `connections` or `usage queue`.
+    pub reason: &'static str,
+}
+
 /// Labels naming a channel and a failure kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
@@ -73,6 +80,8 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     /// Attempts beyond the first.
     pub upstream_retries: Counter,
+    /// Requests and connections shed because a bound was reached.
+    pub shed: Family<ShedLabels, Counter>,
     /// Plugin folder rescans (events, changes found by the poll, reload calls).
     pub plugin_rescans: Counter,
     /// Tokens relayed (prompt + completion).
@@ -120,6 +129,7 @@ impl Default for Metrics {
             ttft: Family::new_with_constructor(latency_histogram),
             upstream_errors: Family::default(),
             upstream_retries: Counter::default(),
+            shed: Family::default(),
             plugin_rescans: Counter::default(),
             tokens: Family::default(),
             policy_seconds: Family::new_with_constructor(latency_histogram),
@@ -158,6 +168,11 @@ impl Default for Metrics {
             "upstream_retries",
             "Upstream attempts beyond the first",
             m.upstream_retries.clone(),
+        );
+        registry.register(
+            "shed",
+            "Requests and connections shed because a bound was reached",
+            m.shed.clone(),
         );
         registry.register(
             "plugin_rescans",

@@ -46,6 +46,8 @@ pub struct AppState {
     pub cut_off: CancellationToken,
     /// When the gateway started, in Unix seconds (`created` in `/v1/models`).
     pub started_s: u64,
+    /// Request-body bytes held in memory, over all requests.
+    pub body_budget: crate::server::intake::BodyBudget,
     /// The secret the admin API proves knowledge of to the CLI (see
     /// [`crate::runtime`]).
     pub instance: String,

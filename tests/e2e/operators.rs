@@ -240,7 +240,8 @@ async fn metrics_move_by_the_right_amounts() {
     let gw = Gateway::serving(&upstream).await;
     let (key, _) = gw.create_key(json!({"name": "m"})).await;
     let ok = "sluice_requests_total{endpoint=\"chat.completions\",model=\"gpt-4o-mini\",channel=\"main\",status=\"200\"}";
-    let denied = "sluice_requests_total{endpoint=\"chat.completions\",model=\"gpt-4o-mini\",channel=\"\",status=\"401\"}";
+    // An unknown key is refused before its body (and model) is read.
+    let denied = "sluice_requests_total{endpoint=\"chat.completions\",model=\"other\",channel=\"\",status=\"401\"}";
     let before = gw.metrics().await;
     for _ in 0..3 {
         assert_eq!(gw.chat(&key, chat_body()).await.status, 200);
@@ -270,7 +271,8 @@ async fn metrics_move_by_the_right_amounts() {
             &after,
             "sluice_policy_calls_total{plugin=\"builtin-key-auth\""
         ),
-        4.0
+        3.0,
+        "the unknown key is refused at admission, without a policy call"
     );
     assert!(metric(&after, "sluice_key_cache_hits_total") >= 2.0);
     assert_eq!(

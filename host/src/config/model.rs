@@ -52,6 +52,10 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Longest a request body may take to arrive (408 past it).
+    pub body_timeout: Duration,
+    /// Request-body bytes held in memory at once, over all requests (503 past it).
+    pub max_body_memory: usize,
     /// Requests slower than this get a warning log line.
     pub slow_request: Duration,
 }

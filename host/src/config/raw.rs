@@ -42,6 +42,8 @@ pub(super) struct RawServer {
     pub(super) max_body_bytes: Option<usize>,
     pub(super) trusted_proxies: Option<Vec<Text>>,
     pub(super) shutdown_grace: Option<Text>,
+    pub(super) body_timeout: Option<Text>,
+    pub(super) max_body_memory: Option<usize>,
     pub(super) slow_request: Option<Text>,
 }
 

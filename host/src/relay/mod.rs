@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
-use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 
 use crate::accounting::{Accounting, Outcome};
@@ -104,30 +103,6 @@ pub struct Parsed {
     has_stream_options: bool,
     /// Whether the client asked for the usage chunk.
     pub include_usage: bool,
-}
-
-/// Reads a bounded request body.
-///
-/// # Errors
-/// 413 when it exceeds `limit`, 400 when it cannot be read.
-pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
-where
-    B: Body<Data = Bytes>,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::Client {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "request_too_large",
-            param: None,
-            message: format!("The request body exceeds the gateway's limit of {limit} bytes."),
-        }),
-        Err(e) => Err(ApiError::bad_request(
-            format!("The request body could not be read: {e}"),
-            None,
-        )),
-    }
 }
 
 /// Parses the fields the gateway needs without re-serialising the body. A

@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod client_ip;
+pub mod intake;
 pub mod proxy;
 pub mod request_id;
 #[cfg(test)]

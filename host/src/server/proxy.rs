@@ -14,13 +14,14 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body::Body;
 
 use super::body::{ResponseBody, boxed, json};
+use super::intake::{self, BodyLimits};
 use crate::accounting::{Accounting, Outcome};
 use crate::context::RequestContext;
 use crate::endpoint::Endpoint;
 use crate::error::ApiError;
 use crate::facts::{self, RequestFacts, X_REQUEST_ID};
 use crate::keys::LiveKey;
-use crate::metrics::EndpointLabels;
+use crate::metrics::{EndpointLabels, ShedLabels};
 use crate::relay::{self, Parsed, Relayed};
 use crate::state::AppState;
 
@@ -112,40 +113,38 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    if let Err(error) = require(req.method(), &Method::POST) {
+    let limits = BodyLimits {
+        max_bytes: state.config.server.max_body_bytes,
+        timeout: state.config.server.body_timeout,
+    };
+    let admitted = require(req.method(), &Method::POST)
+        .and_then(|()| intake::check_declared(req.headers(), &limits));
+    if let Err(error) = admitted {
         return finished(&ctx, Err(error));
     }
     let (parts, body) = req.into_parts();
-    let bytes = match relay::read_body(body, state.config.server.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(error) => return finished(&ctx, Err(error)),
-    };
-    ctx.prompt_estimate = u32::try_from(bytes.len() / 4).unwrap_or(u32::MAX);
-    ctx.prompt = state
-        .config
-        .log
-        .content
-        .then(|| String::from_utf8_lossy(&bytes).into_owned());
-    // A malformed body is reported only after auth, as OpenAI does: a bad key
-    // gets its 401 whatever the body says. Auth then sees an empty model.
-    let parsed = relay::parse(bytes);
-    if let Ok(p) = &parsed {
-        ctx.set_body_facts(&p.model, p.stream);
-    }
     let auth_started = Instant::now();
     ctx.key = match lookup_key(state, &parts.headers).await {
         Ok(key) => key,
         Err(error) => return finished(&ctx, Err(error)),
     };
     let mut accounting = Accounting::admit(state, ctx).await;
-    let result = phases(
-        state,
-        accounting.ctx_mut(),
-        parsed,
-        &parts.headers,
-        auth_started,
-    )
-    .await;
+    // Admission from the head: with the built-in key auth on, a missing or
+    // unknown key is refused before any byte of the body is read.
+    let result = match admission(state, &accounting) {
+        Ok(()) => {
+            let declared = intake::declared_length(&parts.headers);
+            match intake::read_body(body, declared, &limits, &state.body_budget).await {
+                Ok((bytes, _hold)) => {
+                    let ctx = accounting.ctx_mut();
+                    let parsed = body_facts(state, ctx, bytes);
+                    phases(state, ctx, parsed, &parts.headers, auth_started).await
+                }
+                Err(error) => Err(error),
+            }
+        }
+        Err(error) => Err(error),
+    };
     match result {
         Ok(Relayed::Complete { response, outcome }) => {
             let response = finished(accounting.ctx(), Ok(response));
@@ -157,12 +156,60 @@ where
             committed.into_response(accounting)
         }
         Err(error) => {
+            if let ApiError::Overloaded { what } = &error {
+                state
+                    .metrics
+                    .shed
+                    .get_or_create(&ShedLabels { reason: what })
+                    .inc();
+            }
             let outcome = Outcome::failed(&error);
             let response = finished(accounting.ctx(), Err(error));
             accounting.settle(outcome);
             response
         }
     }
+}
+
+/// Refuses, from the head alone, what the built-in key auth would refuse
+/// whatever the body says (a missing or unknown key), and a keyed request
+/// that found the usage queue full: it is shed rather than served unrecorded.
+fn admission(state: &AppState, accounting: &Accounting) -> Result<(), ApiError> {
+    if !accounting.has_queue_place() {
+        return Err(ApiError::Overloaded {
+            what: "usage queue",
+        });
+    }
+    if accounting.ctx().key.is_none() && state.config.plugins.builtin_auth {
+        return Err(ApiError::Denied {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_api_key".into(),
+            message: "Incorrect API key provided.".into(),
+            retry_after_s: None,
+        });
+    }
+    Ok(())
+}
+
+/// Records the body in the context (prompt estimate, content when logged,
+/// model and stream flag) and parses it. A malformed body is reported only
+/// after auth, as OpenAI does; auth then sees an empty model.
+fn body_facts(
+    state: &AppState,
+    ctx: &mut RequestContext,
+    bytes: Bytes,
+) -> Result<Parsed, ApiError> {
+    ctx.prompt_estimate = u32::try_from(bytes.len() / 4).unwrap_or(u32::MAX);
+    ctx.prompt = state
+        .config
+        .log
+        .content
+        .then(|| String::from_utf8_lossy(&bytes).into_owned());
+    let parsed = relay::parse(bytes);
+    if let Ok(p) = &parsed {
+        ctx.set_body_facts(&p.model, p.stream);
+    }
+    parsed
 }
 
 /// The phases after admission: the auth chain, then the relay.

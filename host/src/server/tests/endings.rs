@@ -119,7 +119,7 @@ async fn a_client_gone_before_the_response_head_is_accounted_once() {
 
 #[tokio::test]
 async fn a_policy_denial_is_accounted_once() {
-    let h = Harness::start("", "", &["another-model"]).await;
+    let h = Harness::start(Tables::default(), &["another-model"]).await;
     let response = h.send(h.chat(chat_body(false), &[])).await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let body = body_json(response).await;
@@ -157,7 +157,14 @@ async fn a_stream_cut_off_at_shutdown_is_accounted_once() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), upstream.addr, "shutdown_grace = \"300ms\"", "");
+    let config = config(
+        dir.path(),
+        upstream.addr,
+        Tables {
+            server: "shutdown_grace = \"300ms\"",
+            ..Tables::default()
+        },
+    );
     let (key, record) = new_key(&[]);
     let store_path = config.store.path.clone();
     crate::store::open(config.store.backend, &store_path)
@@ -234,7 +241,14 @@ async fn a_stream_cut_off_at_shutdown_is_accounted_once() {
 
 #[tokio::test]
 async fn an_event_over_the_limit_ends_the_stream_and_is_accounted_once() {
-    let h = Harness::start("", "max_event_bytes = 65536", &[]).await;
+    let h = Harness::start(
+        Tables {
+            upstream: "max_event_bytes = 65536",
+            ..Tables::default()
+        },
+        &[],
+    )
+    .await;
     let headers = [("x-mock-event-bytes", "100000"), ("x-mock-chunks", "4")];
     let response = h.send(h.chat(chat_body(true), &headers)).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -255,7 +269,14 @@ async fn an_event_over_the_limit_ends_the_stream_and_is_accounted_once() {
 
 #[tokio::test]
 async fn a_response_over_the_limit_is_a_502_accounted_once() {
-    let h = Harness::start("", "max_response_bytes = 65536", &[]).await;
+    let h = Harness::start(
+        Tables {
+            upstream: "max_response_bytes = 65536",
+            ..Tables::default()
+        },
+        &[],
+    )
+    .await;
     let headers = [("x-mock-event-bytes", "40000"), ("x-mock-chunks", "4")];
     let response = h.send(h.chat(chat_body(false), &headers)).await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);

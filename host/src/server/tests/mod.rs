@@ -9,6 +9,7 @@
     clippy::disallowed_methods
 )]
 
+mod edge;
 mod endings;
 mod health;
 mod service;
@@ -45,10 +46,22 @@ fn plugin_cache() -> PathBuf {
     exe.parent().unwrap().join("unit-plugin-cache")
 }
 
+/// Lines added to the config's tables.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tables<'a> {
+    server: &'a str,
+    store: &'a str,
+    upstream: &'a str,
+}
+
 /// A config: one channel `main` serving [`MODEL`] from `upstream`, priced at
-/// 1 credit per prompt token and 2 per completion token; `server` and
-/// `upstream_settings` are lines for those tables.
-fn config(dir: &Path, upstream: SocketAddr, server: &str, upstream_settings: &str) -> Config {
+/// 1 credit per prompt token and 2 per completion token, plus `tables`.
+fn config(dir: &Path, upstream: SocketAddr, tables: Tables<'_>) -> Config {
+    let Tables {
+        server,
+        store: store_settings,
+        upstream: upstream_settings,
+    } = tables;
     let text = format!(
         r#"
 [server]
@@ -62,6 +75,7 @@ token = "env::ADMIN_TOKEN"
 [store]
 path = "{store}"
 flush_interval = "5ms"
+{store_settings}
 
 [plugins]
 cache_dir = "{cache}"
@@ -113,15 +127,15 @@ struct Harness {
 }
 
 impl Harness {
-    /// A gateway with default settings plus `server` and `upstream` lines, and
-    /// a key for `key_models` (empty: every model).
-    async fn start(server: &str, upstream_settings: &str, key_models: &[&str]) -> Self {
+    /// A gateway with default settings plus `tables`, and a key for
+    /// `key_models` (empty: every model).
+    async fn start(tables: Tables<'_>, key_models: &[&str]) -> Self {
         let upstream =
             sluice_mock::start("127.0.0.1:0".parse().unwrap(), MockConfig::default(), None)
                 .await
                 .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let state = crate::app::build(config(dir.path(), upstream.addr, server, upstream_settings))
+        let state = crate::app::build(config(dir.path(), upstream.addr, tables))
             .await
             .unwrap();
         let (key, record) = new_key(key_models);
@@ -138,7 +152,7 @@ impl Harness {
 
     /// A gateway with default settings.
     async fn new() -> Self {
-        Self::start("", "", &[]).await
+        Self::start(Tables::default(), &[]).await
     }
 
     /// A second key, for [`MODEL`].
