@@ -132,6 +132,7 @@ pub async fn run(
     ready: impl FnOnce(Bound),
 ) -> Result<(), StartError> {
     let state = build(config).await?;
+    crate::server::listener::raise_open_files_limit();
     let bind = |addr: SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
@@ -149,15 +150,15 @@ pub async fn run(
             error,
         })?,
     };
-    let connections = crate::server::Connections::default();
+    let connections = crate::server::listener::Connections::default();
     let listeners = TaskTracker::new();
-    listeners.spawn(crate::server::serve(
+    listeners.spawn(crate::server::listener::serve(
         proxy,
         state.clone(),
         connections.clone(),
         crate::server::Role::Proxy,
     ));
-    listeners.spawn(crate::server::serve(
+    listeners.spawn(crate::server::listener::serve(
         admin,
         state.clone(),
         connections.clone(),

@@ -52,6 +52,14 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Longest a client may take to send a request's headers, and the
+    /// longest a keep-alive connection may sit idle.
+    pub header_timeout: Duration,
+    /// Longest a write to a client may stay blocked (a client that stopped
+    /// reading); then the connection is dropped.
+    pub write_timeout: Duration,
+    /// Client connections open at once; beyond, new ones get 503 and are closed.
+    pub max_connections: usize,
     /// Longest a request body may take to arrive (408 past it).
     pub body_timeout: Duration,
     /// Request-body bytes held in memory at once, over all requests (503 past it).

@@ -43,6 +43,9 @@ pub(super) struct RawServer {
     pub(super) trusted_proxies: Option<Vec<Text>>,
     pub(super) shutdown_grace: Option<Text>,
     pub(super) body_timeout: Option<Text>,
+    pub(super) header_timeout: Option<Text>,
+    pub(super) write_timeout: Option<Text>,
+    pub(super) max_connections: Option<usize>,
     pub(super) max_body_memory: Option<usize>,
     pub(super) slow_request: Option<Text>,
 }

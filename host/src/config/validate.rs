@@ -200,6 +200,17 @@ impl<'a> Validator<'a> {
                 raw.shutdown_grace.as_ref(),
                 Duration::from_secs(30),
             )?,
+            header_timeout: self.duration(
+                "server.header_timeout",
+                raw.header_timeout.as_ref(),
+                Duration::from_secs(30),
+            )?,
+            write_timeout: self.duration(
+                "server.write_timeout",
+                raw.write_timeout.as_ref(),
+                Duration::from_secs(30),
+            )?,
+            max_connections: raw.max_connections.unwrap_or(8192).max(1),
             body_timeout: self.duration(
                 "server.body_timeout",
                 raw.body_timeout.as_ref(),

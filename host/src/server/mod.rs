@@ -1,16 +1,16 @@
-//! The server: the accept loop, HTTP/1.1 and h2c on one port (hyper-util's
-//! auto builder), `TCP_NODELAY` on every connection, dispatch by listener role
-//! to the client-facing API ([`proxy`]) or the admin API ([`crate::admin`]),
-//! a panic inside a request turned into a 500, and graceful connection
-//! shutdown that cuts whatever is still running when the grace period ends.
+//! The server: listeners and connections ([`listener`]), dispatch by
+//! listener role to the client-facing API ([`proxy`]) or the admin API
+//! ([`crate::admin`]), and a panic inside a request turned into a 500.
 
 pub mod body;
 pub mod client_ip;
 pub mod intake;
+pub mod listener;
 pub mod proxy;
 pub mod request_id;
 #[cfg(test)]
 mod tests;
+pub mod write_timeout;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,12 +22,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -92,83 +86,6 @@ impl<F: Future<Output = Response<ResponseBody>>> Future for CatchPanic<F> {
                 let error = ApiError::Internal("request handler panicked".into());
                 Poll::Ready(error.into_response().map(boxed))
             }
-        }
-    }
-}
-
-/// The connections of the listeners: their tasks, and the token that drops
-/// the ones still open once shutdown has given up on them.
-#[derive(Clone, Default)]
-pub struct Connections {
-    /// Every connection task.
-    pub tracker: TaskTracker,
-    /// Cancelled to drop the connections still open.
-    pub abort: CancellationToken,
-}
-
-/// Accepts connections until shutdown; each connection runs on `connections`.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    connections: Connections,
-    role: Role,
-) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = state.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    continue;
-                }
-            },
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        connections.tracker.spawn(connection(
-            TokioIo::new(stream),
-            peer,
-            state.clone(),
-            role,
-            connections.abort.clone(),
-        ));
-    }
-}
-
-/// Serves one connection: until it closes, or — once shutdown begins — until
-/// its in-flight requests finish (streams end themselves at the grace
-/// period's cut-off) or shutdown drops it.
-async fn connection(
-    io: TokioIo<tokio::net::TcpStream>,
-    peer: SocketAddr,
-    state: Arc<AppState>,
-    role: Role,
-    abort: CancellationToken,
-) {
-    let handler = state.clone();
-    let service = service_fn(move |req| {
-        let state = handler.clone();
-        async move { Ok::<_, std::convert::Infallible>(respond(state, role, peer, req).await) }
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            return;
-        }
-        () = state.shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
-    }
-    tokio::select! {
-        _ = conn => {}
-        () = abort.cancelled() => {
-            tracing::warn!(%peer, "connection still busy after the cut-off; dropping it");
         }
     }
 }

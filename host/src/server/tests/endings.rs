@@ -153,51 +153,21 @@ async fn a_panic_inside_a_phase_is_accounted_once() {
 
 #[tokio::test]
 async fn a_stream_cut_off_at_shutdown_is_accounted_once() {
-    let upstream = sluice_mock::start("127.0.0.1:0".parse().unwrap(), MockConfig::default(), None)
+    let gw = Running::start(Tables {
+        server: "shutdown_grace = \"300ms\"",
+        ..Tables::default()
+    })
+    .await;
+    let mut sender = gw.connect().await;
+    let headers = [("x-mock-chunks", "1000"), ("x-mock-chunk-delay-ms", "20")];
+    let response = sender
+        .send_request(chat_as(&gw.key, chat_body(true), &headers))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(
-        dir.path(),
-        upstream.addr,
-        Tables {
-            server: "shutdown_grace = \"300ms\"",
-            ..Tables::default()
-        },
-    );
-    let (key, record) = new_key(&[]);
-    let store_path = config.store.path.clone();
-    crate::store::open(config.store.backend, &store_path)
-        .unwrap()
-        .create_key(&record)
-        .unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (ready, bound) = tokio::sync::oneshot::channel();
-    let running = tokio::spawn(crate::app::run(config, stop.clone(), move |b| {
-        let _ = ready.send(b);
-    }));
-    let bound = bound.await.unwrap();
-
-    let tcp = tokio::net::TcpStream::connect(bound.proxy).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    let client = tokio::spawn(conn);
-    let mut req = request("POST", "/v1/chat/completions", Some(chat_body(true)));
-    let h = req.headers_mut();
-    h.insert(
-        http::header::AUTHORIZATION,
-        format!("Bearer {key}").parse().unwrap(),
-    );
-    h.insert("x-mock-chunks", "1000".parse().unwrap());
-    h.insert("x-mock-chunk-delay-ms", "20".parse().unwrap());
-    let response = sender.send_request(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
     assert!(body.frame().await.unwrap().unwrap().is_data());
 
-    stop.cancel();
     // The client keeps reading; the gateway cuts the stream at the end of the
     // grace period, with a closing error event, and then finishes its shutdown.
     let reading = tokio::spawn(async move {
@@ -209,20 +179,14 @@ async fn a_stream_cut_off_at_shutdown_is_accounted_once() {
         }
         text
     });
-    tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("shutdown within the grace period and the drain")
-        .unwrap()
-        .unwrap();
+    let key_id = gw.key_id.clone();
+    let store = gw.stop().await;
     let text = reading.await.unwrap();
-    client.abort();
     let last = text.trim_end().rsplit("\n\n").next().unwrap_or_default();
     assert!(
         last.starts_with("data: {\"error\"") && last.contains("\"code\":\"shutdown\""),
         "the stream ends with a shutdown error event: {last}"
     );
-
-    let store = crate::store::open(crate::config::Backend::Redb, &store_path).unwrap();
     let records = store.query_usage(&UsageQuery::default()).unwrap();
     assert_eq!(records.len(), 1, "{records:#?}");
     let r = &records[0];
@@ -231,7 +195,7 @@ async fn a_stream_cut_off_at_shutdown_is_accounted_once() {
     assert!(r.completion_tokens > 0 && r.cost > 0, "{r:?}");
     let charged = QUOTA
         - store
-            .key_by_id(&record.id)
+            .key_by_id(&key_id)
             .unwrap()
             .unwrap()
             .quota_remaining

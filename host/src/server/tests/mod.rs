@@ -13,6 +13,7 @@ mod edge;
 mod endings;
 mod health;
 mod service;
+mod sockets;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,7 @@ struct Tables<'a> {
     server: &'a str,
     store: &'a str,
     upstream: &'a str,
+    channel: &'a str,
 }
 
 /// A config: one channel `main` serving [`MODEL`] from `upstream`, priced at
@@ -61,6 +63,7 @@ fn config(dir: &Path, upstream: SocketAddr, tables: Tables<'_>) -> Config {
         server,
         store: store_settings,
         upstream: upstream_settings,
+        channel: channel_settings,
     } = tables;
     let text = format!(
         r#"
@@ -90,6 +93,7 @@ api_key = "env::UPSTREAM_KEY"
 models = ["{MODEL}"]
 forward_headers = ["x-mock-*"]
 headers = {{ "OpenAI-Organization" = "org-operator" }}
+{channel_settings}
 
 [pricing.models."{MODEL}"]
 input = 1.0
@@ -200,6 +204,75 @@ impl Harness {
                 .requests
                 .load(std::sync::atomic::Ordering::Relaxed),
         }
+    }
+}
+
+/// A whole gateway (`app::run`) on 127.0.0.1 sockets, for what needs real
+/// connections: timeouts, the connection cap, the shutdown sequence.
+struct Running {
+    proxy: SocketAddr,
+    key: String,
+    key_id: String,
+    store_path: std::path::PathBuf,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), crate::app::StartError>>,
+    _upstream: Mock,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// Starts a gateway with `tables` and one key.
+    async fn start(tables: Tables<'_>) -> Self {
+        let upstream =
+            sluice_mock::start("127.0.0.1:0".parse().unwrap(), MockConfig::default(), None)
+                .await
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), upstream.addr, tables);
+        let (key, record) = new_key(&[]);
+        let store_path = config.store.path.clone();
+        crate::store::open(config.store.backend, &store_path)
+            .unwrap()
+            .create_key(&record)
+            .unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (ready, bound) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(crate::app::run(config, stop.clone(), move |b| {
+            let _ = ready.send(b);
+        }));
+        let bound = bound.await.unwrap();
+        Self {
+            proxy: bound.proxy,
+            key,
+            key_id: record.id,
+            store_path,
+            stop,
+            task,
+            _upstream: upstream,
+            _dir: dir,
+        }
+    }
+
+    /// An HTTP/1 connection to the client-facing listener.
+    async fn connect(&self) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+        let tcp = tokio::net::TcpStream::connect(self.proxy).await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    /// Stops the gateway (within 30 s) and opens its store.
+    async fn stop(self) -> std::sync::Arc<dyn crate::store::Store> {
+        self.stop.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.task)
+            .await
+            .expect("shutdown within 30 s")
+            .unwrap()
+            .unwrap();
+        crate::store::open(crate::config::Backend::Redb, &self.store_path).unwrap()
     }
 }
 

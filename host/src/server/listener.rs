@@ -1,0 +1,215 @@
+//! The accept loop and each connection: HTTP/1.1 and h2c on one port
+//! (hyper-util's auto builder), `TCP_NODELAY`, a cap on open connections (a
+//! clear 503 beyond it), a header-read timeout that also closes idle
+//! keep-alive connections, a write timeout for clients that stop reading,
+//! back-off when the process runs out of file descriptors, and graceful
+//! connection shutdown with a hard cut-off.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Role;
+use super::write_timeout::WriteTimeout;
+use crate::metrics::ShedLabels;
+use crate::state::AppState;
+
+/// Connections the admin listener keeps open at once.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// First pause after the process ran out of file descriptors; it doubles up
+/// to [`MAX_ACCEPT_BACKOFF`] while accepting keeps failing.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest pause between accept attempts.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// At most one log line per this interval about failing accepts.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What a connection over the cap is told before it is closed.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 137\r\n\r\n{\"error\":{\"message\":\"The gateway is at its connection limit; please retry shortly.\",\"type\":\"api_error\",\"param\":null,\"code\":\"overloaded\"}}";
+
+/// The connections of the listeners: their tasks, and the token that drops
+/// the ones still open once shutdown has given up on them.
+#[derive(Clone, Default)]
+pub struct Connections {
+    /// Every connection task.
+    pub tracker: TaskTracker,
+    /// Cancelled to drop the connections still open.
+    pub abort: CancellationToken,
+}
+
+/// Raises the soft limit on open files to the hard limit, so the connection
+/// cap, not the OS, decides when connections are refused; logs both.
+pub fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        tracing::info!(open_files = ?limit.current, "open-file limit");
+        return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            tracing::info!(from = ?limit.current, to = ?limit.maximum, "open-file limit raised to the hard limit")
+        }
+        Err(e) => {
+            tracing::warn!(limit = ?limit.current, error = %e, "cannot raise the open-file limit")
+        }
+    }
+}
+
+/// Accepts connections until shutdown; each connection runs on `connections`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    connections: Connections,
+    role: Role,
+) {
+    let cap = match role {
+        Role::Proxy => state.config.server.max_connections,
+        Role::Admin => MAX_ADMIN_CONNECTIONS,
+    };
+    let open = Arc::new(Semaphore::new(cap));
+    let mut failures = AcceptFailures::default();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = state.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => {
+                    failures.reset();
+                    accepted
+                }
+                Err(e) => {
+                    tokio::time::sleep(failures.record(&e)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            refuse(&state, stream);
+            continue;
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        connections.tracker.spawn(connection(
+            stream,
+            peer,
+            state.clone(),
+            role,
+            connections.abort.clone(),
+            permit,
+        ));
+    }
+}
+
+/// Tells a connection over the cap why it is closed (best effort, without
+/// waiting), counts it, and closes it.
+fn refuse(state: &AppState, stream: TcpStream) {
+    let _ = stream.try_write(REFUSAL);
+    state
+        .metrics
+        .shed
+        .get_or_create(&ShedLabels {
+            reason: "connections",
+        })
+        .inc();
+}
+
+/// Accept failures since the last success: how long to pause, and when the
+/// last log line was written.
+#[derive(Default)]
+struct AcceptFailures {
+    backoff: Option<Duration>,
+    suppressed: u64,
+    logged: Option<Instant>,
+}
+
+impl AcceptFailures {
+    fn reset(&mut self) {
+        self.backoff = None;
+    }
+
+    /// Records a failed accept; the pause before the next attempt. Running
+    /// out of file descriptors backs off exponentially; every failure is
+    /// logged at most once per [`ACCEPT_LOG_INTERVAL`], with the count.
+    fn record(&mut self, error: &std::io::Error) -> Duration {
+        let exhausted = matches!(error.raw_os_error(), Some(23 | 24)); // ENFILE, EMFILE
+        self.suppressed += 1;
+        if self
+            .logged
+            .is_none_or(|at| at.elapsed() >= ACCEPT_LOG_INTERVAL)
+        {
+            tracing::warn!(error = %error, failures = self.suppressed, "accepting connections fails; backing off");
+            self.logged = Some(Instant::now());
+            self.suppressed = 0;
+        }
+        if !exhausted {
+            return Duration::from_millis(5);
+        }
+        let next = self
+            .backoff
+            .map_or(ACCEPT_BACKOFF, |b| (b * 2).min(MAX_ACCEPT_BACKOFF));
+        self.backoff = Some(next);
+        next
+    }
+}
+
+/// Serves one connection: until it closes, or — once shutdown begins — until
+/// its in-flight requests finish (streams end themselves at the grace
+/// period's cut-off) or shutdown drops it. `_open` is its place under the cap.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    role: Role,
+    abort: CancellationToken,
+    _open: OwnedSemaphorePermit,
+) {
+    let server = &state.config.server;
+    let io = TokioIo::new(WriteTimeout::new(stream, server.write_timeout));
+    let handler = state.clone();
+    let service = service_fn(move |req| {
+        let state = handler.clone();
+        async move { Ok::<_, std::convert::Infallible>(super::respond(state, role, peer, req).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The header-read timeout also bounds how long a keep-alive connection
+    // may wait, idle, for its next request.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(server.header_timeout)
+        .keep_alive_timeout(server.header_timeout);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        () = state.shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    tokio::select! {
+        _ = conn => {}
+        () = abort.cancelled() => {
+            tracing::warn!(%peer, "connection still busy after the cut-off; dropping it");
+        }
+    }
+}
