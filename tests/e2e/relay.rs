@@ -628,3 +628,90 @@ async fn every_response_carries_ids_timings_and_openai_errors() {
         "a bad key is refused before the body is judged, as OpenAI does"
     );
 }
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_backs_off_logs_once_and_recovers() {
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .open_files(64)
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
+        .start()
+        .await;
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    // More silent connections than the process has descriptors left.
+    let mut silent = Vec::new();
+    for _ in 0..120 {
+        if let Ok(s) = tokio::net::TcpStream::connect(&gw.proxy).await {
+            silent.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let logs = gw.logs();
+    let failing = logs
+        .lines()
+        .filter(|l| l.contains("accepting connections fails"))
+        .count();
+    assert_eq!(
+        failing, 1,
+        "accept failures are logged once per interval:\n{logs}"
+    );
+    assert!(logs.contains("open-file limit"), "{logs}");
+    drop(silent);
+    let served = eventually(Duration::from_secs(5), async || {
+        gw.chat(&key, chat_body()).await.status == 200
+    })
+    .await;
+    assert!(served, "the gateway serves again once descriptors are free");
+}
+
+/// The abuse benchmark (`bench/abuse.sh`) at a tenth of its scale: stalled
+/// keyless and keyed uploads, idle connections and junk model names at once,
+/// while a keyed client is served and `/metrics` stays small.
+#[tokio::test]
+async fn abuse_at_reduced_scale_leaves_metrics_small_and_clients_served() {
+    use tokio::io::AsyncWriteExt as _;
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::serving(&upstream).await;
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    let mut held = Vec::new();
+    for keyed in [false, true] {
+        for _ in 0..30 {
+            let mut s = tokio::net::TcpStream::connect(&gw.proxy).await.unwrap();
+            let auth = if keyed {
+                format!("authorization: Bearer {key}\r\n")
+            } else {
+                String::new()
+            };
+            let head = format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n{auth}content-length: 4194303\r\n\r\n{{"
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            held.push(s);
+        }
+    }
+    for _ in 0..200 {
+        held.push(tokio::net::TcpStream::connect(&gw.proxy).await.unwrap());
+    }
+    let url = format!("http://{}/v1/chat/completions", gw.proxy);
+    for i in 0..150 {
+        let model = format!("{i}-{}", "j".repeat(64 << 10));
+        let body = json!({"model": model, "messages": []}).to_string();
+        let reply = request("POST", &url, &[], Some(body)).await;
+        assert_eq!(reply.status, 401);
+    }
+    for _ in 0..20 {
+        assert_eq!(gw.chat(&key, chat_body()).await.status, 200);
+    }
+    let metrics = gw.metrics().await;
+    let series = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_requests_total{"))
+        .count();
+    assert!(series <= 4, "{series} request series");
+    assert!(
+        metrics.len() < 256 << 10,
+        "/metrics is {} bytes",
+        metrics.len()
+    );
+    drop(held);
+}

@@ -101,6 +101,7 @@ pub struct GatewayBuilder {
     env: Vec<(String, String)>,
     tables: std::collections::BTreeMap<&'static str, String>,
     ready_within: Duration,
+    open_files: Option<u64>,
 }
 
 /// A `[[channels]]` entry, typed like the config it becomes.
@@ -205,6 +206,7 @@ impl Gateway {
             env: Vec::new(),
             tables: std::collections::BTreeMap::new(),
             ready_within: Duration::from_secs(60),
+            open_files: None,
         }
     }
 
@@ -284,6 +286,7 @@ impl Gateway {
             &self.config_path,
             &[],
             Duration::from_secs(60),
+            None,
         )
         .await;
         self.child = Some(child);
@@ -392,6 +395,7 @@ async fn spawn(
     config: &Path,
     env: &[(String, String)],
     ready_within: Duration,
+    open_files: Option<u64>,
 ) -> (Child, String, String) {
     let ready = dir.join("ready.json");
     let _ = std::fs::remove_file(&ready);
@@ -400,7 +404,18 @@ async fn spawn(
         .append(true)
         .open(dir.join("sluice.log"))
         .expect("log file");
-    let mut cmd = Command::new(sluice_bin());
+    // With an open-file limit, util-linux's prlimit sets it (soft and hard)
+    // and then becomes the gateway (it execs, keeping the process id).
+    let mut cmd = match open_files {
+        Some(n) => {
+            let mut cmd = Command::new("prlimit");
+            cmd.arg(format!("--nofile={n}:{n}"))
+                .arg("--")
+                .arg(sluice_bin());
+            cmd
+        }
+        None => Command::new(sluice_bin()),
+    };
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
@@ -584,6 +599,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Runs the gateway with this open-file limit (soft and hard).
+    pub fn open_files(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
+        self
+    }
+
     /// Sets an environment variable for the process.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
@@ -617,8 +638,14 @@ impl GatewayBuilder {
         );
         let config_path = dir.path().join("sluice.toml");
         std::fs::write(&config_path, config).unwrap();
-        let (child, proxy, admin) =
-            spawn(dir.path(), &config_path, &self.env, self.ready_within).await;
+        let (child, proxy, admin) = spawn(
+            dir.path(),
+            &config_path,
+            &self.env,
+            self.ready_within,
+            self.open_files,
+        )
+        .await;
         Gateway {
             dir,
             proxy,

@@ -216,7 +216,7 @@ impl<'a> Validator<'a> {
                 raw.body_timeout.as_ref(),
                 Duration::from_secs(30),
             )?,
-            max_body_memory: raw.max_body_memory.unwrap_or(64 << 20).max(1024),
+            max_body_memory: raw.max_body_memory.unwrap_or(32 << 20).max(1024),
             slow_request: self.duration(
                 "server.slow_request",
                 raw.slow_request.as_ref(),

@@ -1,7 +1,10 @@
 //! Reading a request body, bounded three ways: in size (`max_body_bytes`; a
 //! declared length over it is refused before a byte is read), in time
 //! (`body_timeout`), and in the memory all bodies in flight hold together
-//! (`max_body_memory`: past it, new bodies get 503 with `retry-after`).
+//! (`max_body_memory`, charged as bytes arrive: past it, a body gets 503 with
+//! `retry-after`). A quarter of that memory is kept for small bodies (up to
+//! [`SMALL_BODY`]), so large uploads that stall cannot starve ordinary
+//! requests.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,34 +26,53 @@ pub struct BodyLimits {
     pub timeout: Duration,
 }
 
-/// The bytes of request bodies held in memory at once, shared by all requests.
+/// Bodies up to this size may draw on the budget's reserve.
+pub const SMALL_BODY: usize = 64 << 10;
+
+/// The bytes of request bodies held in memory at once, shared by all
+/// requests: the main pool, and a reserve only small bodies may use.
 #[derive(Debug, Clone)]
-pub struct BodyBudget(Arc<Semaphore>);
+pub struct BodyBudget {
+    main: Arc<Semaphore>,
+    reserve: Arc<Semaphore>,
+}
 
 /// A body's share of the [`BodyBudget`], returned when dropped.
 #[derive(Debug, Default)]
-pub struct BodyHold(Option<OwnedSemaphorePermit>);
+pub struct BodyHold {
+    held: usize,
+    permits: Vec<OwnedSemaphorePermit>,
+}
 
 impl BodyBudget {
-    /// A budget of `bytes`.
+    /// A budget of `bytes` in all, a quarter of it reserved for small bodies.
     pub fn new(bytes: usize) -> Self {
-        Self(Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))))
+        let bytes = bytes.min(Semaphore::MAX_PERMITS);
+        let reserve = bytes / 4;
+        Self {
+            main: Arc::new(Semaphore::new(bytes - reserve)),
+            reserve: Arc::new(Semaphore::new(reserve)),
+        }
     }
 
-    /// Takes `bytes` more for `hold`, or refuses when the budget is spent.
+    /// Takes `bytes` more for `hold` from the main pool, or — while the body
+    /// stays small — from the reserve; refuses when neither has room.
     fn take(&self, hold: &mut BodyHold, bytes: usize) -> Result<(), ApiError> {
         let Ok(n) = u32::try_from(bytes) else {
             return Err(overloaded());
         };
-        let permit = self
-            .0
-            .clone()
-            .try_acquire_many_owned(n)
-            .map_err(|_| overloaded())?;
-        match &mut hold.0 {
-            Some(held) => held.merge(permit),
-            None => hold.0 = Some(permit),
-        }
+        let small = hold.held + bytes <= SMALL_BODY;
+        let permit = match self.main.clone().try_acquire_many_owned(n) {
+            Ok(permit) => permit,
+            Err(_) if small => self
+                .reserve
+                .clone()
+                .try_acquire_many_owned(n)
+                .map_err(|_| overloaded())?,
+            Err(_) => return Err(overloaded()),
+        };
+        hold.held += bytes;
+        hold.permits.push(permit);
         Ok(())
     }
 }
@@ -73,7 +95,7 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// The `content-length` a request declares, if any.
-pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -94,15 +116,14 @@ pub fn check_declared(headers: &HeaderMap, limits: &BodyLimits) -> Result<(), Ap
     }
 }
 
-/// Reads a body within `limits`, holding its bytes against `budget` (the hold
-/// must live as long as the bytes do).
+/// Reads a body within `limits`, holding its bytes against `budget` as they
+/// arrive (the hold must live as long as the bytes do).
 ///
 /// # Errors
 /// 413 over the size limit, 408 past the deadline, 503 when the budget is
 /// spent, 400 when the body cannot be read.
 pub async fn read_body<B>(
     body: B,
-    declared: Option<u64>,
     limits: &BodyLimits,
     budget: &BodyBudget,
 ) -> Result<(Bytes, BodyHold), ApiError>
@@ -111,16 +132,7 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut hold = BodyHold::default();
-    if let Some(n) = declared {
-        budget.take(&mut hold, usize::try_from(n).unwrap_or(usize::MAX))?;
-    }
-    let reading = collect(
-        body,
-        declared.is_none(),
-        limits.max_bytes,
-        budget,
-        &mut hold,
-    );
+    let reading = collect(body, limits.max_bytes, budget, &mut hold);
     let bytes = tokio::time::timeout(limits.timeout, reading)
         .await
         .map_err(|_| ApiError::Client {
@@ -136,10 +148,9 @@ where
 }
 
 /// Gathers the body's data frames; a single frame is kept without a copy.
-/// `metered`: take budget for each frame as it arrives (no declared length).
+/// Budget is taken for each frame as it arrives.
 async fn collect<B>(
     body: B,
-    metered: bool,
     limit: usize,
     budget: &BodyBudget,
     hold: &mut BodyHold,
@@ -149,8 +160,10 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut body = std::pin::pin!(body);
-    let mut first: Option<Bytes> = None;
-    let mut rest: Option<BytesMut> = None;
+    // Frames are kept as they arrive (each the size of its data) and joined
+    // once at the end, so a body that stalls holds what it sent, not a
+    // doubling buffer.
+    let mut frames: Vec<Bytes> = Vec::new();
     let mut len = 0usize;
     while let Some(frame) = body.as_mut().frame().await {
         let frame = frame.map_err(|e| {
@@ -163,23 +176,18 @@ where
         if len > limit {
             return Err(too_large(limit));
         }
-        if metered {
-            budget.take(hold, data.len())?;
-        }
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
-            (Some(head), None) => {
-                let mut joined = BytesMut::with_capacity(len);
-                joined.extend_from_slice(head);
-                joined.extend_from_slice(&data);
-                rest = Some(joined);
-            }
-            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
-        }
+        budget.take(hold, data.len())?;
+        frames.push(data);
     }
-    Ok(match (first, rest) {
-        (_, Some(joined)) => joined.freeze(),
-        (Some(only), None) => only,
-        (None, None) => Bytes::new(),
+    Ok(match frames.len() {
+        0 => Bytes::new(),
+        1 => frames.swap_remove(0),
+        _ => {
+            let mut joined = BytesMut::with_capacity(len);
+            for frame in &frames {
+                joined.extend_from_slice(frame);
+            }
+            joined.freeze()
+        }
     })
 }

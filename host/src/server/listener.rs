@@ -32,6 +32,12 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// At most one log line per this interval about failing accepts.
 const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The most a connection buffers of what a client sent before the gateway
+/// takes it (hyper's default grows to ~400 KiB): with thousands of
+/// connections, what stalled uploads can park in connection buffers stays
+/// small. Request heads must fit.
+const MAX_READ_BUFFER: usize = 64 << 10;
+
 /// What a connection over the cap is told before it is closed.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 137\r\n\r\n{\"error\":{\"message\":\"The gateway is at its connection limit; please retry shortly.\",\"type\":\"api_error\",\"param\":null,\"code\":\"overloaded\"}}";
 
@@ -189,7 +195,8 @@ async fn connection(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(server.header_timeout);
+        .header_read_timeout(server.header_timeout)
+        .max_buf_size(MAX_READ_BUFFER);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -132,17 +132,14 @@ where
     // Admission from the head: with the built-in key auth on, a missing or
     // unknown key is refused before any byte of the body is read.
     let result = match admission(state, &accounting) {
-        Ok(()) => {
-            let declared = intake::declared_length(&parts.headers);
-            match intake::read_body(body, declared, &limits, &state.body_budget).await {
-                Ok((bytes, _hold)) => {
-                    let ctx = accounting.ctx_mut();
-                    let parsed = body_facts(state, ctx, bytes);
-                    phases(state, ctx, parsed, &parts.headers, auth_started).await
-                }
-                Err(error) => Err(error),
+        Ok(()) => match intake::read_body(body, &limits, &state.body_budget).await {
+            Ok((bytes, _hold)) => {
+                let ctx = accounting.ctx_mut();
+                let parsed = body_facts(state, ctx, bytes);
+                phases(state, ctx, parsed, &parts.headers, auth_started).await
             }
-        }
+            Err(error) => Err(error),
+        },
         Err(error) => Err(error),
     };
     match result {

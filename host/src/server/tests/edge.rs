@@ -143,21 +143,19 @@ async fn a_stalled_body_gets_408_at_its_deadline() {
 
 #[tokio::test]
 async fn bodies_beyond_the_memory_budget_are_shed() {
-    let h = Harness::start(
-        Tables {
-            server: "max_body_memory = 65536",
-            ..Tables::default()
-        },
-        &[],
-    )
-    .await;
-    let (holding, _) = stalled(Some(&h.key), 60_000, b"{");
+    // 256 KiB in all: 192 KiB for any body, 64 KiB kept for small ones.
+    let tables = Tables {
+        server: "max_body_memory = 262144",
+        ..Tables::default()
+    };
+    let h = Harness::start(tables, &[]).await;
+    let (holding, _) = stalled(Some(&h.key), 1 << 20, &[b' '; 190_000]);
     let state = h.state.clone();
     let peer = PEER.parse().unwrap();
     let first = tokio::spawn(crate::server::respond(state, Role::Proxy, peer, holding));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // 10 KB more than the 5.5 KB the first body leaves.
-    let big = serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(10_000)}]});
+    // A 100 KB body finds 6 KB left and is no small body: shed.
+    let big = serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(100_000)}]});
     let response = h.send(h.chat(big.clone(), &[])).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key(http::header::RETRY_AFTER));
@@ -167,6 +165,13 @@ async fn bodies_beyond_the_memory_budget_are_shed() {
     assert!(
         text.contains("sluice_shed_total{reason=\"request bodies\"} 1"),
         "{text}"
+    );
+    // An ordinary request draws on the reserve the large upload cannot touch.
+    let small = h.send(h.chat(chat_body(false), &[])).await;
+    assert_eq!(
+        small.status(),
+        StatusCode::OK,
+        "small bodies are not starved"
     );
     first.abort();
     let _ = first.await;
