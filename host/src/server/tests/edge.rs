@@ -98,14 +98,7 @@ async fn a_missing_or_unknown_key_is_refused_before_the_body_is_read() {
 
 #[tokio::test]
 async fn a_declared_length_over_the_limit_is_refused_at_once() {
-    let h = Harness::start(
-        Tables {
-            server: "max_body_bytes = 4096",
-            ..Tables::default()
-        },
-        &[],
-    )
-    .await;
+    let h = Harness::server("max_body_bytes = 4096").await;
     let (req, polled) = stalled(Some(&h.key), 1 << 20, b"");
     let response = answer(&h, req).await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
@@ -115,14 +108,7 @@ async fn a_declared_length_over_the_limit_is_refused_at_once() {
 #[tokio::test]
 async fn a_stalled_body_gets_408_at_its_deadline() {
     let deadline = Duration::from_millis(300);
-    let h = Harness::start(
-        Tables {
-            server: "body_timeout = \"300ms\"",
-            ..Tables::default()
-        },
-        &[],
-    )
-    .await;
+    let h = Harness::server("body_timeout = \"300ms\"").await;
     let started = Instant::now();
     let (req, _) = stalled(Some(&h.key), 1000, b"{\"model\":");
     let response = answer(&h, req).await;
@@ -144,11 +130,7 @@ async fn a_stalled_body_gets_408_at_its_deadline() {
 #[tokio::test]
 async fn bodies_beyond_the_memory_budget_are_shed() {
     // 256 KiB in all: 192 KiB for any body, 64 KiB kept for small ones.
-    let tables = Tables {
-        server: "max_body_memory = 262144",
-        ..Tables::default()
-    };
-    let h = Harness::start(tables, &[]).await;
+    let h = Harness::server("max_body_memory = 262144").await;
     let (holding, _) = stalled(Some(&h.key), 1 << 20, &[b' '; 190_000]);
     let state = h.state.clone();
     let peer = PEER.parse().unwrap();

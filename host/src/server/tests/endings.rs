@@ -205,14 +205,7 @@ async fn a_stream_cut_off_at_shutdown_is_accounted_once() {
 
 #[tokio::test]
 async fn an_event_over_the_limit_ends_the_stream_and_is_accounted_once() {
-    let h = Harness::start(
-        Tables {
-            upstream: "max_event_bytes = 65536",
-            ..Tables::default()
-        },
-        &[],
-    )
-    .await;
+    let h = Harness::upstream("max_event_bytes = 65536").await;
     let headers = [("x-mock-event-bytes", "100000"), ("x-mock-chunks", "4")];
     let response = h.send(h.chat(chat_body(true), &headers)).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -233,14 +226,7 @@ async fn an_event_over_the_limit_ends_the_stream_and_is_accounted_once() {
 
 #[tokio::test]
 async fn a_response_over_the_limit_is_a_502_accounted_once() {
-    let h = Harness::start(
-        Tables {
-            upstream: "max_response_bytes = 65536",
-            ..Tables::default()
-        },
-        &[],
-    )
-    .await;
+    let h = Harness::upstream("max_response_bytes = 65536").await;
     let headers = [("x-mock-event-bytes", "40000"), ("x-mock-chunks", "4")];
     let response = h.send(h.chat(chat_body(false), &headers)).await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);

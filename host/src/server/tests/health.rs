@@ -11,14 +11,7 @@ const STRICT: &str = "first_byte_timeout = \"200ms\"\nfailures_to_cooldown = 2\n
 
 #[tokio::test]
 async fn one_keys_slow_answers_do_not_take_the_channel_out() {
-    let h = Harness::start(
-        Tables {
-            upstream: STRICT,
-            ..Tables::default()
-        },
-        &[],
-    )
-    .await;
+    let h = Harness::upstream(STRICT).await;
     let slow = [("x-mock-ttfb-ms", "1000")];
     for _ in 0..3 {
         let response = h.send(h.chat(chat_body(false), &slow)).await;
@@ -35,14 +28,7 @@ async fn one_keys_slow_answers_do_not_take_the_channel_out() {
 
 #[tokio::test]
 async fn a_streams_late_head_still_counts_against_the_channel() {
-    let h = Harness::start(
-        Tables {
-            upstream: STRICT,
-            ..Tables::default()
-        },
-        &[],
-    )
-    .await;
+    let h = Harness::upstream(STRICT).await;
     let slow = [("x-mock-ttfb-ms", "1000")];
     for _ in 0..2 {
         let response = h.send(h.chat(chat_body(true), &slow)).await;

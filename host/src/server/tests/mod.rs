@@ -159,6 +159,24 @@ impl Harness {
         Self::start(Tables::default(), &[]).await
     }
 
+    /// A gateway with these `[server]` lines.
+    async fn server(lines: &str) -> Self {
+        let tables = Tables {
+            server: lines,
+            ..Tables::default()
+        };
+        Self::start(tables, &[]).await
+    }
+
+    /// A gateway with these `[upstream]` lines.
+    async fn upstream(lines: &str) -> Self {
+        let tables = Tables {
+            upstream: lines,
+            ..Tables::default()
+        };
+        Self::start(tables, &[]).await
+    }
+
     /// A second key, for [`MODEL`].
     fn another_key(&self) -> String {
         let (key, record) = new_key(&[]);

@@ -89,14 +89,7 @@ async fn a_bad_key_is_refused_before_the_body_is_judged() {
 
 #[tokio::test]
 async fn an_oversized_body_gets_413() {
-    let h = Harness::start(
-        Tables {
-            server: "max_body_bytes = 1024",
-            ..Tables::default()
-        },
-        &[],
-    )
-    .await;
+    let h = Harness::server("max_body_bytes = 1024").await;
     let big = serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(4096)}]});
     let response = h.send(h.chat(big, &[])).await;
     assert_eq!(
