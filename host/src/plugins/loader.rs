@@ -341,13 +341,17 @@ impl Loader {
         let Some(Ok(scan)) = self.config.dir.as_deref().map(scan_folder) else {
             return self.config.dir.is_some();
         };
-        let known = self.folder.lock().map(|f| f.len()).unwrap_or(0)
-            + self.rejected.lock().map(|r| r.len()).unwrap_or(0);
+        // A loaded plugin may also have a rejected newer version: compare
+        // names, never counts.
+        let vanished = self
+            .folder
+            .lock()
+            .is_ok_and(|f| f.keys().any(|name| !scan.plugins.contains_key(name)));
         let odd_known = self
             .reported
             .lock()
             .is_ok_and(|r| r.len() == scan.odd.len() && scan.odd.keys().all(|p| r.contains(p)));
-        scan.plugins.len() != known
+        vanished
             || !odd_known
             || scan
                 .plugins
