@@ -129,20 +129,16 @@ where
         Err(error) => return finished(&ctx, Err(error)),
     };
     let mut accounting = Accounting::admit(state, ctx).await;
-    // Admission from the head: with the built-in key auth on, a missing or
-    // unknown key is refused before any byte of the body is read.
-    let result = match admission(state, &accounting) {
-        Ok(()) => match intake::read_body(body, &limits, &state.body_budget).await {
-            Ok((bytes, _hold)) => {
-                let ctx = accounting.ctx_mut();
-                let parsed = body_facts(state, ctx, bytes);
-                phases(state, ctx, parsed, &parts.headers, auth_started).await
-            }
-            Err(error) => Err(error),
-        },
-        Err(error) => Err(error),
-    };
-    match result {
+    match phases(
+        state,
+        &mut accounting,
+        body,
+        &parts.headers,
+        &limits,
+        auth_started,
+    )
+    .await
+    {
         Ok(Relayed::Complete { response, outcome }) => {
             let response = finished(accounting.ctx(), Ok(response));
             accounting.settle(outcome);
@@ -209,14 +205,27 @@ fn body_facts(
     parsed
 }
 
-/// The phases after admission: the auth chain, then the relay.
-async fn phases(
+/// The phases after admission: the head's checks (a missing or unknown key
+/// is refused before any byte of the body is read), the body, the auth
+/// chain, then the relay.
+async fn phases<B>(
     state: &AppState,
-    ctx: &mut RequestContext,
-    parsed: Result<Parsed, ApiError>,
+    accounting: &mut Accounting,
+    body: B,
     headers: &HeaderMap,
+    limits: &BodyLimits,
     auth_started: Instant,
-) -> Result<Relayed, ApiError> {
+) -> Result<Relayed, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    admission(state, accounting)?;
+    // The hold keeps the body's share of the memory budget until the relay
+    // has sent it.
+    let (bytes, _hold) = intake::read_body(body, limits, &state.body_budget).await?;
+    let ctx = accounting.ctx_mut();
+    let parsed = body_facts(state, ctx, bytes);
     ctx.labels = state
         .policies
         .authorize(&ctx.policies, &ctx.facts, ctx.key.as_ref())
