@@ -46,7 +46,9 @@ fn record(i: u64) -> Entry {
         }),
         charge: Some(Charge {
             key_id: key,
+            request_id: format!("req-{i}"),
             cost: 500,
+            reserved: 600,
         }),
     }
 }
@@ -64,7 +66,7 @@ async fn ingest(backend: Backend, n: u64) -> Duration {
         store,
         settings,
         Arc::new(Metrics::default()),
-        Arc::new(|_| {}),
+        Arc::new(|_, _| {}),
     );
     let start = Instant::now();
     for i in 0..n {

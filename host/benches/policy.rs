@@ -19,7 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::config::{InstanceMode, PluginsConfig};
 use sluice::facts::RequestFacts;
-use sluice::keys::LiveKey;
+use sluice::keys::{Balance, LiveKey};
 use sluice::plugins::engine::{InstanceSettings, PolicyEngine};
 use sluice::plugins::loader::Loader;
 use sluice::plugins::{Offer, Policies, PolicySet};
@@ -94,7 +94,7 @@ fn inputs() -> Inputs {
                 rpm_limit: Some(u32::MAX),
                 tpm_limit: Some(u32::MAX),
             },
-            0,
+            Arc::new(Balance::new(Some(1 << 40))),
         )),
         offers: (0..4)
             .map(|i| Offer {
@@ -138,7 +138,7 @@ fn minimal(full: &Inputs) -> Inputs {
     record.labels.clear();
     Inputs {
         req: Arc::new(req),
-        key: Arc::new(LiveKey::new(key, 0)),
+        key: Arc::new(LiveKey::new(key, Arc::new(Balance::new(None)))),
         offers: full.offers[..1].to_vec(),
         record,
     }

@@ -2,19 +2,26 @@
 //! [`Accounting`] guard that owns its [`RequestContext`]; the guard settles
 //! exactly once, wherever the request ends: completion, failure, a policy
 //! denial, client disconnect, the shutdown cut-off, a panic inside a phase, or
-//! a plain drop. Settling turns the outcome into tokens, cost, a quota charge,
-//! TPM counter updates, metrics, an access-log line, and (for keyed requests)
-//! a usage record that passes the shaper chain on its way to the batch writer.
+//! a plain drop. Before the relay it counts the prompt and reserves the
+//! request's worst case against its key ([`Accounting::reserve`]); settling
+//! turns the outcome into tokens of every kind, their bill, the settlement of
+//! the reservation (a charge, or its release), TPM counter updates, metrics,
+//! an access-log line, and (for keyed requests) a usage record that passes
+//! the shaper chain on its way to the batch writer with its ledger charge.
 //! Accounting is not a policy: shapers reshape the log record, never the charge.
 
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::StatusCode;
+use sluice_meter::Tally;
+
 use crate::context::RequestContext;
 use crate::error::ApiError;
+use crate::metering::{Tokens, affordable_cap, bill, worst_case};
 use crate::metrics::{ChannelLabels, EndpointLabels, RequestLabels};
-use crate::relay::sse::Usage;
+use crate::relay::Parsed;
 use crate::state::AppState;
 use crate::store::writer::{Entry, Slot};
 use crate::store::{Charge, UsageRecord};
@@ -45,9 +52,9 @@ pub struct Outcome {
     /// Error kind, if it failed.
     pub error_kind: Option<String>,
     /// Usage reported by the upstream.
-    pub usage: Option<Usage>,
-    /// Completion chunks streamed (the estimate when no usage arrived).
-    pub completion_estimate: u32,
+    pub usage: Option<Tokens>,
+    /// Completion tokens the gateway counted (when no usage arrived).
+    pub counted_completion: u32,
     /// Time to first token.
     pub ttft: Option<Duration>,
     /// Cut short?
@@ -93,6 +100,11 @@ pub struct Accounting {
     ctx: RequestContext,
     /// The queue place reserved for the record (keyed requests).
     slot: Option<Slot>,
+    /// The quota reserved against the key, in credits.
+    reserved: i64,
+    /// Whether the charge is capped at the reservation (cap enforcement on a
+    /// key with a quota).
+    capped: bool,
     settled: bool,
 }
 
@@ -109,8 +121,68 @@ impl Accounting {
             state: state.clone(),
             ctx,
             slot,
+            reserved: 0,
+            capped: false,
             settled: false,
         }
+    }
+
+    /// Counts the prompt (for the record, and for the bill when the upstream
+    /// reports no usage) and reserves the request's worst case against its
+    /// key: the prompt plus the completion cap (the client's, else the
+    /// model's default) at the model's dearest rates. With cap enforcement
+    /// the cap shrinks to what the quota left buys, and is sent upstream.
+    ///
+    /// # Errors
+    /// 429 `insufficient_quota` when the quota left cannot cover it.
+    pub fn reserve(&mut self, parsed: &mut Parsed) -> Result<(), ApiError> {
+        let metering = &self.state.config.metering;
+        let ctx = &mut self.ctx;
+        let meter = metering.model(ctx.model());
+        let mut tally = Tally::new(meter.encoding, metering.max_counted_bytes);
+        if let Some(kind) = ctx.endpoint.prompt_kind() {
+            // An ill-typed prompt is the upstream's to refuse; what parsed counts.
+            let _ = sluice_meter::prompt_tokens(kind, &parsed.body, &mut tally);
+        }
+        ctx.prompt_tokens = u32::try_from(tally.total()).unwrap_or(u32::MAX);
+        let Some(key) = &ctx.key else {
+            return Ok(());
+        };
+        let prompt = u64::from(ctx.prompt_tokens);
+        let field = ctx.endpoint.cap_field();
+        let asked = match field {
+            Some(_) => parsed.cap.unwrap_or(u64::from(meter.max_tokens)),
+            None => 0,
+        };
+        let enforce = metering.enforce_cap && field.is_some();
+        let rates = &meter.rates;
+        let mut send_cap = None;
+        let reserved = key.balance.reserve(|available| {
+            let Some(available) = available else {
+                return Some(worst_case(rates, prompt, asked));
+            };
+            let cap = if enforce {
+                let cap = asked.min(affordable_cap(rates, prompt, available));
+                if cap == 0 && asked > 0 {
+                    return None;
+                }
+                if parsed.cap != Some(cap) {
+                    send_cap = Some(cap);
+                }
+                cap
+            } else {
+                asked
+            };
+            let cost = worst_case(rates, prompt, cap);
+            (cost <= available).then_some(cost)
+        });
+        let Some(reserved) = reserved else {
+            return Err(insufficient_quota());
+        };
+        self.reserved = reserved;
+        self.capped = enforce && key.record.quota_remaining.is_some();
+        parsed.send_cap = send_cap.zip(field);
+        Ok(())
     }
 
     /// Whether a keyed request got its place in the usage queue (the queue
@@ -149,27 +221,39 @@ impl Accounting {
         }
         let state = &self.state;
         let ctx = &mut self.ctx;
-        let usage = billable_usage(&outcome, ctx.prompt_estimate);
+        let tokens = billable(&outcome, ctx.prompt_tokens);
         let latency = ctx.started.elapsed();
         let model = ctx.facts.model.as_str();
-        let cost = match &ctx.key {
-            Some(_) => {
-                state
-                    .config
-                    .pricing
-                    .cost(model, usage.prompt_tokens, usage.completion_tokens)
-            }
-            None => 0,
-        };
-        let tokens = total_tokens(usage);
+        let split = bill(&state.config.metering.model(model).rates, &tokens);
+        let cost = split.credits();
+        let total = tokens.total();
         let charge = ctx.key.as_ref().map(|key| {
-            state.keys.charge(key, cost);
-            if tokens > 0 {
-                state.policies.charge_tokens(&key.record.id, tokens);
+            let charged = if self.capped {
+                cost.min(self.reserved)
+            } else {
+                cost
+            };
+            if charged < cost {
+                state
+                    .metrics
+                    .unbilled_credits
+                    .inc_by(u64::try_from(cost - charged).unwrap_or(0));
+                tracing::warn!(
+                    request_id = %ctx.facts.request_id,
+                    cost,
+                    reserved = self.reserved,
+                    "upstream generated past the cap it was sent; charge capped at the reservation"
+                );
+            }
+            key.balance.settle(self.reserved, charged);
+            if total > 0 {
+                state.policies.charge_tokens(&key.record.id, total);
             }
             Charge {
                 key_id: key.record.id.clone(),
-                cost,
+                request_id: ctx.facts.request_id.clone(),
+                cost: charged,
+                reserved: self.reserved,
             }
         });
         let endpoint = ctx.endpoint.name();
@@ -194,12 +278,12 @@ impl Accounting {
                 .get_or_create(&EndpointLabels { endpoint })
                 .observe(ttft.as_secs_f64());
         }
-        if tokens > 0 {
+        if total > 0 {
             m.tokens
                 .get_or_create(&ChannelLabels {
                     channel: ctx.channel_id.clone(),
                 })
-                .inc_by(tokens);
+                .inc_by(total);
         }
         let key_prefix = ctx
             .key
@@ -219,8 +303,9 @@ impl Accounting {
             model,
             channel = %ctx.channel_id,
             status = outcome.status,
-            prompt_tokens = usage.prompt_tokens,
-            completion_tokens = usage.completion_tokens,
+            prompt_tokens = tokens.prompt,
+            completion_tokens = tokens.completion,
+            cost = charge.as_ref().map_or(0, |c| c.cost),
             latency_ms,
             ttft_ms,
             stream = ctx.facts.stream,
@@ -244,9 +329,17 @@ impl Accounting {
             channel_id: std::mem::take(&mut ctx.channel_id),
             status: outcome.status,
             error_kind: outcome.error_kind,
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            cost,
+            prompt_tokens: tokens.prompt,
+            completion_tokens: tokens.completion,
+            cached_tokens: tokens.cached,
+            cache_write_tokens: tokens.cache_write,
+            reasoning_tokens: tokens.reasoning,
+            audio_prompt_tokens: tokens.audio_prompt,
+            audio_completion_tokens: tokens.audio_completion,
+            tokens_counted: outcome.usage.is_none() && total > 0,
+            cost: charge.as_ref().map_or(0, |c| c.cost),
+            reserved: self.reserved,
+            cost_split: split,
             latency_ms,
             ttft_ms,
             stream: ctx.facts.stream,
@@ -284,29 +377,34 @@ impl Drop for Accounting {
     }
 }
 
-/// Prompt plus completion tokens, summed without overflow (two `u32`
-/// counts from an upstream can exceed `u32`).
-fn total_tokens(usage: Usage) -> u64 {
-    u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens)
+/// OpenAI's answer to a request its key's quota cannot cover.
+fn insufficient_quota() -> ApiError {
+    ApiError::Denied {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: "insufficient_quota".into(),
+        message: "You exceeded your current quota, please check your plan and billing details."
+            .into(),
+        retry_after_s: None,
+    }
 }
 
 /// The tokens to bill: the upstream's usage, else — for a response that
-/// delivered something — the estimates.
-fn billable_usage(outcome: &Outcome, prompt_estimate: u32) -> Usage {
+/// delivered something — the gateway's counts: the prompt, when the
+/// upstream answered or generated anything, and the completion it streamed.
+fn billable(outcome: &Outcome, prompt_tokens: u32) -> Tokens {
     if let Some(usage) = outcome.usage {
         return usage;
     }
-    if outcome.partial || outcome.status < 400 {
-        Usage {
-            prompt_tokens: if outcome.completion_estimate > 0 {
-                prompt_estimate
-            } else {
-                0
-            },
-            completion_tokens: outcome.completion_estimate,
-        }
-    } else {
-        Usage::default()
+    let answered = outcome.status < 400 && !outcome.partial;
+    let generated = outcome.counted_completion > 0;
+    Tokens {
+        prompt: if answered || generated {
+            prompt_tokens
+        } else {
+            0
+        },
+        completion: outcome.counted_completion,
+        ..Tokens::default()
     }
 }
 
@@ -315,11 +413,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_sums_do_not_wrap() {
-        let usage = Usage {
-            prompt_tokens: u32::MAX,
-            completion_tokens: 2,
+    fn counts_bill_only_what_was_delivered() {
+        let answered = Outcome {
+            status: 200,
+            counted_completion: 5,
+            ..Outcome::default()
         };
-        assert_eq!(total_tokens(usage), u64::from(u32::MAX) + 2);
+        assert_eq!(billable(&answered, 10).total(), 15);
+        let cut_before_anything = Outcome {
+            status: CLIENT_CLOSED,
+            partial: true,
+            ..Outcome::default()
+        };
+        assert_eq!(billable(&cut_before_anything, 10).total(), 0);
+        let cut_mid_stream = Outcome {
+            status: 200,
+            partial: true,
+            counted_completion: 3,
+            ..Outcome::default()
+        };
+        assert_eq!(billable(&cut_mid_stream, 10).total(), 13);
+        let failed = Outcome {
+            status: 502,
+            ..Outcome::default()
+        };
+        assert_eq!(billable(&failed, 10).total(), 0);
+        let reported = Outcome {
+            status: 200,
+            usage: Some(Tokens {
+                prompt: 1,
+                completion: 2,
+                ..Tokens::default()
+            }),
+            counted_completion: 99,
+            ..Outcome::default()
+        };
+        assert_eq!(billable(&reported, 10).total(), 3);
     }
 }

@@ -238,6 +238,13 @@ where
             let rows = blocking(move || store.summarize(&q, params.group, params.bucket)).await?;
             Ok(json(StatusCode::OK, &serde_json::json!({"data": rows})))
         }
+        (Method::GET, ["admin", "audit"]) => {
+            let report = blocking(move || store.audit()).await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::to_value(report).unwrap_or_default(),
+            ))
+        }
         (Method::GET, ["admin", "channels"]) => {
             let views: Vec<_> = state.channels.all().iter().map(|c| c.view()).collect();
             Ok(json(StatusCode::OK, &serde_json::json!({"data": views})))
@@ -298,6 +305,7 @@ async fn update_key(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let store = state.store.clone();
     let key = blocking(move || store.update_key(&id, &patch)).await?;
+    state.keys.quota_set(&key.id, key.quota_remaining);
     state.keys.invalidate(&key.digest);
     tracing::info!(key_id = %key.id, status = ?key.status, "key updated");
     Ok(json(StatusCode::OK, &key_view(&key)))

@@ -96,7 +96,7 @@ pub async fn build(config: Config) -> Result<Arc<AppState>, StartError> {
             backpressure_wait: config.store.backpressure_wait,
         },
         metrics.clone(),
-        Arc::new(move |charges| committed.committed(charges)),
+        Arc::new(move |charges, kept| committed.committed(charges, kept)),
     );
     let body_budget = crate::server::intake::BodyBudget::new(config.server.max_body_memory);
     let state = Arc::new(AppState {

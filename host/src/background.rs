@@ -70,8 +70,10 @@ async fn purge(state: Arc<AppState>) {
     loop {
         let store = state.store.clone();
         match tokio::task::spawn_blocking(move || store.purge_before(cutoff, PURGE_BATCH)).await {
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => tracing::info!(purged = n, "retention purge"),
+            Ok(Ok((0, 0))) => break,
+            Ok(Ok((records, entries))) => {
+                tracing::info!(records, ledger_entries = entries, "retention purge");
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "retention purge failed");
                 break;

@@ -33,8 +33,9 @@ pub struct RequestContext {
     pub channel_id: String,
     /// The model name sent upstream (relay).
     pub upstream_model: String,
-    /// Estimated prompt tokens (body bytes / 4), used when the upstream reports none.
-    pub prompt_estimate: u32,
+    /// Prompt tokens counted at admission: reserved against, and billed
+    /// when the upstream reports no usage (reserve).
+    pub prompt_tokens: u32,
     /// The prompt, when content logging is on.
     pub prompt: Option<String>,
     /// Phase durations for the `server-timing` header.
@@ -60,7 +61,7 @@ impl RequestContext {
             labels: BTreeMap::new(),
             channel_id: String::new(),
             upstream_model: String::new(),
-            prompt_estimate: 0,
+            prompt_tokens: 0,
             prompt: None,
             timing: Vec::with_capacity(4),
         }

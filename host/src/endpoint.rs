@@ -59,6 +59,28 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// Which part of the body holds the prompt, for the relayed endpoints.
+    pub fn prompt_kind(self) -> Option<sluice_meter::PromptKind> {
+        match self {
+            Self::Chat => Some(sluice_meter::PromptKind::Chat),
+            Self::Completions => Some(sluice_meter::PromptKind::Completion),
+            Self::Embeddings => Some(sluice_meter::PromptKind::Embedding),
+            Self::Models | Self::Health | Self::Unknown => None,
+        }
+    }
+
+    /// The body field the gateway sets to cap the completion when the client
+    /// set none (`None`: the endpoint generates nothing).
+    pub fn cap_field(self) -> Option<&'static str> {
+        match self {
+            Self::Chat => Some("max_completion_tokens"),
+            Self::Completions => Some("max_tokens"),
+            Self::Embeddings | Self::Models | Self::Health | Self::Unknown => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Endpoint;

@@ -4,14 +4,13 @@
 //! Lookups go digest → set of known digests → moka TTL cache → store. The set of
 //! known digests (refreshed once per TTL and on every create) means a flood of
 //! random invalid keys never reaches the store; valid keys cost one store read
-//! per TTL. The cache also keeps the live quota view: charges are subtracted
-//! at charge time, and charges queued but not yet committed are subtracted from
-//! whatever the store returns, so a cache expiry before a flush cannot let a
-//! key overspend.
+//! per TTL. Each key's live [`Balance`] outlives its cache entry: loaded from
+//! the store once, then moved only by reservations, settlements and admin
+//! adjustments, so a cache expiry can neither forget an open reservation nor
+//! a charge still queued for the store.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -91,35 +90,114 @@ pub fn generate(spec: &NewKey) -> Result<(String, KeyRecord), getrandom::Error> 
     Ok((secret, record))
 }
 
-/// A resolved key with its live remaining quota and its parsed network
-/// allow-list.
+/// A resolved key with its live balance and its parsed network allow-list.
 #[derive(Debug)]
 pub struct LiveKey {
     /// The stored record (its `quota_remaining` is as loaded).
     pub record: KeyRecord,
-    remaining: Option<AtomicI64>,
+    /// The key's live balance, shared by every cache entry of the key.
+    pub balance: Arc<Balance>,
     networks: Networks,
 }
 
 impl LiveKey {
-    /// The live view of `record`, whose remaining quota is further lowered by
-    /// `pending` (charges queued but not yet in the store).
-    pub fn new(record: KeyRecord, pending: i64) -> Self {
+    /// The live view of `record` with its balance.
+    pub fn new(record: KeyRecord, balance: Arc<Balance>) -> Self {
         Self {
-            remaining: record.quota_remaining.map(|q| AtomicI64::new(q - pending)),
             networks: Networks::parse(&record.networks),
+            balance,
             record,
         }
     }
 
-    /// Remaining quota now (`None` = unlimited).
+    /// Quota that can still be reserved now: remaining, less charges not yet
+    /// in the store, less open reservations (`None` = unlimited).
     pub fn remaining(&self) -> Option<i64> {
-        self.remaining.as_ref().map(|r| r.load(Ordering::Relaxed))
+        self.balance.available()
     }
 
     /// Whether a client at `ip` may use the key.
     pub fn allows_client(&self, ip: &str) -> bool {
         self.networks.allow(ip)
+    }
+}
+
+/// One key's live quota: what the store will hold once every settled charge
+/// commits, the charges not yet committed, and open reservations.
+#[derive(Debug, Default)]
+pub struct Balance(Mutex<Ledgered>);
+
+#[derive(Debug, Default)]
+struct Ledgered {
+    /// Remaining quota with every settled charge taken off, committed or
+    /// not (`None` = unlimited).
+    remaining: Option<i64>,
+    /// Charges settled here and not yet committed to the store.
+    pending: i64,
+    /// Open reservations.
+    reserved: i64,
+}
+
+impl Balance {
+    /// A balance whose store holds `remaining`, with nothing pending.
+    pub fn new(remaining: Option<i64>) -> Self {
+        Self(Mutex::new(Ledgered {
+            remaining,
+            ..Ledgered::default()
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ledgered> {
+        // Three integers updated together under the lock: a panic elsewhere
+        // cannot leave them half-written, so a poisoned lock is still sound.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Quota left to reserve (`None` = unlimited).
+    pub fn available(&self) -> Option<i64> {
+        let b = self.lock();
+        b.remaining.map(|r| r - b.reserved)
+    }
+
+    /// Reserves what `choose` picks given the quota left to reserve
+    /// (`None` = unlimited), atomically: `choose` returns the amount, or
+    /// `None` to refuse. Returns the amount reserved.
+    pub fn reserve(&self, choose: impl FnOnce(Option<i64>) -> Option<i64>) -> Option<i64> {
+        let mut b = self.lock();
+        let available = b.remaining.map(|r| r - b.reserved);
+        let amount = choose(available)?.max(0);
+        b.reserved += amount;
+        Some(amount)
+    }
+
+    /// Settles a reservation: releases `reserved` and spends `charged`, which
+    /// stays pending until the store commits it.
+    pub fn settle(&self, reserved: i64, charged: i64) {
+        let mut b = self.lock();
+        b.reserved -= reserved;
+        b.pending += charged;
+        if let Some(r) = b.remaining.as_mut() {
+            *r -= charged;
+        }
+    }
+
+    /// The store committed `charged` (`kept`), or gave up on it, so the
+    /// quota it took is given back: the store never took it.
+    fn committed(&self, charged: i64, kept: bool) {
+        let mut b = self.lock();
+        b.pending -= charged;
+        if !kept && let Some(r) = b.remaining.as_mut() {
+            *r += charged;
+        }
+    }
+
+    /// An admin set the store's remaining quota to `stored`: the charges
+    /// still pending will come off it when they commit.
+    fn set(&self, stored: Option<i64>) {
+        let mut b = self.lock();
+        b.remaining = stored.map(|s| s - b.pending);
     }
 }
 
@@ -167,7 +245,7 @@ pub struct KeyCache {
     store: Arc<dyn Store>,
     found: moka::sync::Cache<String, Arc<LiveKey>>,
     known: ArcSwap<HashMap<String, String>>,
-    pending: Mutex<HashMap<String, i64>>,
+    balances: Mutex<HashMap<String, Arc<Balance>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -188,7 +266,7 @@ impl KeyCache {
                 .max_capacity(capacity)
                 .build(),
             known: ArcSwap::from_pointee(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
+            balances: Mutex::new(HashMap::new()),
             store,
             metrics,
         };
@@ -225,9 +303,6 @@ impl KeyCache {
             return Ok(Some(hit));
         }
         self.metrics.key_cache_misses.inc();
-        // Read pending charges before the store: a commit in between makes the
-        // view conservative (charged twice for a moment), never generous.
-        let pending = self.pending_by_id(&id).unwrap_or(0);
         let store = self.store.clone();
         let wanted = digest.clone();
         let record = tokio::task::spawn_blocking(move || store.key_by_digest(&wanted))
@@ -236,41 +311,42 @@ impl KeyCache {
         let Some(record) = record else {
             return Ok(None);
         };
-        let live = Arc::new(LiveKey::new(record, pending));
+        let balance = self.balance(&id, record.quota_remaining);
+        let live = Arc::new(LiveKey::new(record, balance));
         self.found.insert(digest, live.clone());
         Ok(Some(live))
     }
 
-    fn pending_by_id(&self, id: &str) -> Option<i64> {
-        self.pending.lock().ok().and_then(|p| p.get(id).copied())
+    fn balances(&self) -> MutexGuard<'_, HashMap<String, Arc<Balance>>> {
+        self.balances
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records a charge at charge time: the live view drops at once, and the
-    /// charge counts as pending until the writer commits it.
-    pub fn charge(&self, key: &LiveKey, cost: i64) {
-        if cost == 0 {
-            return;
-        }
-        if let Some(r) = &key.remaining {
-            r.fetch_sub(cost, Ordering::Relaxed);
-        }
-        if let Ok(mut pending) = self.pending.lock() {
-            *pending.entry(key.record.id.clone()).or_default() += cost;
-        }
+    /// The live balance of key `id`, created from the store's `remaining`
+    /// the first time the key is seen.
+    fn balance(&self, id: &str, remaining: Option<i64>) -> Arc<Balance> {
+        self.balances()
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(Balance::new(remaining)))
+            .clone()
     }
 
-    /// Called by the writer after a commit: those charges are now in the store.
-    pub fn committed(&self, charges: &[Charge]) {
-        let Ok(mut pending) = self.pending.lock() else {
-            return;
-        };
+    /// Called by the writer after each commit (`kept`), or when it gave up
+    /// on a batch: those charges are in the store now, or never will be.
+    pub fn committed(&self, charges: &[Charge], kept: bool) {
+        let balances = self.balances();
         for c in charges {
-            if let Some(p) = pending.get_mut(&c.key_id) {
-                *p -= c.cost;
-                if *p <= 0 {
-                    pending.remove(&c.key_id);
-                }
+            if let Some(b) = balances.get(&c.key_id) {
+                b.committed(c.cost, kept);
             }
+        }
+    }
+
+    /// An admin changed key `id`: the store now holds `remaining`.
+    pub fn quota_set(&self, id: &str, remaining: Option<i64>) {
+        if let Some(b) = self.balances().get(id) {
+            b.set(remaining);
         }
     }
 

@@ -106,6 +106,11 @@ pub struct Metrics {
     pub records_dropped: Counter,
     /// Submits that had to wait for queue space.
     pub writer_backpressure: Counter,
+    /// Credits an upstream's overrun of its cap cost past the reservation,
+    /// not charged (cap enforcement).
+    pub unbilled_credits: Counter,
+    /// Requests refused because the key's quota could not cover their reservation.
+    pub quota_refusals: Counter,
     /// Failed commits (each retried).
     pub writer_commit_errors: Counter,
     /// 1 while a channel is healthy.
@@ -142,6 +147,8 @@ impl Default for Metrics {
             records_written: Counter::default(),
             records_dropped: Counter::default(),
             writer_backpressure: Counter::default(),
+            unbilled_credits: Counter::default(),
+            quota_refusals: Counter::default(),
             writer_commit_errors: Counter::default(),
             channel_healthy: Family::default(),
             channel_in_flight: Family::default(),
@@ -229,6 +236,16 @@ impl Default for Metrics {
             "usage_records_dropped",
             "Usage records that could not be kept",
             m.records_dropped.clone(),
+        );
+        registry.register(
+            "unbilled_credits",
+            "Credits past a reservation that cap enforcement did not charge",
+            m.unbilled_credits.clone(),
+        );
+        registry.register(
+            "quota_refusals",
+            "Requests refused because the key's quota could not cover their reservation",
+            m.quota_refusals.clone(),
         );
         registry.register(
             "writer_backpressure",

@@ -1,11 +1,11 @@
 //! The generated text of a response or a stream chunk: message or delta
 //! content, refusals, reasoning text, and tool calls' names and arguments.
+//! Pieces are appended to one text and counted together, as the model
+//! generated them, not one chunk at a time.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
-
-use crate::Tally;
 
 #[derive(Deserialize)]
 struct Response<'a> {
@@ -51,26 +51,25 @@ struct Function<'a> {
 }
 
 impl ToolCall<'_> {
-    /// Adds the call's function name and arguments.
-    pub(crate) fn count(&self, tally: &mut Tally) {
-        let Some(function) = &self.function else {
-            return;
-        };
-        for text in [&function.name, &function.arguments].into_iter().flatten() {
-            tally.text(text);
-        }
+    /// The call's function name and arguments.
+    pub(crate) fn texts(&self) -> impl Iterator<Item = &str> {
+        self.function
+            .iter()
+            .flat_map(|f| [&f.name, &f.arguments])
+            .flatten()
+            .map(|t| t.as_ref())
     }
 }
 
-/// Adds the generated text of a response body or stream chunk (`json`) to
-/// `tally`; false when `json` is not a completion object.
-pub fn completion_text(json: &[u8], tally: &mut Tally) -> bool {
+/// Appends the generated text of a response body or stream chunk (`json`)
+/// to `out`; false when `json` is not a completion object.
+pub fn completion_text(json: &[u8], out: &mut String) -> bool {
     let Ok(response) = serde_json::from_slice::<Response<'_>>(json) else {
         return false;
     };
     for choice in &response.choices {
         if let Some(text) = &choice.text {
-            tally.text(text);
+            out.push_str(text);
         }
         for generated in [&choice.message, &choice.delta].into_iter().flatten() {
             for text in [
@@ -81,10 +80,10 @@ pub fn completion_text(json: &[u8], tally: &mut Tally) -> bool {
             .into_iter()
             .flatten()
             {
-                tally.text(text);
+                out.push_str(text);
             }
             for call in generated.tool_calls.iter().flatten() {
-                call.count(tally);
+                call.texts().for_each(|t| out.push_str(t));
             }
         }
     }
@@ -96,10 +95,10 @@ mod tests {
     use super::*;
     use crate::Encoding;
 
-    fn count(json: &str) -> u64 {
-        let mut tally = Tally::new(Encoding::O200kBase, 1 << 20);
-        assert!(completion_text(json.as_bytes(), &mut tally), "{json}");
-        tally.total()
+    fn count(json: &str) -> usize {
+        let mut text = String::new();
+        assert!(completion_text(json.as_bytes(), &mut text), "{json}");
+        Encoding::O200kBase.count(&text)
     }
 
     #[test]
@@ -113,21 +112,20 @@ mod tests {
             2
         );
         assert_eq!(count(r#"{"choices":[{"text":"Hello world"}]}"#), 2);
-        let args = Encoding::O200kBase.count("{\"city\":\"Paris\"}") as u64;
-        let name = Encoding::O200kBase.count("get_weather") as u64;
+        let call = Encoding::O200kBase.count("get_weather{\"city\":\"Paris\"}");
         assert_eq!(
             count(
                 r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]}}]}"#
             ),
-            args + name
+            call
         );
         assert_eq!(count(r#"{"choices":[{"delta":{"content":null}}]}"#), 0);
     }
 
     #[test]
     fn other_json_is_not_a_completion() {
-        let mut tally = Tally::new(Encoding::O200kBase, 1024);
-        assert!(!completion_text(b"[DONE]", &mut tally));
-        assert!(!completion_text(br#"{"choices":3}"#, &mut tally));
+        let mut text = String::new();
+        assert!(!completion_text(b"[DONE]", &mut text));
+        assert!(!completion_text(br#"{"choices":3}"#, &mut text));
     }
 }

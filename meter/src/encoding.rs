@@ -82,10 +82,23 @@ mod tests {
     #[test]
     fn models_map_to_their_encodings() {
         for model in ["gpt-4o", "gpt-4o-mini", "gpt-4.1-nano", "o3-mini", "gpt-5"] {
-            assert_eq!(Encoding::for_model(model), Some(Encoding::O200kBase), "{model}");
+            assert_eq!(
+                Encoding::for_model(model),
+                Some(Encoding::O200kBase),
+                "{model}"
+            );
         }
-        for model in ["gpt-4", "gpt-4-turbo", "gpt-3.5-turbo", "text-embedding-3-small"] {
-            assert_eq!(Encoding::for_model(model), Some(Encoding::Cl100kBase), "{model}");
+        for model in [
+            "gpt-4",
+            "gpt-4-turbo",
+            "gpt-3.5-turbo",
+            "text-embedding-3-small",
+        ] {
+            assert_eq!(
+                Encoding::for_model(model),
+                Some(Encoding::Cl100kBase),
+                "{model}"
+            );
         }
         assert_eq!(Encoding::for_model("llama-3"), None);
     }

@@ -129,7 +129,7 @@ fn chat_message(message: &Message<'_>, tally: &mut Tally) -> Result<(), serde_js
         tally.fixed(TOKENS_PER_NAME);
     }
     for call in message.tool_calls.iter().flatten() {
-        call.count(tally);
+        call.texts().for_each(|t| tally.text(t));
     }
     let Some(content) = message.content else {
         return Ok(());
@@ -185,7 +185,10 @@ mod tests {
 
     fn count(kind: PromptKind, body: &str) -> u64 {
         let mut tally = Tally::new(Encoding::O200kBase, 1 << 20);
-        assert!(prompt_tokens(kind, body.as_bytes(), &mut tally).is_ok(), "{body}");
+        assert!(
+            prompt_tokens(kind, body.as_bytes(), &mut tally).is_ok(),
+            "{body}"
+        );
         tally.total()
     }
 
@@ -219,9 +222,15 @@ mod tests {
 
     #[test]
     fn completions_and_embeddings_take_text_or_token_ids() {
-        assert_eq!(count(PromptKind::Completion, r#"{"prompt":"Hello world"}"#), 2);
         assert_eq!(
-            count(PromptKind::Embedding, r#"{"input":["Hello world","Hello world"]}"#),
+            count(PromptKind::Completion, r#"{"prompt":"Hello world"}"#),
+            2
+        );
+        assert_eq!(
+            count(
+                PromptKind::Embedding,
+                r#"{"input":["Hello world","Hello world"]}"#
+            ),
             4
         );
         assert_eq!(count(PromptKind::Embedding, r#"{"input":[1,2,3]}"#), 3);

@@ -95,7 +95,10 @@ mod tests {
         let mut t = Tally::new(Encoding::O200kBase, 1300);
         t.text(&text);
         let estimate = t.total();
-        assert!(estimate.abs_diff(exact) * 50 <= exact, "{estimate} vs {exact}");
+        assert!(
+            estimate.abs_diff(exact) * 50 <= exact,
+            "{estimate} vs {exact}"
+        );
         assert_eq!(t.bytes(), text.len() as u64);
     }
 

@@ -25,6 +25,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use sluice_meter::{Encoding, PromptKind, Tally, prompt_tokens};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -136,6 +137,17 @@ pub struct MockConfig {
     pub api_key: Option<String>,
     /// Models listed by `/v1/models`.
     pub models: Vec<String>,
+    /// Generate every chunk even past the request's `max_tokens` (an
+    /// upstream that overruns its cap).
+    pub ignore_cap: bool,
+    /// Never report usage (an upstream without `usage` support).
+    pub omit_usage: bool,
+    /// Answer chat with a tool call instead of text.
+    pub tools: bool,
+    /// Prompt tokens reported as read from the provider's cache.
+    pub cached_tokens: u32,
+    /// Completion tokens reported as reasoning (billed, not streamed).
+    pub reasoning_tokens: u32,
 }
 
 impl Default for MockConfig {
@@ -150,6 +162,11 @@ impl Default for MockConfig {
             status: 500,
             api_key: None,
             models: vec!["gpt-4o-mini".into()],
+            ignore_cap: false,
+            omit_usage: false,
+            tools: false,
+            cached_tokens: 0,
+            reasoning_tokens: 0,
         }
     }
 }
@@ -344,6 +361,22 @@ fn effective(req: &Request<Incoming>, base: &MockConfig) -> MockConfig {
     if let Some(v) = num("x-mock-status") {
         c.status = u16::try_from(v).unwrap_or(500);
     }
+    let flag = |name: &str| header(name).map(|v| v == "1" || v == "true");
+    if let Some(v) = flag("x-mock-ignore-cap") {
+        c.ignore_cap = v;
+    }
+    if let Some(v) = flag("x-mock-omit-usage") {
+        c.omit_usage = v;
+    }
+    if let Some(v) = flag("x-mock-tools") {
+        c.tools = v;
+    }
+    if let Some(v) = num("x-mock-cached-tokens") {
+        c.cached_tokens = u32::try_from(v).unwrap_or(u32::MAX);
+    }
+    if let Some(v) = num("x-mock-reasoning-tokens") {
+        c.reasoning_tokens = u32::try_from(v).unwrap_or(u32::MAX);
+    }
     c
 }
 
@@ -449,7 +482,8 @@ async fn handle(
     }
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let model = json["model"].as_str().unwrap_or("mock").to_string();
-    let prompt_tokens = u32::try_from(body.len() / 4).unwrap_or(u32::MAX).max(1);
+    let encoding = Encoding::for_model(&model).unwrap_or(Encoding::O200kBase);
+    let prompt_tokens = count_prompt(&path, &body, encoding);
     if json["stream_options"]["include_usage"].as_bool() == Some(true) {
         stats.usage_requested.fetch_add(1, Ordering::Relaxed);
     }
@@ -466,40 +500,23 @@ async fn handle(
         "/v1/embeddings" => {
             let inputs = json["input"].as_array().map_or(1, Vec::len);
             let data: Vec<_> = (0..inputs).map(|i| serde_json::json!({"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3, 0.4]})).collect();
-            respond(
-                StatusCode::OK,
-                serde_json::json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}),
-            )
+            let mut body = serde_json::json!({"object": "list", "data": data, "model": model});
+            if !cfg.omit_usage {
+                body["usage"] = serde_json::json!({"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens});
+            }
+            respond(StatusCode::OK, body)
         }
         "/v1/chat/completions" | "/v1/completions" => {
             let chat = path == "/v1/chat/completions";
+            let cap = json["max_completion_tokens"]
+                .as_u64()
+                .or_else(|| json["max_tokens"].as_u64());
+            let reply = Reply::generate(&cfg, chat, cap, encoding, prompt_tokens);
             if json["stream"].as_bool() == Some(true) {
                 let include_usage = json["stream_options"]["include_usage"].as_bool() == Some(true);
-                return Ok(stream(
-                    cfg,
-                    model,
-                    chat,
-                    include_usage,
-                    prompt_tokens,
-                    stats,
-                ));
+                return Ok(stream(cfg, model, reply, include_usage, stats));
             }
-            let text: String = (0..cfg.chunks).map(|i| word(i, cfg.event_bytes)).collect();
-            let usage = serde_json::json!({"prompt_tokens": prompt_tokens, "completion_tokens": cfg.chunks, "total_tokens": prompt_tokens + cfg.chunks});
-            let choice = if chat {
-                serde_json::json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": null})
-            } else {
-                serde_json::json!({"index": 0, "text": text, "finish_reason": "stop", "logprobs": null})
-            };
-            let object = if chat {
-                "chat.completion"
-            } else {
-                "text_completion"
-            };
-            respond(
-                StatusCode::OK,
-                serde_json::json!({"id": "mock-1", "object": object, "created": 1_700_000_000, "model": model, "choices": [choice], "usage": usage}),
-            )
+            respond(StatusCode::OK, reply.whole(&model))
         }
         _ => respond(
             StatusCode::NOT_FOUND,
@@ -517,33 +534,216 @@ async fn read_body(req: Request<Incoming>) -> Bytes {
         .unwrap_or_default()
 }
 
+/// The words the mock generates: each one token in both `o200k_base` and
+/// `cl100k_base`, alone and in sequence, so `n` chunks are `n` tokens.
+pub const WORDS: [&str; 16] = [
+    "The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", " and", " runs",
+    " far", " away", " from", " home", " again",
+];
+
+/// The content of chunk `i`: the next word, or `size` bytes of filler.
 fn word(i: u32, size: usize) -> String {
     if size == 0 {
-        format!("tok{i} ")
+        WORDS[i as usize % WORDS.len()].to_string()
     } else {
         "x".repeat(size)
+    }
+}
+
+/// The prompt tokens of a request, counted as the gateway's meter counts
+/// them (OpenAI's method).
+fn count_prompt(path: &str, body: &[u8], encoding: Encoding) -> u32 {
+    let kind = match path {
+        "/v1/chat/completions" => PromptKind::Chat,
+        "/v1/completions" => PromptKind::Completion,
+        _ => PromptKind::Embedding,
+    };
+    let mut tally = Tally::new(encoding, usize::MAX);
+    let _ = prompt_tokens(kind, body, &mut tally);
+    u32::try_from(tally.total()).unwrap_or(u32::MAX)
+}
+
+/// The tool a tool-call reply calls.
+const TOOL_NAME: &str = "get_weather";
+
+/// What the mock generates for one completion request: the streamed pieces
+/// (text, or a tool call's argument fragments), cut at the request's cap as
+/// a model stops at `max_tokens`, and the usage it reports.
+struct Reply {
+    chat: bool,
+    tools: bool,
+    pieces: Vec<String>,
+    finish_reason: &'static str,
+    usage: Option<serde_json::Value>,
+}
+
+impl Reply {
+    fn generate(
+        cfg: &MockConfig,
+        chat: bool,
+        cap: Option<u64>,
+        encoding: Encoding,
+        prompt_tokens: u32,
+    ) -> Self {
+        let tools = chat && cfg.tools;
+        let mut pieces: Vec<String> = (0..cfg.chunks).map(|i| word(i, cfg.event_bytes)).collect();
+        if tools {
+            pieces.insert(0, "{\"q\":\"".into());
+            pieces.push("\"}".into());
+        }
+        let mut finish_reason = if tools { "tool_calls" } else { "stop" };
+        let cap = cap
+            .filter(|_| !cfg.ignore_cap)
+            .and_then(|c| usize::try_from(c).ok());
+        let prefix = if tools { TOOL_NAME } else { "" };
+        let generated_tokens = if cfg.event_bytes > 0 {
+            // Filler: every piece alike, counted once (the size tests send
+            // megabytes; tokenizing them all would only slow the mock).
+            let per_piece = encoding.count(&word(0, cfg.event_bytes)).max(1);
+            if let Some(cap) = cap
+                && per_piece * pieces.len() > cap
+            {
+                pieces.truncate(cap / per_piece);
+                finish_reason = "length";
+            }
+            per_piece * pieces.len() + encoding.count(prefix)
+        } else {
+            let full: String = std::iter::once(prefix)
+                .chain(pieces.iter().map(String::as_str))
+                .collect();
+            let ids = encoding.tokenizer().encode(full.as_str());
+            if let Some(cap) = cap
+                && ids.len() > cap
+            {
+                // A decoded token prefix is a byte prefix of the text.
+                let kept = encoding
+                    .tokenizer()
+                    .decode(&ids[..cap])
+                    .map_or(0, |t| t.len())
+                    .saturating_sub(prefix.len());
+                let mut at = 0;
+                pieces.retain_mut(|piece| {
+                    let room = kept.saturating_sub(at);
+                    at += piece.len();
+                    piece.truncate(room.min(piece.len()));
+                    !piece.is_empty()
+                });
+                finish_reason = "length";
+            }
+            let generated: String = std::iter::once(prefix)
+                .chain(pieces.iter().map(String::as_str))
+                .collect();
+            encoding.count(&generated)
+        };
+        let completion = u32::try_from(generated_tokens).unwrap_or(u32::MAX) + cfg.reasoning_tokens;
+        let usage = (!cfg.omit_usage).then(|| {
+            serde_json::json!({
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion,
+                "prompt_tokens_details": {"cached_tokens": cfg.cached_tokens.min(prompt_tokens), "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": cfg.reasoning_tokens, "audio_tokens": 0},
+            })
+        });
+        Self {
+            chat,
+            tools,
+            pieces,
+            finish_reason,
+            usage,
+        }
+    }
+
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.chat, chunk) {
+            (true, true) => "chat.completion.chunk",
+            (true, false) => "chat.completion",
+            (false, _) => "text_completion",
+        }
+    }
+
+    /// The non-streamed answer.
+    fn whole(&self, model: &str) -> serde_json::Value {
+        let text: String = self.pieces.concat();
+        let choice = match (self.chat, self.tools) {
+            (true, true) => {
+                serde_json::json!({"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_mock", "type": "function", "function": {"name": TOOL_NAME, "arguments": text}}]}, "finish_reason": self.finish_reason, "logprobs": null})
+            }
+            (true, false) => {
+                serde_json::json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": self.finish_reason, "logprobs": null})
+            }
+            (false, _) => {
+                serde_json::json!({"index": 0, "text": text, "finish_reason": self.finish_reason, "logprobs": null})
+            }
+        };
+        let mut body = serde_json::json!({"id": "mock-1", "object": self.object(false), "created": 1_700_000_000, "model": model, "choices": [choice]});
+        if let Some(usage) = &self.usage {
+            body["usage"] = usage.clone();
+        }
+        body
+    }
+
+    /// The delta (or text) of streamed piece `i`.
+    fn delta(&self, i: usize) -> serde_json::Value {
+        let piece = &self.pieces[i];
+        match (self.chat, self.tools, i) {
+            (true, true, 0) => {
+                serde_json::json!({"delta": {"role": "assistant", "content": null, "tool_calls": [
+                {"index": 0, "id": "call_mock", "type": "function", "function": {"name": TOOL_NAME, "arguments": piece}}]}})
+            }
+            (true, true, _) => {
+                serde_json::json!({"delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}})
+            }
+            (true, false, _) => serde_json::json!({"delta": {"content": piece}}),
+            (false, _, _) => serde_json::json!({"text": piece}),
+        }
+    }
+
+    /// One stream event: `choice` (index and finish reason added), with
+    /// `"usage":null` when the client asked for usage.
+    fn event(
+        &self,
+        model: &str,
+        mut choice: serde_json::Value,
+        finish: Option<&str>,
+        usage_null: bool,
+    ) -> String {
+        choice["index"] = 0.into();
+        choice["finish_reason"] = finish.into();
+        if !self.chat && choice.get("text").is_none() {
+            choice["text"] = "".into();
+        }
+        if self.chat && choice.get("delta").is_none() {
+            choice["delta"] = serde_json::json!({});
+        }
+        let mut chunk = serde_json::json!({"id": "mock-1", "object": self.object(true), "created": 1_700_000_000, "model": model, "choices": [choice]});
+        if usage_null {
+            chunk["usage"] = serde_json::Value::Null;
+        }
+        format!("data: {chunk}\n\n")
     }
 }
 
 fn stream(
     cfg: MockConfig,
     model: String,
-    chat: bool,
+    reply: Reply,
     include_usage: bool,
-    prompt_tokens: u32,
     stats: Arc<MockStats>,
 ) -> Response<MockBody> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
     tokio::spawn(async move {
-        let usage_null = if include_usage { ",\"usage\":null" } else { "" };
-        for i in 0..cfg.chunks {
+        let usage = reply.usage.as_ref().filter(|_| include_usage);
+        let count = reply.pieces.len();
+        for i in 0..count {
             if i > 0 && cfg.chunk_delay_ms > 0 {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(cfg.chunk_delay_ms)) => {}
                     () = tx.closed() => break,
                 }
             }
-            if cfg.fail == FailMode::DropMidStream && i == cfg.chunks / 2 {
+            if cfg.fail == FailMode::DropMidStream && i == count / 2 {
                 let _ = tx
                     .send(Ok(Frame::data(Bytes::from_static(b"data: {\"broken"))))
                     .await;
@@ -552,20 +752,11 @@ fn stream(
                     .await;
                 return;
             }
-            if cfg.fail == FailMode::Stall && i == cfg.chunks / 2 {
+            if cfg.fail == FailMode::Stall && i == count / 2 {
                 tx.closed().await;
                 break;
             }
-            let content = serde_json::to_string(&word(i, cfg.event_bytes)).unwrap_or_default();
-            let event = if chat {
-                format!(
-                    "data: {{\"id\":\"mock-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{content}}},\"finish_reason\":null}}]{usage_null}}}\n\n"
-                )
-            } else {
-                format!(
-                    "data: {{\"id\":\"mock-1\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"text\":{content},\"finish_reason\":null}}]{usage_null}}}\n\n"
-                )
-            };
+            let event = reply.event(&model, reply.delta(i), None, usage.is_some());
             if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
                 break;
             }
@@ -575,27 +766,15 @@ fn stream(
             stats.last_cancel_ms.store(now_ms(), Ordering::Relaxed);
             return;
         }
-        let finish = if chat {
-            format!(
-                "data: {{\"id\":\"mock-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]{usage_null}}}\n\n"
-            )
-        } else {
-            format!(
-                "data: {{\"id\":\"mock-1\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"text\":\"\",\"finish_reason\":\"stop\"}}]{usage_null}}}\n\n"
-            )
-        };
-        let mut tail = finish;
-        if include_usage {
-            let object = if chat {
-                "chat.completion.chunk"
-            } else {
-                "text_completion"
-            };
-            tail.push_str(&format!(
-                "data: {{\"id\":\"mock-1\",\"object\":\"{object}\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{prompt_tokens},\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\n",
-                cfg.chunks,
-                prompt_tokens + cfg.chunks
-            ));
+        let mut tail = reply.event(
+            &model,
+            serde_json::json!({}),
+            Some(reply.finish_reason),
+            usage.is_some(),
+        );
+        if let Some(usage) = usage {
+            let chunk = serde_json::json!({"id": "mock-1", "object": reply.object(true), "created": 1_700_000_000, "model": model, "choices": [], "usage": usage});
+            tail.push_str(&format!("data: {chunk}\n\n"));
         }
         tail.push_str("data: [DONE]\n\n");
         if tx.send(Ok(Frame::data(Bytes::from(tail)))).await.is_ok() {

@@ -1,9 +1,11 @@
-//! The command line: `serve`, `keys`, `usage`, `export`, `purge`, `plugin` and
-//! `config check`. Key and usage commands talk to the admin API when the
-//! gateway is running, and to the store directly when it is stopped.
+//! The command line: `serve`, `keys`, `usage`, `export`, `purge`, `audit`,
+//! `plugin` and `config check`. Key, usage and audit commands talk to the
+//! admin API when the gateway is running, and to the store directly when it
+//! is stopped.
 
 mod admin_client;
 mod args;
+mod audit;
 mod keys;
 mod plugin;
 mod usage;
@@ -14,6 +16,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use args::{Target, init_logging, load, out};
+use audit::audit;
 use keys::{KeysCommand, keys};
 use plugin::{PluginCommand, plugin};
 use usage::{export, purge, usage};
@@ -75,6 +78,11 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Recompute every key's balance from the ledger; exits non-zero on any mismatch.
+    Audit {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Work with policy plugins.
     Plugin {
         #[command(subcommand)]
@@ -110,6 +118,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             limit,
         } => usage(&target, &since, key, limit).await,
+        Command::Audit { target } => audit(&target).await,
         Command::Plugin { command } => plugin(command).await,
         Command::Export {
             target,

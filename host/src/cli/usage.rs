@@ -164,13 +164,17 @@ pub(super) async fn purge(target: &Target, older_than: &str) -> anyhow::Result<(
     let cutoff = crate::keys::now_ms().saturating_sub(parse_age(older_than)?);
     let store = crate::store::open(config.store.backend, &config.store.path)?;
     let mut progress = Progress::new("purged");
+    let mut folded = 0;
     loop {
-        let n = store.purge_before(cutoff, 1000)?;
-        if n == 0 {
+        let (records, entries) = store.purge_before(cutoff, 1000)?;
+        if records + entries == 0 {
             break;
         }
-        progress.add(n as u64);
+        progress.add(records as u64);
+        folded += entries;
     }
     let n = progress.finish();
-    out(&format!("{n} records older than {older_than} deleted"))
+    out(&format!(
+        "{n} records older than {older_than} deleted; {folded} ledger entries folded into carried balances"
+    ))
 }

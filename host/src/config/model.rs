@@ -8,14 +8,29 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-/// Credits charged per token: `cost = prompt × input + completion × output`, rounded up.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+/// Prices of one model as written, in credits per token. Cached input,
+/// cache writes and audio default to the input and output prices.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
     /// Credits per prompt token.
     pub input: f64,
-    /// Credits per completion token.
+    /// Credits per completion token (reasoning tokens included).
     pub output: f64,
+    /// Credits per prompt token read from the provider's cache.
+    pub cached_input: Option<f64>,
+    /// Credits per prompt token written to the provider's cache.
+    pub cache_write: Option<f64>,
+    /// Credits per audio prompt token.
+    pub audio_input: Option<f64>,
+    /// Credits per audio completion token.
+    pub audio_output: Option<f64>,
+    /// The completion cap reserved (and, with `metering.enforce_cap`, sent)
+    /// when a client sets none; default `metering.default_max_tokens`.
+    pub max_tokens: Option<u32>,
+    /// The tokenizer (`o200k_base` or `cl100k_base`); default: by model name,
+    /// else `metering.default_encoding`.
+    pub encoding: Option<String>,
 }
 
 /// The validated configuration.
@@ -37,8 +52,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// The channels, in file order.
     pub channels: Vec<ChannelConfig>,
-    /// Pricing per model.
-    pub pricing: Pricing,
+    /// Metering: reservations, caps, tokenizers, and prices as exact rates.
+    pub metering: MeteringConfig,
 }
 
 /// Client-facing server settings.
@@ -285,22 +300,67 @@ impl ChannelConfig {
     }
 }
 
-/// Prices per model.
-#[derive(Debug, Clone)]
-pub struct Pricing {
-    /// Price of models not listed.
-    pub default: Price,
-    /// Per-model prices.
-    pub models: BTreeMap<String, Price>,
+/// Millionths of a credit per token, for each kind of token: prices are
+/// exact integers, so a bill never depends on float rounding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rates {
+    /// Uncached text prompt tokens.
+    pub input: u64,
+    /// Prompt tokens read from the provider's cache.
+    pub cached_input: u64,
+    /// Prompt tokens written to the provider's cache.
+    pub cache_write: u64,
+    /// Text completion tokens (reasoning tokens included).
+    pub output: u64,
+    /// Audio prompt tokens.
+    pub audio_input: u64,
+    /// Audio completion tokens.
+    pub audio_output: u64,
 }
 
-impl Pricing {
-    /// Credits for a request on `model`.
-    pub fn cost(&self, model: &str, prompt_tokens: u32, completion_tokens: u32) -> i64 {
-        let price = self.models.get(model).unwrap_or(&self.default);
-        let credits =
-            f64::from(prompt_tokens) * price.input + f64::from(completion_tokens) * price.output;
-        // Saturating float→int conversion; credits are never negative.
-        credits.max(0.0).ceil() as i64
+/// How one model is metered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelMeter {
+    /// Its prices.
+    pub rates: Rates,
+    /// The completion cap when a client sets none.
+    pub max_tokens: u32,
+    /// The tokenizer.
+    pub encoding: sluice_meter::Encoding,
+}
+
+/// Metering settings, and each model's prices resolved against them.
+#[derive(Debug, Clone)]
+pub struct MeteringConfig {
+    /// Send the upstream the smaller of the client's cap and what the key's
+    /// remaining quota buys, and never charge past a reservation.
+    pub enforce_cap: bool,
+    /// Text tokenized exactly per request (prompt, and a completion with no
+    /// usage); the rest is extrapolated.
+    pub max_counted_bytes: usize,
+    /// Metering of models not listed under `[pricing.models]`.
+    pub default: ModelMeter,
+    /// Metering of listed models.
+    pub models: BTreeMap<String, ModelMeter>,
+    /// The default tokenizer, for listed models whose name says nothing.
+    pub default_encoding: sluice_meter::Encoding,
+}
+
+impl MeteringConfig {
+    /// How `model` is metered: its own table, else the default prices with
+    /// the tokenizer its name implies.
+    pub fn model(&self, model: &str) -> std::borrow::Cow<'_, ModelMeter> {
+        if let Some(listed) = self.models.get(model) {
+            return std::borrow::Cow::Borrowed(listed);
+        }
+        match sluice_meter::Encoding::for_model(model) {
+            Some(encoding) if encoding != self.default.encoding => {
+                std::borrow::Cow::Owned(ModelMeter {
+                    encoding,
+                    ..self.default.clone()
+                })
+            }
+            _ => std::borrow::Cow::Borrowed(&self.default),
+        }
     }
 }

@@ -33,6 +33,8 @@ pub(super) struct RawConfig {
     pub(super) channels: Vec<RawChannel>,
     #[serde(default)]
     pub(super) pricing: RawPricing,
+    #[serde(default)]
+    pub(super) metering: RawMetering,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,4 +154,13 @@ pub(super) struct RawPricing {
     pub(super) default: Option<Price>,
     #[serde(default)]
     pub(super) models: BTreeMap<String, Price>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetering {
+    pub(super) enforce_cap: Option<bool>,
+    pub(super) default_max_tokens: Option<u32>,
+    pub(super) max_counted_kib: Option<usize>,
+    pub(super) default_encoding: Option<Text>,
 }

@@ -32,22 +32,47 @@ fn overrides_come_from_the_env_map() -> Result<(), ConfigError> {
 }
 
 #[test]
-fn pricing_rounds_up() {
-    let pricing = Pricing {
-        default: Price {
-            input: 1.0,
-            output: 2.0,
-        },
-        models: BTreeMap::from([(
-            "cheap".to_string(),
-            Price {
-                input: 0.1,
-                output: 0.1,
-            },
-        )]),
+fn prices_become_exact_rates() -> Result<(), ConfigError> {
+    let text = r#"
+[metering]
+enforce_cap = false
+default_max_tokens = 256
+max_counted_kib = 8
+
+[pricing]
+default = { input = 0.7, output = 2.0 }
+models."gpt-4o" = { input = 2.5, output = 10.0, cached_input = 1.25, max_tokens = 1000 }
+models."house-model" = { input = 1, output = 1, encoding = "cl100k_base" }
+"#;
+    let config = parse(text, Path::new("x.toml"), &env())?;
+    let m = &config.metering;
+    assert!(!m.enforce_cap);
+    assert_eq!(m.max_counted_bytes, 8192);
+    let default = m.model("llama-3");
+    assert_eq!(default.rates.input, 700_000);
+    assert_eq!(default.rates.cache_write, 700_000);
+    assert_eq!(default.rates.audio_output, 2_000_000);
+    assert_eq!(default.max_tokens, 256);
+    assert_eq!(default.encoding, sluice_meter::Encoding::O200kBase);
+    // 10 tokens at 0.7 is exactly 7 credits (a float product would round up to 8).
+    let tokens = crate::metering::Tokens {
+        prompt: 10,
+        ..Default::default()
     };
-    assert_eq!(pricing.cost("x", 3, 4), 11);
-    assert_eq!(pricing.cost("cheap", 3, 4), 1);
+    assert_eq!(crate::metering::bill(&default.rates, &tokens).credits(), 7);
+    let gpt4o = m.model("gpt-4o");
+    assert_eq!(gpt4o.rates.cached_input, 1_250_000);
+    assert_eq!(gpt4o.rates.cache_write, 2_500_000);
+    assert_eq!(gpt4o.max_tokens, 1000);
+    assert_eq!(
+        m.model("gpt-3.5-turbo").encoding,
+        sluice_meter::Encoding::Cl100kBase
+    );
+    assert_eq!(
+        m.model("house-model").encoding,
+        sluice_meter::Encoding::Cl100kBase
+    );
+    Ok(())
 }
 
 /// Each `tests/config-errors/NAME.toml` must fail with exactly `NAME.err`.

@@ -552,13 +552,103 @@ impl<'a> Validator<'a> {
             plugins: self.plugins(&raw.plugins)?,
             upstream: self.upstream(&raw.upstream)?,
             channels: self.channels(&raw.channels, env)?,
-            pricing: Pricing {
-                default: raw.pricing.default.unwrap_or(Price {
-                    input: 1.0,
-                    output: 1.0,
-                }),
-                models: raw.pricing.models,
-            },
+            metering: self.metering(&raw.metering, &raw.pricing)?,
         })
+    }
+
+    /// `[metering]` and each model's `[pricing]` entry, resolved into exact
+    /// rates, caps and tokenizers.
+    fn metering(&self, m: &RawMetering, p: &RawPricing) -> Result<MeteringConfig, ConfigError> {
+        let default_encoding = match &m.default_encoding {
+            Some(name) => name
+                .get_ref()
+                .parse()
+                .map_err(|e: String| self.error("metering.default_encoding", Some(name), e))?,
+            None => sluice_meter::Encoding::O200kBase,
+        };
+        let default_max_tokens = m.default_max_tokens.unwrap_or(4096).max(1);
+        let default_price = p.default.clone().unwrap_or_else(default_price);
+        let default = self.model_meter(
+            "pricing.default",
+            &default_price,
+            default_max_tokens,
+            default_encoding,
+        )?;
+        let models = p
+            .models
+            .iter()
+            .map(|(name, price)| {
+                let encoding = sluice_meter::Encoding::for_model(name).unwrap_or(default_encoding);
+                let key = format!("pricing.models.\"{name}\"");
+                let meter = self.model_meter(&key, price, default_max_tokens, encoding)?;
+                Ok((name.clone(), meter))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(MeteringConfig {
+            enforce_cap: m.enforce_cap.unwrap_or(true),
+            max_counted_bytes: m.max_counted_kib.unwrap_or(64).saturating_mul(1024),
+            default,
+            models,
+            default_encoding,
+        })
+    }
+
+    /// One model's metering: prices as millionths of a credit (finite, not
+    /// negative), its cap, and its tokenizer.
+    fn model_meter(
+        &self,
+        key: &str,
+        price: &Price,
+        default_max_tokens: u32,
+        encoding: sluice_meter::Encoding,
+    ) -> Result<ModelMeter, ConfigError> {
+        let rate = |field: &str, value: f64| -> Result<u64, ConfigError> {
+            if !value.is_finite() || !(0.0..=1e9).contains(&value) {
+                return Err(self.error(
+                    &format!("{key}.{field}"),
+                    None,
+                    format!("price {value} must be a number of credits from 0 to 1e9"),
+                ));
+            }
+            // In range, so the conversion neither saturates nor wraps.
+            Ok((value * 1e6).round() as u64)
+        };
+        let input = rate("input", price.input)?;
+        let output = rate("output", price.output)?;
+        let or = |field: &str, value: Option<f64>, fallback: u64| {
+            value.map_or(Ok(fallback), |v| rate(field, v))
+        };
+        let encoding = match &price.encoding {
+            Some(name) => name
+                .parse()
+                .map_err(|e: String| self.error(&format!("{key}.encoding"), None, e))?,
+            None => encoding,
+        };
+        Ok(ModelMeter {
+            rates: Rates {
+                input,
+                output,
+                cached_input: or("cached_input", price.cached_input, input)?,
+                cache_write: or("cache_write", price.cache_write, input)?,
+                audio_input: or("audio_input", price.audio_input, input)?,
+                audio_output: or("audio_output", price.audio_output, output)?,
+            },
+            max_tokens: price.max_tokens.unwrap_or(default_max_tokens).max(1),
+            encoding,
+        })
+    }
+}
+
+/// One credit per token, in and out.
+fn default_price() -> Price {
+    Price {
+        input: 1.0,
+        output: 1.0,
+        cached_input: None,
+        cache_write: None,
+        audio_input: None,
+        audio_output: None,
+        max_tokens: None,
+        encoding: None,
     }
 }

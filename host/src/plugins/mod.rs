@@ -461,9 +461,6 @@ fn from_wit_record(s: types::UsageRecord, accounting: &UsageRecord) -> UsageReco
         channel_id: accounting.channel_id.clone(),
         status: accounting.status,
         error_kind: s.error_kind,
-        prompt_tokens: accounting.prompt_tokens,
-        completion_tokens: accounting.completion_tokens,
-        cost: accounting.cost,
         latency_ms: s.latency_ms,
         ttft_ms: s.ttft_ms,
         stream: accounting.stream,
@@ -472,5 +469,6 @@ fn from_wit_record(s: types::UsageRecord, accounting: &UsageRecord) -> UsageReco
         labels: s.labels.into_iter().map(|l| (l.name, l.value)).collect(),
         prompt: s.prompt,
         completion: s.completion,
+        ..accounting.metered()
     }
 }

@@ -10,6 +10,7 @@ pub mod channels;
 pub mod coalesce;
 pub mod sse;
 pub mod stream;
+pub mod transcript;
 pub mod upstream;
 
 use std::borrow::Cow;
@@ -74,6 +75,10 @@ struct Peek<'a> {
     /// Absent: `None`; `null`: `Some(None)`.
     #[serde(default, deserialize_with = "present")]
     stream_options: Option<Option<StreamOptions>>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
 }
 
 /// Deserializes a field that is present (even as `null`) into `Some`.
@@ -103,6 +108,11 @@ pub struct Parsed {
     has_stream_options: bool,
     /// Whether the client asked for the usage chunk.
     pub include_usage: bool,
+    /// The client's completion cap (`max_completion_tokens`, else `max_tokens`).
+    pub cap: Option<u64>,
+    /// The cap the metering sends upstream instead, and the field it goes in
+    /// when the client set none.
+    pub send_cap: Option<(u64, &'static str)>,
 }
 
 /// Parses the fields the gateway needs without re-serialising the body. A
@@ -125,30 +135,22 @@ pub fn parse(body: Bytes) -> Result<Parsed, ApiError> {
             None,
         )
     };
-    let (model, stream, has_stream_options, include_usage) =
-        match serde_json::from_slice::<Peek<'_>>(&body) {
-            Ok(peek) => fields(peek)?,
-            Err(e) if e.to_string().starts_with("duplicate field") => {
-                let last_wins: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_slice(&body).map_err(unparsable)?;
-                let rewritten = serde_json::to_vec(&last_wins)
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
-                return parse(Bytes::from(rewritten));
-            }
-            Err(e) => return Err(unparsable(e)),
-        };
-    Ok(Parsed {
-        model,
-        stream,
-        has_stream_options,
-        include_usage,
-        body,
-    })
+    let parsed = match serde_json::from_slice::<Peek<'_>>(&body) {
+        Ok(peek) => fields(peek)?,
+        Err(e) if e.to_string().starts_with("duplicate field") => {
+            let last_wins: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&body).map_err(unparsable)?;
+            let rewritten =
+                serde_json::to_vec(&last_wins).map_err(|e| ApiError::Internal(e.to_string()))?;
+            return parse(Bytes::from(rewritten));
+        }
+        Err(e) => return Err(unparsable(e)),
+    };
+    Ok(Parsed { body, ..parsed })
 }
 
-/// The owned fields of a peek: model, stream, whether `stream_options` is
-/// present, and whether the client asked for usage.
-fn fields(peek: Peek<'_>) -> Result<(String, bool, bool, bool), ApiError> {
+/// The owned fields of a peek (with an empty body).
+fn fields(peek: Peek<'_>) -> Result<Parsed, ApiError> {
     let model = match peek.model {
         Some(m) if !m.is_empty() => m.into_owned(),
         _ => {
@@ -164,23 +166,26 @@ fn fields(peek: Peek<'_>) -> Result<(String, bool, bool, bool), ApiError> {
         .and_then(|o| o.as_ref())
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    Ok((
+    Ok(Parsed {
+        body: Bytes::new(),
         model,
-        peek.stream.unwrap_or(false),
-        peek.stream_options.is_some(),
+        stream: peek.stream.unwrap_or(false),
+        has_stream_options: peek.stream_options.is_some(),
         include_usage,
-    ))
+        cap: peek.max_completion_tokens.or(peek.max_tokens),
+        send_cap: None,
+    })
 }
 
-/// The body to send upstream: the original bytes unless the model is renamed or
-/// a stream must ask for usage.
+/// The body to send upstream: the original bytes unless the model is renamed,
+/// a stream must ask for usage, or the metering caps the completion.
 fn upstream_body(parsed: &Parsed, upstream_model: &str) -> Result<Bytes, ApiError> {
     let rename = upstream_model != parsed.model;
     let need_usage = parsed.stream && !parsed.include_usage;
-    if !rename && !need_usage {
+    if !rename && !need_usage && parsed.send_cap.is_none() {
         return Ok(parsed.body.clone());
     }
-    if !rename && !parsed.has_stream_options {
+    if !rename && !parsed.has_stream_options && parsed.send_cap.is_none() {
         // Fast path: splice the option in after the opening brace.
         let at = parsed.body.iter().position(|b| *b == b'{').unwrap_or(0) + 1;
         let mut out = Vec::with_capacity(parsed.body.len() + 48);
@@ -200,6 +205,18 @@ fn upstream_body(parsed: &Parsed, upstream_model: &str) -> Result<Bytes, ApiErro
             *options = serde_json::Value::Object(serde_json::Map::new());
         }
         options["include_usage"] = serde_json::Value::Bool(true);
+    }
+    if let Some((cap, field)) = parsed.send_cap {
+        let mut capped = false;
+        for name in ["max_completion_tokens", "max_tokens"] {
+            if !value[name].is_null() {
+                value[name] = cap.into();
+                capped = true;
+            }
+        }
+        if !capped {
+            value[field] = cap.into();
+        }
     }
     serde_json::to_vec(&value)
         .map(Bytes::from)
@@ -536,6 +553,8 @@ async fn respond(
                 show_usage: parsed.include_usage,
                 max_event_bytes: state.config.upstream.max_event_bytes,
                 capture: state.config.log.content,
+                encoding: state.config.metering.model(&parsed.model).encoding,
+                count_budget: state.config.metering.max_counted_bytes,
             },
         });
     }
@@ -577,11 +596,19 @@ async fn respond(
     };
     #[derive(serde::Deserialize)]
     struct Body {
-        usage: Option<sse::Usage>,
+        usage: Option<crate::metering::Tokens>,
     }
     outcome.usage = serde_json::from_slice::<Body>(&bytes)
         .ok()
         .and_then(|b| b.usage);
+    if outcome.usage.is_none() && status.is_success() {
+        let metering = &state.config.metering;
+        outcome.counted_completion = transcript::count_body(
+            &bytes,
+            metering.model(&parsed.model).encoding,
+            metering.max_counted_bytes,
+        );
+    }
     if !status.is_success() {
         outcome.error_kind = Some(format!("upstream_status_{}", status.as_u16()));
     }

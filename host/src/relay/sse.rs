@@ -8,6 +8,8 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::metering::Tokens;
+
 /// Splits a byte stream into SSE events.
 #[derive(Debug)]
 pub struct SseFramer {
@@ -84,24 +86,13 @@ fn find_event_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
-/// Token counts reported by an upstream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-pub struct Usage {
-    /// Prompt tokens.
-    #[serde(default)]
-    pub prompt_tokens: u32,
-    /// Completion tokens.
-    #[serde(default)]
-    pub completion_tokens: u32,
-}
-
 /// What one event means to the relay.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct EventInfo {
     /// The event is the `[DONE]` marker.
     pub done: bool,
     /// The event carries a usage object.
-    pub usage: Option<Usage>,
+    pub usage: Option<Tokens>,
     /// The event is the usage-only chunk (`choices: []`) added for accounting.
     pub usage_only: bool,
     /// Where the event's `"usage":null` member lies, with the comma that
@@ -115,11 +106,11 @@ struct ChunkPeek {
     #[serde(default)]
     choices: Option<Vec<serde::de::IgnoredAny>>,
     #[serde(default)]
-    usage: Option<Usage>,
+    usage: Option<Tokens>,
 }
 
 /// The concatenated `data:` payload of an event.
-fn data_of(event: &[u8]) -> Vec<u8> {
+pub fn data_of(event: &[u8]) -> Vec<u8> {
     let mut data = Vec::new();
     for line in event.split(|b| *b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -289,9 +280,10 @@ mod tests {
         );
         assert_eq!(
             info.usage,
-            Some(Usage {
-                prompt_tokens: 3,
-                completion_tokens: 4
+            Some(Tokens {
+                prompt: 3,
+                completion: 4,
+                ..Tokens::default()
             })
         );
         assert!(info.usage_only);

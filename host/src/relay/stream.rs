@@ -21,6 +21,7 @@ use tokio::time::Sleep;
 
 use super::channels::InFlight;
 use super::sse::{self, SseFramer};
+use super::transcript::Transcript;
 use crate::accounting::{Accounting, Outcome};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -37,6 +38,10 @@ pub struct StreamSettings {
     pub max_event_bytes: usize,
     /// Capture the completion text (content logging).
     pub capture: bool,
+    /// The tokenizer that counts the completion when no usage arrives.
+    pub encoding: sluice_meter::Encoding,
+    /// Bytes of events kept for that count (`metering.max_counted_kib`).
+    pub count_budget: usize,
 }
 
 /// What a stream that the shutdown cut off tells its client, last.
@@ -61,6 +66,8 @@ pub struct RelayStream {
     last_data: tokio::time::Instant,
     show_usage: bool,
     capture: Option<String>,
+    transcript: Transcript,
+    encoding: sluice_meter::Encoding,
     outcome: Outcome,
     started: Instant,
     ended: bool,
@@ -82,6 +89,8 @@ impl RelayStream {
             show_usage,
             max_event_bytes,
             capture,
+            encoding,
+            count_budget,
         } = settings;
         Self {
             upstream,
@@ -94,6 +103,8 @@ impl RelayStream {
             last_data: tokio::time::Instant::now(),
             show_usage,
             capture: capture.then(String::new),
+            transcript: Transcript::new(count_budget),
+            encoding,
             started: accounting.ctx().started,
             outcome: Outcome {
                 status,
@@ -114,7 +125,7 @@ impl RelayStream {
                 self.outcome.usage = Some(u);
             }
             if !info.done && !info.usage_only {
-                self.outcome.completion_estimate += 1;
+                self.transcript.push(&event);
                 if self.outcome.ttft.is_none() {
                     self.outcome.ttft = Some(self.started.elapsed());
                 }
@@ -154,10 +165,14 @@ impl RelayStream {
         false
     }
 
-    /// The outcome so far, with the captured completion text.
+    /// The outcome so far, with the captured completion text, and the
+    /// completion counted from the events when no usage arrived.
     fn take_outcome(&mut self) -> Outcome {
         let mut outcome = std::mem::take(&mut self.outcome);
         outcome.completion = self.capture.take();
+        if outcome.usage.is_none() {
+            outcome.counted_completion = self.transcript.count(self.encoding);
+        }
         outcome
     }
 }

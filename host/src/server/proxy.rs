@@ -184,15 +184,14 @@ fn admission(state: &AppState, accounting: &Accounting) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// Records the body in the context (prompt estimate, content when logged,
-/// model and stream flag) and parses it. A malformed body is reported only
+/// Records the body in the context (content when logged, model and stream
+/// flag) and parses it. A malformed body is reported only
 /// after auth, as OpenAI does; auth then sees an empty model.
 fn body_facts(
     state: &AppState,
     ctx: &mut RequestContext,
     bytes: Bytes,
 ) -> Result<Parsed, ApiError> {
-    ctx.prompt_estimate = u32::try_from(bytes.len() / 4).unwrap_or(u32::MAX);
     ctx.prompt = state
         .config
         .log
@@ -207,7 +206,7 @@ fn body_facts(
 
 /// The phases after admission: the head's checks (a missing or unknown key
 /// is refused before any byte of the body is read), the body, the auth
-/// chain, then the relay.
+/// chain, the reservation, then the relay.
 async fn phases<B>(
     state: &AppState,
     accounting: &mut Accounting,
@@ -231,7 +230,13 @@ where
         .authorize(&ctx.policies, &ctx.facts, ctx.key.as_ref())
         .await?;
     ctx.time("auth", auth_started);
-    let parsed = parsed?;
+    let mut parsed = parsed?;
+    let metered = Instant::now();
+    accounting.reserve(&mut parsed).inspect_err(|_| {
+        state.metrics.quota_refusals.inc();
+    })?;
+    let ctx = accounting.ctx_mut();
+    ctx.time("meter", metered);
     #[cfg(test)]
     failpoint(headers, "relay");
     relay::relay(state, ctx, &parsed, headers).await

@@ -46,7 +46,9 @@ fn append(store: &dyn Store, records: Vec<UsageRecord>) -> Result<(), StoreError
         .iter()
         .map(|r| Charge {
             key_id: r.key_id.clone(),
+            request_id: r.request_id.clone(),
             cost: r.cost,
+            reserved: r.cost,
         })
         .collect();
     store.append(&Batch { records, charges })
@@ -169,10 +171,38 @@ pub fn run(open: &Opener) -> Result<(), StoreError> {
         Some(930)
     );
 
-    // Purge in small batches.
+    // The ledger: k1's grant and every charge (k2's too, unlimited), each
+    // balance recomputed from it.
+    let report = store.audit()?;
+    assert_eq!(report.mismatches, Vec::<String>::new());
+    assert_eq!((report.keys, report.entries, report.charged), (2, 21, 140));
+    assert_eq!(report.entries_without_record, 0);
+    // An admin adjustment is an entry too; so is a switch from unlimited.
+    let raised = store.update_key(
+        "k1",
+        &KeyPatch {
+            quota: Some(Some(5000)),
+            ..KeyPatch::default()
+        },
+    )?;
+    assert_eq!(raised.quota_remaining, Some(5000));
+    store.update_key(
+        "k2",
+        &KeyPatch {
+            quota: Some(Some(300)),
+            ..KeyPatch::default()
+        },
+    )?;
+    let report = store.audit()?;
+    assert_eq!(report.mismatches, Vec::<String>::new());
+    assert_eq!(report.entries, 23);
+
+    // Purge in small batches; ledger entries (written now, not at the
+    // records' times) stay.
     let mut purged = 0;
     loop {
-        let n = store.purge_before(1_011_000, 3)?;
+        let (n, folded) = store.purge_before(1_011_000, 3)?;
+        assert_eq!(folded, 0);
         if n == 0 {
             break;
         }
@@ -183,5 +213,25 @@ pub fn run(open: &Opener) -> Result<(), StoreError> {
     let left = store.query_usage(&UsageQuery::default())?;
     assert_eq!(left.len(), 10);
     assert_eq!(left.last().map(|r| r.request_id.as_str()), Some("req-11"));
+
+    // Retention folds old entries into carried balances: the audit still
+    // balances, and later charges post on top.
+    let mut folded = 0;
+    loop {
+        let (_, n) = store.purge_before(u64::MAX, 5)?;
+        if n == 0 {
+            break;
+        }
+        folded += n;
+    }
+    assert_eq!(folded, 23);
+    append(&*store, vec![record(30, "k1", "a", 9)])?;
+    let report = store.audit()?;
+    assert_eq!(report.mismatches, Vec::<String>::new());
+    assert_eq!(report.entries, 1);
+    assert_eq!(
+        store.key_by_id("k1")?.and_then(|k| k.quota_remaining),
+        Some(4991)
+    );
     Ok(())
 }

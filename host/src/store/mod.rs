@@ -1,6 +1,7 @@
 //! Storage: one object-safe trait over two embedded backends (redb, SQLite in WAL
 //! mode), the records they hold, and the batch writer in front of them.
 
+pub mod ledger;
 pub mod redb;
 pub mod sqlite;
 pub mod writer;
@@ -12,9 +13,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Backend;
+use crate::metering::CostSplit;
+use ledger::{AuditReport, Audited, Auditor};
 
-/// Current schema version of both backends; older stores are migrated at open.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Current schema version of both backends; older stores are migrated at open
+/// (version 2 added the ledger).
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -189,12 +193,37 @@ pub struct UsageRecord {
     pub status: u16,
     /// Error kind, when failed.
     pub error_kind: Option<String>,
-    /// Prompt tokens.
+    /// Prompt tokens, every kind.
     pub prompt_tokens: u32,
-    /// Completion tokens.
+    /// Completion tokens, every kind (reasoning included).
     pub completion_tokens: u32,
-    /// Cost in credits (charged to the key in the same transaction).
+    /// Prompt tokens read from the provider's cache.
+    #[serde(default)]
+    pub cached_tokens: u32,
+    /// Prompt tokens written to the provider's cache.
+    #[serde(default)]
+    pub cache_write_tokens: u32,
+    /// Completion tokens spent reasoning.
+    #[serde(default)]
+    pub reasoning_tokens: u32,
+    /// Audio prompt tokens.
+    #[serde(default)]
+    pub audio_prompt_tokens: u32,
+    /// Audio completion tokens.
+    #[serde(default)]
+    pub audio_completion_tokens: u32,
+    /// Whether the gateway counted the tokens (the upstream reported none).
+    #[serde(default)]
+    pub tokens_counted: bool,
+    /// Cost in credits (charged to the key in the same transaction, as a
+    /// ledger entry).
     pub cost: i64,
+    /// The reservation held at admission, in credits.
+    #[serde(default)]
+    pub reserved: i64,
+    /// The cost of each kind of token, in millionths of a credit.
+    #[serde(default)]
+    pub cost_split: CostSplit,
     /// Total latency, ms.
     pub latency_ms: u32,
     /// Time to first token, ms.
@@ -213,17 +242,44 @@ pub struct UsageRecord {
     pub completion: Option<String>,
 }
 
-/// A quota charge for one key.
+impl UsageRecord {
+    /// The record's metering alone (tokens of every kind, cost, reservation
+    /// and split), every other field empty: what a shaper can never change.
+    pub fn metered(&self) -> Self {
+        Self {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            cached_tokens: self.cached_tokens,
+            cache_write_tokens: self.cache_write_tokens,
+            reasoning_tokens: self.reasoning_tokens,
+            audio_prompt_tokens: self.audio_prompt_tokens,
+            audio_completion_tokens: self.audio_completion_tokens,
+            tokens_counted: self.tokens_counted,
+            cost: self.cost,
+            reserved: self.reserved,
+            cost_split: self.cost_split,
+            ..Self::default()
+        }
+    }
+}
+
+/// The settlement of one keyed request: posted to the ledger and the key's
+/// balance in the same transaction as the batch's records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Charge {
     /// Key id.
     pub key_id: String,
-    /// Credits to subtract.
+    /// The request.
+    pub request_id: String,
+    /// Credits charged (0 releases the reservation with nothing charged).
     pub cost: i64,
+    /// Credits the request had reserved.
+    pub reserved: i64,
 }
 
-/// What the writer commits in one transaction: records to log and charges to apply.
-/// They are separate because a shaper may drop a log record, but never its charge.
+/// What the writer commits in one transaction: records to log and charges to
+/// post. They are separate because a shaper may drop a log record, but never
+/// its charge.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
     /// Records to append.
@@ -326,9 +382,10 @@ pub struct SummaryRow {
 pub trait Store: Send + Sync {
     /// Backend name for logs and metrics.
     fn backend(&self) -> &'static str;
-    /// Appends records and applies charges in one durable transaction.
+    /// Appends records and posts charges (ledger entries and balances) in
+    /// one durable transaction.
     fn append(&self, batch: &Batch) -> Result<(), StoreError>;
-    /// Stores a new key.
+    /// Stores a new key, and its grant in the ledger.
     fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
     /// Finds a key by the hex digest of its secret.
     fn key_by_digest(&self, digest: &str) -> Result<Option<KeyRecord>, StoreError>;
@@ -336,7 +393,8 @@ pub trait Store: Send + Sync {
     fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// Every key, oldest first.
     fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
-    /// Applies `patch` to key `id` atomically and returns the result.
+    /// Applies `patch` to key `id` atomically (a quota change with its
+    /// ledger entry) and returns the result.
     fn update_key(&self, id: &str, patch: &KeyPatch) -> Result<KeyRecord, StoreError>;
     /// Visits records matching `q`, newest first, until `visit` returns false.
     fn scan_usage(
@@ -344,10 +402,23 @@ pub trait Store: Send + Sync {
         q: &UsageQuery,
         visit: &mut dyn FnMut(UsageRecord) -> bool,
     ) -> Result<(), StoreError>;
-    /// Deletes up to `limit` records older than `cutoff_ms`; returns how many.
-    fn purge_before(&self, cutoff_ms: u64, limit: usize) -> Result<usize, StoreError>;
+    /// Deletes up to `limit` records, and folds up to `limit` ledger entries
+    /// into their keys' carried balances, older than `cutoff_ms`; returns
+    /// how many of each.
+    fn purge_before(&self, cutoff_ms: u64, limit: usize) -> Result<(usize, usize), StoreError>;
+    /// Visits, from one consistent snapshot: every key, every ledger
+    /// account, every ledger entry in sequence order, then every usage
+    /// record's charge.
+    fn audit_snapshot(&self, visit: &mut dyn FnMut(Audited)) -> Result<(), StoreError>;
     /// Reopens the underlying database after a failed commit.
     fn reopen(&self) -> Result<(), StoreError>;
+
+    /// Recomputes every balance from the ledger (see [`Auditor`]).
+    fn audit(&self) -> Result<AuditReport, StoreError> {
+        let mut auditor = Auditor::default();
+        self.audit_snapshot(&mut |item| auditor.observe(item))?;
+        Ok(auditor.report())
+    }
 
     /// One page of records matching `q`, newest first.
     fn query_usage(&self, q: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError> {
@@ -427,15 +498,6 @@ fn owner_only(path: &Path) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-}
-
-/// Groups charges per key (summing costs), so a batch touches each key once.
-pub fn total_charges(charges: &[Charge]) -> BTreeMap<&str, i64> {
-    let mut totals: BTreeMap<&str, i64> = BTreeMap::new();
-    for c in charges {
-        *totals.entry(c.key_id.as_str()).or_default() += c.cost;
-    }
-    totals
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@ use std::sync::RwLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::ledger::{Audited, LedgerAccount, LedgerEntry, LedgerKind, Posting};
 use super::{
     Batch, KeyPatch, KeyRecord, SCHEMA_VERSION, Store, StoreError, UsageQuery, UsageRecord,
-    total_charges,
 };
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -16,6 +16,8 @@ const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const KEY_DIGESTS: TableDefinition<&str, &str> = TableDefinition::new("key_digests");
 const USAGE: TableDefinition<u64, &[u8]> = TableDefinition::new("usage");
 const USAGE_BY_TIME: TableDefinition<(u64, u64), ()> = TableDefinition::new("usage_by_time");
+const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
+const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_accounts");
 
 /// Records are appended in completion order up to small reorderings; a time-bounded
 /// scan stops once it is this far past its lower bound.
@@ -66,7 +68,12 @@ impl RedbStore {
                     });
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
-                // Version 0 (no table yet) → 1: create the tables. Later migrations go here.
+                // 1 → 2: every key's balance opens its ledger.
+                Some(1) => {
+                    open_ledgers(&tx)?;
+                    meta.insert("schema_version", SCHEMA_VERSION).map_err(err)?;
+                }
+                // Version 0: a new file; the tables are created below.
                 _ => {
                     meta.insert("schema_version", SCHEMA_VERSION).map_err(err)?;
                 }
@@ -75,6 +82,8 @@ impl RedbStore {
             tx.open_table(KEY_DIGESTS).map_err(err)?;
             tx.open_table(USAGE).map_err(err)?;
             tx.open_table(USAGE_BY_TIME).map_err(err)?;
+            tx.open_table(LEDGER).map_err(err)?;
+            tx.open_table(ACCOUNTS).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         Ok(db)
@@ -94,6 +103,102 @@ impl RedbStore {
     }
 }
 
+fn encode(value: &impl serde::Serialize) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(err)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(err)
+}
+
+/// The ledger tables of one write transaction.
+struct Ledger<'tx> {
+    meta: redb::Table<'tx, &'static str, u64>,
+    entries: redb::Table<'tx, u64, &'static [u8]>,
+    accounts: redb::Table<'tx, &'static str, &'static [u8]>,
+    keys: redb::Table<'tx, &'static str, &'static [u8]>,
+}
+
+impl<'tx> Ledger<'tx> {
+    fn open(tx: &'tx redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            meta: tx.open_table(META).map_err(err)?,
+            entries: tx.open_table(LEDGER).map_err(err)?,
+            accounts: tx.open_table(ACCOUNTS).map_err(err)?,
+            keys: tx.open_table(KEYS).map_err(err)?,
+        })
+    }
+
+    fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.keys
+            .get(id)
+            .map_err(err)?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    fn account(&self, id: &str) -> Result<LedgerAccount, StoreError> {
+        Ok(self
+            .accounts
+            .get(id)
+            .map_err(err)?
+            .map(|v| decode(v.value()))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Stores a key, its account and the entries posted to them.
+    fn save(
+        &mut self,
+        key: &KeyRecord,
+        account: &LedgerAccount,
+        entries: impl IntoIterator<Item = LedgerEntry>,
+    ) -> Result<(), StoreError> {
+        let mut seq = self
+            .meta
+            .get("next_ledger_seq")
+            .map_err(err)?
+            .map_or(1, |v| v.value());
+        for entry in entries {
+            self.entries
+                .insert(seq, encode(&entry)?.as_slice())
+                .map_err(err)?;
+            seq += 1;
+        }
+        self.meta.insert("next_ledger_seq", seq).map_err(err)?;
+        self.keys
+            .insert(key.id.as_str(), encode(key)?.as_slice())
+            .map_err(err)?;
+        self.accounts
+            .insert(key.id.as_str(), encode(account)?.as_slice())
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+/// Gives every key of a store that predates the ledger its opening entry.
+fn open_ledgers(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut ledger = Ledger::open(tx)?;
+    let keys = ledger
+        .keys
+        .iter()
+        .map_err(err)?
+        .map(|entry| entry.map_err(err).and_then(|(_, v)| decode(v.value())))
+        .collect::<Result<Vec<KeyRecord>, _>>()?;
+    let time_ms = crate::keys::now_ms();
+    for mut key in keys {
+        let mut account = LedgerAccount::default();
+        let entry = Posting {
+            key: &mut key,
+            account: &mut account,
+            time_ms,
+        }
+        .open(LedgerKind::Opening);
+        ledger.save(&key, &account, entry)?;
+    }
+    Ok(())
+}
+
 impl Store for RedbStore {
     fn backend(&self) -> &'static str {
         "redb"
@@ -102,6 +207,24 @@ impl Store for RedbStore {
     fn append(&self, batch: &Batch) -> Result<(), StoreError> {
         self.with_db(|db| {
             let tx = db.begin_write().map_err(err)?;
+            {
+                let mut ledger = Ledger::open(&tx)?;
+                let time_ms = crate::keys::now_ms();
+                for charge in &batch.charges {
+                    let Some(mut key) = ledger.key(&charge.key_id)? else {
+                        continue;
+                    };
+                    let mut account = ledger.account(&key.id)?;
+                    let entry = Posting {
+                        key: &mut key,
+                        account: &mut account,
+                        time_ms,
+                    }
+                    .charge(charge);
+                    ledger.save(&key, &account, [entry])?;
+                }
+            }
+            crate::failpoint::hit("append");
             {
                 let mut meta = tx.open_table(META).map_err(err)?;
                 let mut usage = tx.open_table(USAGE).map_err(err)?;
@@ -118,22 +241,6 @@ impl Store for RedbStore {
                     seq += 1;
                 }
                 meta.insert("next_seq", seq).map_err(err)?;
-                let mut keys = tx.open_table(KEYS).map_err(err)?;
-                for (key_id, cost) in total_charges(&batch.charges) {
-                    let Some(mut key) = keys
-                        .get(key_id)
-                        .map_err(err)?
-                        .map(|v| Self::decode_key(v.value()))
-                        .transpose()?
-                    else {
-                        continue;
-                    };
-                    if let Some(remaining) = key.quota_remaining.as_mut() {
-                        *remaining -= cost;
-                        keys.insert(key_id, serde_json::to_vec(&key).map_err(err)?.as_slice())
-                            .map_err(err)?;
-                    }
-                }
             }
             tx.commit().map_err(err)
         })
@@ -143,22 +250,28 @@ impl Store for RedbStore {
         self.with_db(|db| {
             let tx = db.begin_write().map_err(err)?;
             {
-                let mut keys = tx.open_table(KEYS).map_err(err)?;
+                let keys = tx.open_table(KEYS).map_err(err)?;
                 let mut digests = tx.open_table(KEY_DIGESTS).map_err(err)?;
                 if keys.get(key.id.as_str()).map_err(err)?.is_some()
                     || digests.get(key.digest.as_str()).map_err(err)?.is_some()
                 {
                     return Err(err(format!("key {} already exists", key.id)));
                 }
-                keys.insert(
-                    key.id.as_str(),
-                    serde_json::to_vec(key).map_err(err)?.as_slice(),
-                )
-                .map_err(err)?;
                 digests
                     .insert(key.digest.as_str(), key.id.as_str())
                     .map_err(err)?;
             }
+            let mut ledger = Ledger::open(&tx)?;
+            let mut stored = key.clone();
+            let mut account = LedgerAccount::default();
+            let grant = Posting {
+                key: &mut stored,
+                account: &mut account,
+                time_ms: crate::keys::now_ms(),
+            }
+            .open(LedgerKind::Grant);
+            ledger.save(&stored, &account, grant)?;
+            drop(ledger);
             tx.commit().map_err(err)
         })
     }
@@ -211,18 +324,20 @@ impl Store for RedbStore {
         self.with_db(|db| {
             let tx = db.begin_write().map_err(err)?;
             let key = {
-                let mut keys = tx.open_table(KEYS).map_err(err)?;
-                let Some(mut key) = keys
-                    .get(id)
-                    .map_err(err)?
-                    .map(|v| Self::decode_key(v.value()))
-                    .transpose()?
-                else {
+                let mut ledger = Ledger::open(&tx)?;
+                let Some(mut key) = ledger.key(id)? else {
                     return Err(StoreError::NoSuchKey(id.into()));
                 };
+                let mut account = ledger.account(id)?;
+                let before = key.quota_remaining;
                 patch.apply(&mut key);
-                keys.insert(id, serde_json::to_vec(&key).map_err(err)?.as_slice())
-                    .map_err(err)?;
+                let entry = Posting {
+                    key: &mut key,
+                    account: &mut account,
+                    time_ms: crate::keys::now_ms(),
+                }
+                .adjust(before);
+                ledger.save(&key, &account, entry)?;
                 key
             };
             tx.commit().map_err(err)?;
@@ -255,7 +370,7 @@ impl Store for RedbStore {
         })
     }
 
-    fn purge_before(&self, cutoff_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    fn purge_before(&self, cutoff_ms: u64, limit: usize) -> Result<(usize, usize), StoreError> {
         self.with_db(|db| {
             let tx = db.begin_write().map_err(err)?;
             let purged = {
@@ -273,8 +388,38 @@ impl Store for RedbStore {
                 }
                 doomed.len()
             };
+            let folded = fold_ledger(&tx, cutoff_ms, limit)?;
             tx.commit().map_err(err)?;
-            Ok(purged)
+            Ok((purged, folded))
+        })
+    }
+
+    fn audit_snapshot(&self, visit: &mut dyn FnMut(Audited)) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(err)?;
+            for entry in tx.open_table(KEYS).map_err(err)?.iter().map_err(err)? {
+                let (_, v) = entry.map_err(err)?;
+                visit(Audited::Key(decode(v.value())?));
+            }
+            for entry in tx.open_table(ACCOUNTS).map_err(err)?.iter().map_err(err)? {
+                let (k, v) = entry.map_err(err)?;
+                visit(Audited::Account(k.value().to_string(), decode(v.value())?));
+            }
+            for entry in tx.open_table(LEDGER).map_err(err)?.iter().map_err(err)? {
+                let (k, v) = entry.map_err(err)?;
+                let mut ledger_entry: LedgerEntry = decode(v.value())?;
+                ledger_entry.seq = k.value();
+                visit(Audited::Entry(ledger_entry));
+            }
+            for entry in tx.open_table(USAGE).map_err(err)?.iter().map_err(err)? {
+                let (_, v) = entry.map_err(err)?;
+                let record: UsageRecord = decode(v.value())?;
+                visit(Audited::Record {
+                    request_id: record.request_id,
+                    cost: record.cost,
+                });
+            }
+            Ok(())
         })
     }
 
@@ -284,6 +429,36 @@ impl Store for RedbStore {
         *guard = Some(Self::open_db(&self.path)?);
         Ok(())
     }
+}
+
+/// Folds up to `limit` ledger entries older than `cutoff_ms` (the oldest
+/// first) into their keys' carried balances.
+fn fold_ledger(
+    tx: &redb::WriteTransaction,
+    cutoff_ms: u64,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let mut ledger = Ledger::open(tx)?;
+    let mut doomed = Vec::new();
+    for entry in ledger.entries.iter().map_err(err)?.take(limit) {
+        let (k, v) = entry.map_err(err)?;
+        let entry: LedgerEntry = decode(v.value())?;
+        if entry.time_ms >= cutoff_ms {
+            break;
+        }
+        doomed.push((k.value(), entry));
+    }
+    for (seq, entry) in &doomed {
+        let mut account = ledger.account(&entry.key_id)?;
+        account.carried += entry.delta;
+        account.carried_entries += 1;
+        ledger
+            .accounts
+            .insert(entry.key_id.as_str(), encode(&account)?.as_slice())
+            .map_err(err)?;
+        ledger.entries.remove(*seq).map_err(err)?;
+    }
+    Ok(doomed.len())
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::ledger::{Audited, LedgerAccount, LedgerEntry, LedgerKind, Posting};
 use super::{
     Batch, KeyPatch, KeyRecord, SCHEMA_VERSION, Store, StoreError, UsageQuery, UsageRecord,
-    total_charges,
 };
 
 /// Pragmas applied to every connection (`auto_vacuum` must precede the first table).
@@ -56,6 +56,19 @@ const SCHEMA_V1: &str = "
     CREATE INDEX IF NOT EXISTS usage_key_seq ON usage(key_id, seq);
 ";
 
+const SCHEMA_V2: &str = "
+    CREATE TABLE IF NOT EXISTS ledger (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        time_ms INTEGER NOT NULL,
+        key_id TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS ledger_accounts (
+        key_id TEXT PRIMARY KEY,
+        data TEXT NOT NULL
+    );
+";
+
 const READERS: usize = 4;
 
 /// SQLite integers are signed; our counters and times fit comfortably.
@@ -80,8 +93,8 @@ impl SqliteStore {
     /// # Errors
     /// When the file cannot be opened, or was written by a newer schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let writer = Self::connect(path)?;
-        Self::migrate(&writer)?;
+        let mut writer = Self::connect(path)?;
+        Self::migrate(&mut writer)?;
         Self::verify(&writer)?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -96,7 +109,7 @@ impl SqliteStore {
         Ok(conn)
     }
 
-    fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(err)?;
@@ -107,11 +120,36 @@ impl SqliteStore {
                 supported: SCHEMA_VERSION,
             });
         }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
         if version < 1 {
-            conn.execute_batch(SCHEMA_V1).map_err(err)?;
+            tx.execute_batch(SCHEMA_V1).map_err(err)?;
         }
-        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
-            .map_err(err)
+        if version < 2 {
+            tx.execute_batch(SCHEMA_V2).map_err(err)?;
+            // Keys that predate the ledger open it with their balance.
+            let keys: Vec<KeyRecord> = {
+                let mut stmt = tx.prepare("SELECT data FROM keys").map_err(err)?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
+                rows.map(|row| row.map_err(err).and_then(|t| Self::decode(&t)))
+                    .collect::<Result<_, _>>()?
+            };
+            let time_ms = crate::keys::now_ms();
+            for mut key in keys {
+                let mut account = LedgerAccount::default();
+                let entry = Posting {
+                    key: &mut key,
+                    account: &mut account,
+                    time_ms,
+                }
+                .open(LedgerKind::Opening);
+                save(&tx, &key, &account, entry)?;
+            }
+        }
+        tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            .map_err(err)?;
+        tx.commit().map_err(err)
     }
 
     /// Reads the tuning back (One-API's `VerifySQLiteSettings`) and logs it; a
@@ -173,6 +211,74 @@ impl SqliteStore {
     }
 }
 
+/// The key `id` and its ledger account, in a write transaction.
+fn key_and_account(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+) -> Result<Option<(KeyRecord, LedgerAccount)>, StoreError> {
+    let Some(text) = tx
+        .prepare_cached("SELECT data FROM keys WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id], |r| r.get::<_, String>(0)).optional())
+        .map_err(err)?
+    else {
+        return Ok(None);
+    };
+    let account = tx
+        .prepare_cached("SELECT data FROM ledger_accounts WHERE key_id = ?1")
+        .and_then(|mut s| s.query_row([id], |r| r.get::<_, String>(0)).optional())
+        .map_err(err)?
+        .map(|t| SqliteStore::decode(&t))
+        .transpose()?
+        .unwrap_or_default();
+    Ok(Some((SqliteStore::decode(&text)?, account)))
+}
+
+/// Stores a key, its account and the entries posted to them.
+fn save(
+    tx: &rusqlite::Transaction<'_>,
+    key: &KeyRecord,
+    account: &LedgerAccount,
+    entries: impl IntoIterator<Item = LedgerEntry>,
+) -> Result<(), StoreError> {
+    let mut insert = tx
+        .prepare_cached("INSERT INTO ledger (time_ms, key_id, data) VALUES (?1, ?2, ?3)")
+        .map_err(err)?;
+    for entry in entries {
+        insert
+            .execute(params![
+                int(entry.time_ms),
+                entry.key_id,
+                serde_json::to_string(&entry).map_err(err)?
+            ])
+            .map_err(err)?;
+    }
+    tx.prepare_cached("UPDATE keys SET data = ?2 WHERE id = ?1")
+        .and_then(|mut s| {
+            s.execute(params![
+                key.id,
+                serde_json::to_string(key).map_err(err_sql)?
+            ])
+        })
+        .map_err(err)?;
+    tx.prepare_cached(
+        "INSERT INTO ledger_accounts (key_id, data) VALUES (?1, ?2)
+         ON CONFLICT(key_id) DO UPDATE SET data = excluded.data",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            key.id,
+            serde_json::to_string(account).map_err(err_sql)?
+        ])
+    })
+    .map_err(err)?;
+    Ok(())
+}
+
+/// A serialisation failure inside a rusqlite closure.
+fn err_sql(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
@@ -181,6 +287,20 @@ impl Store for SqliteStore {
     fn append(&self, batch: &Batch) -> Result<(), StoreError> {
         self.with_writer(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+            let time_ms = crate::keys::now_ms();
+            for charge in &batch.charges {
+                let Some((mut key, mut account)) = key_and_account(&tx, &charge.key_id)? else {
+                    continue;
+                };
+                let entry = Posting {
+                    key: &mut key,
+                    account: &mut account,
+                    time_ms,
+                }
+                .charge(charge);
+                save(&tx, &key, &account, [entry])?;
+            }
+            crate::failpoint::hit("append");
             {
                 let mut insert = tx
                     .prepare_cached("INSERT INTO usage (request_id, time_ms, key_id, model, channel_id, status, cost, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
@@ -191,18 +311,6 @@ impl Store for SqliteStore {
                         .execute(params![r.request_id, int(r.time_ms), r.key_id, r.model, r.channel_id, r.status, r.cost, data])
                         .map_err(err)?;
                 }
-                let mut select = tx.prepare_cached("SELECT data FROM keys WHERE id = ?1").map_err(err)?;
-                let mut update = tx.prepare_cached("UPDATE keys SET data = ?2 WHERE id = ?1").map_err(err)?;
-                for (key_id, cost) in total_charges(&batch.charges) {
-                    let Some(text) = select.query_row([key_id], |r| r.get::<_, String>(0)).optional().map_err(err)? else {
-                        continue;
-                    };
-                    let mut key: KeyRecord = Self::decode(&text)?;
-                    if let Some(remaining) = key.quota_remaining.as_mut() {
-                        *remaining -= cost;
-                        update.execute(params![key_id, serde_json::to_string(&key).map_err(err)?]).map_err(err)?;
-                    }
-                }
             }
             tx.commit().map_err(err)
         })
@@ -210,7 +318,10 @@ impl Store for SqliteStore {
 
     fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         self.with_writer(|conn| {
-            conn.execute(
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err)?;
+            tx.execute(
                 "INSERT INTO keys (id, digest, created_ms, data) VALUES (?1, ?2, ?3, ?4)",
                 params![
                     key.id,
@@ -220,7 +331,16 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(err)?;
-            Ok(())
+            let mut stored = key.clone();
+            let mut account = LedgerAccount::default();
+            let grant = Posting {
+                key: &mut stored,
+                account: &mut account,
+                time_ms: crate::keys::now_ms(),
+            }
+            .open(LedgerKind::Grant);
+            save(&tx, &stored, &account, grant)?;
+            tx.commit().map_err(err)
         })
     }
 
@@ -260,20 +380,17 @@ impl Store for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(err)?;
-            let text = tx
-                .query_row("SELECT data FROM keys WHERE id = ?1", [id], |r| {
-                    r.get::<_, String>(0)
-                })
-                .optional()
-                .map_err(err)?
-                .ok_or_else(|| StoreError::NoSuchKey(id.into()))?;
-            let mut key: KeyRecord = Self::decode(&text)?;
+            let (mut key, mut account) =
+                key_and_account(&tx, id)?.ok_or_else(|| StoreError::NoSuchKey(id.into()))?;
+            let before = key.quota_remaining;
             patch.apply(&mut key);
-            tx.execute(
-                "UPDATE keys SET data = ?2 WHERE id = ?1",
-                params![id, serde_json::to_string(&key).map_err(err)?],
-            )
-            .map_err(err)?;
+            let entry = Posting {
+                key: &mut key,
+                account: &mut account,
+                time_ms: crate::keys::now_ms(),
+            }
+            .adjust(before);
+            save(&tx, &key, &account, entry)?;
             tx.commit().map_err(err)?;
             Ok(key)
         })
@@ -324,18 +441,80 @@ impl Store for SqliteStore {
         })
     }
 
-    fn purge_before(&self, cutoff_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    fn purge_before(&self, cutoff_ms: u64, limit: usize) -> Result<(usize, usize), StoreError> {
         self.with_writer(|conn| {
-            let n = conn
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let purged = tx
                 .execute(
                     "DELETE FROM usage WHERE seq IN (SELECT seq FROM usage WHERE time_ms < ?1 ORDER BY time_ms LIMIT ?2)",
-                    params![int(cutoff_ms), i64::try_from(limit).unwrap_or(i64::MAX)],
+                    params![int(cutoff_ms), limit],
                 )
                 .map_err(err)?;
-            if n > 0 {
+            let doomed: Vec<(i64, LedgerEntry)> = {
+                let mut stmt = tx
+                    .prepare_cached("SELECT seq, data FROM ledger WHERE time_ms < ?1 ORDER BY seq LIMIT ?2")
+                    .map_err(err)?;
+                let rows = stmt
+                    .query_map(params![int(cutoff_ms), limit], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .map_err(err)?;
+                rows.map(|row| {
+                    let (seq, text) = row.map_err(err)?;
+                    Ok((seq, Self::decode(&text)?))
+                })
+                .collect::<Result<_, StoreError>>()?
+            };
+            for (seq, entry) in &doomed {
+                if let Some((key, mut account)) = key_and_account(&tx, &entry.key_id)? {
+                    account.carried += entry.delta;
+                    account.carried_entries += 1;
+                    save(&tx, &key, &account, [])?;
+                }
+                tx.execute("DELETE FROM ledger WHERE seq = ?1", [seq]).map_err(err)?;
+            }
+            tx.commit().map_err(err)?;
+            if purged > 0 {
                 conn.execute_batch("PRAGMA incremental_vacuum(256)").map_err(err)?;
             }
-            Ok(n)
+            Ok((purged, doomed.len()))
+        })
+    }
+
+    fn audit_snapshot(&self, visit: &mut dyn FnMut(Audited)) -> Result<(), StoreError> {
+        self.with_reader(|conn| {
+            // One read transaction: every query sees the same snapshot.
+            let tx = conn.unchecked_transaction().map_err(err)?;
+            let each = |sql: &str, visit: &mut dyn FnMut(i64, String, String) -> Result<(), StoreError>| {
+                let mut stmt = tx.prepare(sql).map_err(err)?;
+                let mut rows = stmt.query([]).map_err(err)?;
+                while let Some(row) = rows.next().map_err(err)? {
+                    visit(row.get(0).map_err(err)?, row.get(1).map_err(err)?, row.get(2).map_err(err)?)?;
+                }
+                Ok::<(), StoreError>(())
+            };
+            each("SELECT 0, id, data FROM keys", &mut |_, _, data| {
+                visit(Audited::Key(Self::decode(&data)?));
+                Ok(())
+            })?;
+            each("SELECT 0, key_id, data FROM ledger_accounts", &mut |_, id, data| {
+                visit(Audited::Account(id, Self::decode(&data)?));
+                Ok(())
+            })?;
+            each("SELECT seq, key_id, data FROM ledger ORDER BY seq", &mut |seq, _, data| {
+                let mut entry: LedgerEntry = Self::decode(&data)?;
+                entry.seq = u64::try_from(seq).unwrap_or(0);
+                visit(Audited::Entry(entry));
+                Ok(())
+            })?;
+            each("SELECT cost, request_id, '' FROM usage", &mut |cost, request_id, _| {
+                visit(Audited::Record { request_id, cost });
+                Ok(())
+            })?;
+            Ok(())
         })
     }
 

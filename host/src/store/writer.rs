@@ -21,8 +21,10 @@ pub struct Entry {
     pub charge: Option<Charge>,
 }
 
-/// Called with the charges of every committed batch.
-pub type CommitHook = Arc<dyn Fn(&[Charge]) + Send + Sync>;
+/// Called with the charges of every batch the store committed (`true`), and
+/// of every entry it never will (`false`: dropped when the queue stayed full,
+/// or abandoned after repeated commit failures).
+pub type CommitHook = Arc<dyn Fn(&[Charge], bool) + Send + Sync>;
 
 /// Batching settings.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +53,7 @@ pub struct UsageWriter {
     task: Mutex<Option<JoinHandle<()>>>,
     backpressure_wait: Duration,
     metrics: Arc<Metrics>,
+    on_commit: CommitHook,
 }
 
 impl UsageWriter {
@@ -66,12 +69,13 @@ impl UsageWriter {
             clippy::disallowed_methods,
             reason = "tracked by its handle: close(), the last step of shutdown, awaits it"
         )]
-        let task = tokio::spawn(run(rx, store, settings, metrics.clone(), on_commit));
+        let task = tokio::spawn(run(rx, store, settings, metrics.clone(), on_commit.clone()));
         Self {
             sender: Mutex::new(Some(tx)),
             task: Mutex::new(Some(task)),
             backpressure_wait: settings.backpressure_wait,
             metrics,
+            on_commit,
         }
     }
 
@@ -120,6 +124,9 @@ impl UsageWriter {
 
     fn dropped(&self, entry: &Entry, why: &str) {
         self.metrics.records_dropped.inc();
+        if let Some(charge) = &entry.charge {
+            (self.on_commit)(std::slice::from_ref(charge), false);
+        }
         tracing::error!(
             request_id = entry.record.as_ref().map_or("", |r| r.request_id.as_str()),
             cost = entry.charge.as_ref().map_or(0, |c| c.cost),
@@ -189,7 +196,7 @@ async fn commit(store: &Arc<dyn Store>, batch: Batch, metrics: &Metrics, on_comm
         let error = match result {
             Ok(Ok(())) => {
                 metrics.records_written.inc_by(batch.records.len() as u64);
-                on_commit(&batch.charges);
+                on_commit(&batch.charges, true);
                 return;
             }
             Ok(Err(e)) => e.to_string(),
@@ -219,6 +226,7 @@ async fn commit(store: &Arc<dyn Store>, batch: Batch, metrics: &Metrics, on_comm
         charges = batch.charges.len(),
         "usage batch abandoned after repeated commit failures"
     );
+    on_commit(&batch.charges, false);
 }
 
 #[cfg(test)]
@@ -244,7 +252,7 @@ mod tests {
             store.clone(),
             settings,
             metrics.clone(),
-            Arc::new(move |c| {
+            Arc::new(move |c, _| {
                 seen.fetch_add(c.len(), std::sync::atomic::Ordering::Relaxed);
             }),
         );
@@ -260,7 +268,9 @@ mod tests {
                     record: Some(record),
                     charge: Some(Charge {
                         key_id: "k".into(),
+                        request_id: format!("r{i}"),
                         cost: 1,
+                        reserved: 1,
                     }),
                 })
                 .await;
@@ -341,8 +351,14 @@ mod tests {
             &self,
             cutoff_ms: u64,
             limit: usize,
-        ) -> Result<usize, crate::store::StoreError> {
+        ) -> Result<(usize, usize), crate::store::StoreError> {
             self.inner.purge_before(cutoff_ms, limit)
+        }
+        fn audit_snapshot(
+            &self,
+            visit: &mut dyn FnMut(crate::store::ledger::Audited),
+        ) -> Result<(), crate::store::StoreError> {
+            self.inner.audit_snapshot(visit)
         }
         fn reopen(&self) -> Result<(), crate::store::StoreError> {
             self.reopened
@@ -367,7 +383,12 @@ mod tests {
             capacity: 64,
             backpressure_wait: Duration::from_secs(5),
         };
-        let writer = UsageWriter::start(flaky.clone(), settings, metrics.clone(), Arc::new(|_| {}));
+        let writer = UsageWriter::start(
+            flaky.clone(),
+            settings,
+            metrics.clone(),
+            Arc::new(|_, _| {}),
+        );
         for i in 0..5 {
             let record = UsageRecord {
                 request_id: format!("r{i}"),

@@ -206,7 +206,11 @@ async fn a_stream_cut_off_at_shutdown_is_accounted_once() {
 #[tokio::test]
 async fn an_event_over_the_limit_ends_the_stream_and_is_accounted_once() {
     let h = Harness::upstream("max_event_bytes = 65536").await;
-    let headers = [("x-mock-event-bytes", "100000"), ("x-mock-chunks", "4")];
+    let headers = [
+        ("x-mock-event-bytes", "100000"),
+        ("x-mock-chunks", "4"),
+        ("x-mock-ignore-cap", "1"),
+    ];
     let response = h.send(h.chat(chat_body(true), &headers)).await;
     assert_eq!(response.status(), StatusCode::OK);
     let text = String::from_utf8(body_bytes(response).await.to_vec()).unwrap();
@@ -227,7 +231,11 @@ async fn an_event_over_the_limit_ends_the_stream_and_is_accounted_once() {
 #[tokio::test]
 async fn a_response_over_the_limit_is_a_502_accounted_once() {
     let h = Harness::upstream("max_response_bytes = 65536").await;
-    let headers = [("x-mock-event-bytes", "40000"), ("x-mock-chunks", "4")];
+    let headers = [
+        ("x-mock-event-bytes", "40000"),
+        ("x-mock-chunks", "4"),
+        ("x-mock-ignore-cap", "1"),
+    ];
     let response = h.send(h.chat(chat_body(false), &headers)).await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let body = body_json(response).await;

@@ -72,7 +72,7 @@ async fn a_client_that_stops_reading_is_cut_and_its_slot_released() {
     // within a fraction of a second, then writes block.
     let body = chat_body(true).to_string();
     let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\nx-mock-event-bytes: 65536\r\nx-mock-chunks: 2000\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\nx-mock-event-bytes: 65536\r\nx-mock-chunks: 2000\r\nx-mock-ignore-cap: 1\r\ncontent-length: {}\r\n\r\n{body}",
         gw.key,
         body.len()
     );
