@@ -195,6 +195,12 @@ where
                 .ok_or_else(|| not_found("key"))?;
             Ok(json(StatusCode::OK, &key_view(&key)))
         }
+        (Method::GET, ["admin", "keys", id, "ledger"]) => {
+            let LedgerQuery { limit } = query(&req, &[])?;
+            let id = (*id).to_string();
+            let entries = blocking(move || store.ledger(&id, limit.clamp(1, 1000))).await?;
+            Ok(json(StatusCode::OK, &serde_json::json!({"data": entries})))
+        }
         (Method::PATCH, ["admin", "keys", id]) => {
             let id = (*id).to_string();
             let patch: KeyPatch = body(req).await?;
@@ -271,6 +277,18 @@ where
         }
         _ => Err(not_found("route")),
     }
+}
+
+/// `GET /admin/keys/{id}/ledger` parameters.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LedgerQuery {
+    #[serde(default = "default_ledger_page")]
+    limit: usize,
+}
+
+fn default_ledger_page() -> usize {
+    100
 }
 
 #[derive(serde::Deserialize)]

@@ -8,6 +8,7 @@
     missing_docs
 )]
 
+mod billing;
 mod operators;
 mod plugins;
 mod relay;

@@ -264,7 +264,7 @@ async fn metrics_move_by_the_right_amounts() {
     assert_eq!(
         metric(&after, "sluice_tokens_total{channel=\"main\"}")
             - metric(&before, "sluice_tokens_total{channel=\"main\"}"),
-        3.0 * (16.0 + f64::from(u32::try_from(chat_body().to_string().len() / 4).unwrap()))
+        3.0 * (16.0 + prompt_tokens(&chat_body()) as f64)
     );
     assert_eq!(
         metric(

@@ -28,6 +28,19 @@ pub fn chat_body() -> serde_json::Value {
     serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": "hello"}]})
 }
 
+/// Prompt tokens of a chat `body`, as OpenAI counts them (and the gateway,
+/// and the fake upstream).
+pub fn prompt_tokens(body: &serde_json::Value) -> i64 {
+    let mut tally = sluice_meter::Tally::new(sluice_meter::Encoding::O200kBase, usize::MAX);
+    sluice_meter::prompt_tokens(
+        sluice_meter::PromptKind::Chat,
+        body.to_string().as_bytes(),
+        &mut tally,
+    )
+    .expect("a chat body");
+    i64::try_from(tally.total()).expect("a count")
+}
+
 /// The value of the first Prometheus sample line starting with `prefix` (0 if absent).
 pub fn metric(metrics: &str, prefix: &str) -> f64 {
     metrics
@@ -276,6 +289,30 @@ impl Gateway {
         let mut child = self.child.take().expect("running");
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Waits up to `limit` for the process to exit by itself.
+    pub fn exited(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        wait_exit(&mut child, limit)
+    }
+
+    /// Key `id`'s ledger entries, newest first.
+    pub async fn ledger(&self, id: &str) -> Vec<serde_json::Value> {
+        let (status, body) = self
+            .admin_json("GET", &format!("/admin/keys/{id}/ledger"), None)
+            .await;
+        assert_eq!(status, 200, "ledger: {body}");
+        body["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Key `id`'s remaining quota, as stored.
+    pub async fn remaining(&self, id: &str) -> Option<i64> {
+        let (status, body) = self
+            .admin_json("GET", &format!("/admin/keys/{id}"), None)
+            .await;
+        assert_eq!(status, 200, "key: {body}");
+        body["quota_remaining"].as_i64()
     }
 
     /// Starts the process again on the same directory and config.
@@ -605,6 +642,16 @@ impl GatewayBuilder {
         self
     }
 
+    /// `[metering] enforce_cap`.
+    pub fn enforce_cap(self, on: bool) -> Self {
+        self.set("metering", "enforce_cap", on.to_string())
+    }
+
+    /// `[pricing] models."MODEL"`, as an inline table (`{ input = 2.0, output = 4.0 }`).
+    pub fn price(self, model: &str, table: &str) -> Self {
+        self.set("pricing", &format!("models.{model:?}"), table.into())
+    }
+
     /// Sets an environment variable for the process.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
@@ -625,7 +672,7 @@ impl GatewayBuilder {
         let cache = shared_plugin_cache();
         let t = |name: &str| self.tables.get(name).cloned().unwrap_or_default();
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"env::SLUICE_ADMIN_TOKEN\"\n\n[log]\n{}\n[store]\nbackend = \"{}\"\npath = \"store.db\"\n{}\n[plugins]\ndir = \"plugins\"\ncache_dir = {:?}\n{}\n[upstream]\n{}\n[cache]\n{}\n{}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"env::SLUICE_ADMIN_TOKEN\"\n\n[log]\n{}\n[store]\nbackend = \"{}\"\npath = \"store.db\"\n{}\n[plugins]\ndir = \"plugins\"\ncache_dir = {:?}\n{}\n[upstream]\n{}\n[cache]\n{}\n[metering]\n{}\n[pricing]\n{}\n{}",
             t("server"),
             t("log"),
             self.backend,
@@ -634,6 +681,8 @@ impl GatewayBuilder {
             t("plugins"),
             t("upstream"),
             t("cache"),
+            t("metering"),
+            t("pricing"),
             self.channels.join("\n"),
         );
         let config_path = dir.path().join("sluice.toml");

@@ -196,6 +196,12 @@ pub fn run(open: &Opener) -> Result<(), StoreError> {
     let report = store.audit()?;
     assert_eq!(report.mismatches, Vec::<String>::new());
     assert_eq!(report.entries, 23);
+    let k1 = store.ledger("k1", 3)?;
+    assert_eq!(k1.len(), 3);
+    assert_eq!(k1[0].kind, ledger::LedgerKind::Adjust);
+    assert_eq!((k1[0].delta, k1[0].balance), (4070, Some(5000)));
+    assert_eq!((k1[1].delta, k1[1].request_id.as_str()), (-7, "req-20"));
+    assert!(k1[0].seq > k1[1].seq);
 
     // Purge in small batches; ledger entries (written now, not at the
     // records' times) stay.

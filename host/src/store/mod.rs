@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Backend;
 use crate::metering::CostSplit;
-use ledger::{AuditReport, Audited, Auditor};
+use ledger::{AuditReport, Audited, Auditor, LedgerEntry};
 
 /// Current schema version of both backends; older stores are migrated at open
 /// (version 2 added the ledger).
@@ -406,6 +406,8 @@ pub trait Store: Send + Sync {
     /// into their keys' carried balances, older than `cutoff_ms`; returns
     /// how many of each.
     fn purge_before(&self, cutoff_ms: u64, limit: usize) -> Result<(usize, usize), StoreError>;
+    /// Key `key_id`'s ledger entries, newest first, at most `limit`.
+    fn ledger(&self, key_id: &str, limit: usize) -> Result<Vec<LedgerEntry>, StoreError>;
     /// Visits, from one consistent snapshot: every key, every ledger
     /// account, every ledger entry in sequence order, then every usage
     /// record's charge.

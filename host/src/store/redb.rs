@@ -394,6 +394,31 @@ impl Store for RedbStore {
         })
     }
 
+    fn ledger(&self, key_id: &str, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(err)?;
+            let mut entries = Vec::new();
+            for entry in tx
+                .open_table(LEDGER)
+                .map_err(err)?
+                .iter()
+                .map_err(err)?
+                .rev()
+            {
+                if entries.len() >= limit {
+                    break;
+                }
+                let (k, v) = entry.map_err(err)?;
+                let mut ledger_entry: LedgerEntry = decode(v.value())?;
+                if ledger_entry.key_id == key_id {
+                    ledger_entry.seq = k.value();
+                    entries.push(ledger_entry);
+                }
+            }
+            Ok(entries)
+        })
+    }
+
     fn audit_snapshot(&self, visit: &mut dyn FnMut(Audited)) -> Result<(), StoreError> {
         self.with_db(|db| {
             let tx = db.begin_read().map_err(err)?;

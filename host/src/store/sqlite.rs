@@ -63,6 +63,7 @@ const SCHEMA_V2: &str = "
         key_id TEXT NOT NULL,
         data TEXT NOT NULL
     );
+    CREATE INDEX IF NOT EXISTS ledger_key_seq ON ledger(key_id, seq);
     CREATE TABLE IF NOT EXISTS ledger_accounts (
         key_id TEXT PRIMARY KEY,
         data TEXT NOT NULL
@@ -481,6 +482,30 @@ impl Store for SqliteStore {
                 conn.execute_batch("PRAGMA incremental_vacuum(256)").map_err(err)?;
             }
             Ok((purged, doomed.len()))
+        })
+    }
+
+    fn ledger(&self, key_id: &str, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, data FROM ledger WHERE key_id = ?1 ORDER BY seq DESC LIMIT ?2",
+                )
+                .map_err(err)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt
+                .query_map(params![key_id, limit], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(err)?;
+            rows.map(|row| {
+                let (seq, text) = row.map_err(err)?;
+                Ok(LedgerEntry {
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    ..Self::decode(&text)?
+                })
+            })
+            .collect()
         })
     }
 

@@ -354,6 +354,13 @@ mod tests {
         ) -> Result<(usize, usize), crate::store::StoreError> {
             self.inner.purge_before(cutoff_ms, limit)
         }
+        fn ledger(
+            &self,
+            key_id: &str,
+            limit: usize,
+        ) -> Result<Vec<crate::store::ledger::LedgerEntry>, crate::store::StoreError> {
+            self.inner.ledger(key_id, limit)
+        }
         fn audit_snapshot(
             &self,
             visit: &mut dyn FnMut(crate::store::ledger::Audited),
