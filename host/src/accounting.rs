@@ -21,10 +21,13 @@ use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::metering::{Tokens, affordable_cap, bill, worst_case};
 use crate::metrics::{ChannelLabels, EndpointLabels, RequestLabels};
-use crate::relay::Parsed;
 use crate::state::AppState;
 use crate::store::writer::{Entry, Slot};
 use crate::store::{Charge, UsageRecord};
+
+/// Bodies up to this size are counted on the runtime worker (about 200 µs
+/// at most); larger ones on a blocking thread.
+const INLINE_COUNT_BYTES: usize = 16 * 1024;
 
 /// Status recorded for a request whose client left before its response head
 /// (nginx's convention: no response was sent).
@@ -127,31 +130,57 @@ impl Accounting {
         }
     }
 
-    /// Counts the prompt (for the record, and for the bill when the upstream
-    /// reports no usage) and reserves the request's worst case against its
-    /// key: the prompt plus the completion cap (the client's, else the
+    /// Counts the prompt: for the reservation, the record, and the bill when
+    /// the upstream reports no usage. A large body is counted on a blocking
+    /// thread, so no runtime worker stalls on it.
+    pub async fn count_prompt(&mut self, body: &bytes::Bytes) {
+        let metering = &self.state.config.metering;
+        let Some(kind) = self.ctx.endpoint.prompt_kind() else {
+            return;
+        };
+        let tally = Tally::new(
+            metering.model(self.ctx.model()).encoding,
+            metering.max_counted_bytes,
+        );
+        let count = move |body: &[u8]| {
+            let mut tally = tally;
+            // An ill-typed prompt is the upstream's to refuse; what parsed counts.
+            let _ = sluice_meter::prompt_tokens(kind, body, &mut tally);
+            u32::try_from(tally.total()).unwrap_or(u32::MAX)
+        };
+        self.ctx.prompt_tokens = if body.len() <= INLINE_COUNT_BYTES {
+            count(body)
+        } else {
+            let body = body.clone();
+            tokio::task::spawn_blocking(move || count(&body))
+                .await
+                .unwrap_or(0)
+        };
+    }
+
+    /// Reserves the request's worst case against its key: the counted
+    /// prompt plus the completion cap (the client's `client_cap`, else the
     /// model's default) at the model's dearest rates. With cap enforcement
-    /// the cap shrinks to what the quota left buys, and is sent upstream.
+    /// the cap shrinks to what the quota left buys; returns the cap the
+    /// upstream must be sent instead of the client's, with the field it goes
+    /// in when the client set none.
     ///
     /// # Errors
     /// 429 `insufficient_quota` when the quota left cannot cover it.
-    pub fn reserve(&mut self, parsed: &mut Parsed) -> Result<(), ApiError> {
+    pub fn reserve(
+        &mut self,
+        client_cap: Option<u64>,
+    ) -> Result<Option<(u64, &'static str)>, ApiError> {
         let metering = &self.state.config.metering;
         let ctx = &mut self.ctx;
         let meter = metering.model(ctx.model());
-        let mut tally = Tally::new(meter.encoding, metering.max_counted_bytes);
-        if let Some(kind) = ctx.endpoint.prompt_kind() {
-            // An ill-typed prompt is the upstream's to refuse; what parsed counts.
-            let _ = sluice_meter::prompt_tokens(kind, &parsed.body, &mut tally);
-        }
-        ctx.prompt_tokens = u32::try_from(tally.total()).unwrap_or(u32::MAX);
         let Some(key) = &ctx.key else {
-            return Ok(());
+            return Ok(None);
         };
         let prompt = u64::from(ctx.prompt_tokens);
         let field = ctx.endpoint.cap_field();
         let asked = match field {
-            Some(_) => parsed.cap.unwrap_or(u64::from(meter.max_tokens)),
+            Some(_) => client_cap.unwrap_or(u64::from(meter.max_tokens)),
             None => 0,
         };
         let enforce = metering.enforce_cap && field.is_some();
@@ -166,7 +195,7 @@ impl Accounting {
                 if cap == 0 && asked > 0 {
                     return None;
                 }
-                if parsed.cap != Some(cap) {
+                if client_cap != Some(cap) {
                     send_cap = Some(cap);
                 }
                 cap
@@ -181,8 +210,7 @@ impl Accounting {
         };
         self.reserved = reserved;
         self.capped = enforce && key.record.quota_remaining.is_some();
-        parsed.send_cap = send_cap.zip(field);
-        Ok(())
+        Ok(send_cap.zip(field))
     }
 
     /// Whether a keyed request got its place in the usage queue (the queue

@@ -232,7 +232,8 @@ where
     ctx.time("auth", auth_started);
     let mut parsed = parsed?;
     let metered = Instant::now();
-    accounting.reserve(&mut parsed).inspect_err(|_| {
+    accounting.count_prompt(&parsed.body).await;
+    parsed.send_cap = accounting.reserve(parsed.cap).inspect_err(|_| {
         state.metrics.quota_refusals.inc();
     })?;
     let ctx = accounting.ctx_mut();

@@ -9,7 +9,19 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Charge, KeyRecord};
+/// The settlement of one keyed request: posted to the ledger and the key's
+/// balance in the same transaction as the batch's records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// Key id.
+    pub key_id: String,
+    /// The request.
+    pub request_id: String,
+    /// Credits charged (0 releases the reservation with nothing charged).
+    pub cost: i64,
+    /// Credits the request had reserved.
+    pub reserved: i64,
+}
 
 /// What changed a balance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,8 +77,10 @@ pub struct LedgerAccount {
 /// Posts balance changes to one key and its account, producing the entries
 /// the backend stores with them.
 pub struct Posting<'a> {
-    /// The key, whose remaining quota moves.
-    pub key: &'a mut KeyRecord,
+    /// The key's id.
+    pub key_id: &'a str,
+    /// The key's remaining quota, which moves (`None` = unlimited).
+    pub remaining: &'a mut Option<i64>,
     /// Its account.
     pub account: &'a mut LedgerAccount,
     /// The transaction's time.
@@ -85,18 +99,18 @@ impl Posting<'_> {
         LedgerEntry {
             seq: 0,
             time_ms: self.time_ms,
-            key_id: self.key.id.clone(),
+            key_id: self.key_id.into(),
             kind,
             delta,
             reserved,
-            balance: self.key.quota_remaining,
+            balance: *self.remaining,
             request_id: request_id.into(),
         }
     }
 
     /// A request's settlement: its charge, or the release of its reservation.
     pub fn charge(&mut self, charge: &Charge) -> LedgerEntry {
-        if let Some(remaining) = self.key.quota_remaining.as_mut() {
+        if let Some(remaining) = self.remaining.as_mut() {
             *remaining -= charge.cost;
         }
         let kind = if charge.cost == 0 {
@@ -110,14 +124,14 @@ impl Posting<'_> {
     /// The quota a key starts with (`kind` is a grant, or the opening balance
     /// of a key that predates the ledger); nothing for an unlimited key.
     pub fn open(&mut self, kind: LedgerKind) -> Option<LedgerEntry> {
-        let quota = self.key.quota_remaining?;
+        let quota = (*self.remaining)?;
         Some(self.entry(kind, quota, 0, ""))
     }
 
     /// An admin changed the key from `before` (its remaining quota then);
     /// nothing when the quota did not change.
     pub fn adjust(&mut self, before: Option<i64>) -> Option<LedgerEntry> {
-        let after = self.key.quota_remaining;
+        let after = *self.remaining;
         if after == before {
             return None;
         }
@@ -134,8 +148,8 @@ impl Posting<'_> {
 /// What an audit reads, from one consistent snapshot of the store.
 #[derive(Debug)]
 pub enum Audited {
-    /// A key.
-    Key(KeyRecord),
+    /// A key, and its remaining quota (`None` = unlimited).
+    Key(String, Option<i64>),
     /// A key's account.
     Account(String, LedgerAccount),
     /// A ledger entry, in sequence order.
@@ -179,7 +193,7 @@ struct KeyTotals {
 #[derive(Default)]
 pub struct Auditor {
     report: AuditReport,
-    keys: Vec<KeyRecord>,
+    keys: Vec<(String, Option<i64>)>,
     accounts: HashMap<String, LedgerAccount>,
     totals: BTreeMap<String, KeyTotals>,
     charged: HashMap<String, i64>,
@@ -189,7 +203,7 @@ impl Auditor {
     /// Checks one item.
     pub fn observe(&mut self, item: Audited) {
         match item {
-            Audited::Key(key) => self.keys.push(key),
+            Audited::Key(id, remaining) => self.keys.push((id, remaining)),
             Audited::Account(id, account) => {
                 self.accounts.insert(id, account);
             }
@@ -234,22 +248,21 @@ impl Auditor {
     pub fn report(mut self) -> AuditReport {
         let report = &mut self.report;
         report.entries_without_record = self.charged.len() as u64;
-        for key in &self.keys {
+        for (id, remaining) in &self.keys {
             report.keys += 1;
-            let account = self.accounts.get(&key.id).copied().unwrap_or_default();
-            let sum = self.totals.get(&key.id).map_or(account.carried, |t| t.sum);
+            let account = self.accounts.get(id).copied().unwrap_or_default();
+            let sum = self.totals.get(id).map_or(account.carried, |t| t.sum);
             if sum != account.total {
                 report.mismatches.push(format!(
-                    "key {}: carried {} plus its entries is {sum}, but its account totals {}",
-                    key.id, account.carried, account.total
+                    "key {id}: carried {} plus its entries is {sum}, but its account totals {}",
+                    account.carried, account.total
                 ));
             }
-            if let Some(remaining) = key.quota_remaining
-                && remaining != sum
+            if let Some(remaining) = remaining
+                && *remaining != sum
             {
                 report.mismatches.push(format!(
-                    "key {}: remaining quota {remaining}, but the ledger totals {sum}",
-                    key.id
+                    "key {id}: remaining quota {remaining}, but the ledger totals {sum}"
                 ));
             }
         }
@@ -260,7 +273,7 @@ impl Auditor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::conformance;
+    use crate::store::{KeyRecord, conformance};
 
     fn audit(items: Vec<Audited>) -> AuditReport {
         let mut auditor = Auditor::default();
@@ -285,19 +298,20 @@ mod tests {
         let mut account = LedgerAccount::default();
         let mut entries = Vec::new();
         let mut post = Posting {
-            key: &mut key,
+            key_id: "k",
+            remaining: &mut key.quota_remaining,
             account: &mut account,
             time_ms: 1,
         };
         entries.extend(post.open(LedgerKind::Grant));
         entries.push(post.charge(&charge("a", 30, 40)));
         entries.push(post.charge(&charge("b", 0, 40)));
-        post.key.quota_remaining = Some(500);
+        *post.remaining = Some(500);
         entries.extend(post.adjust(Some(70)));
-        post.key.quota_remaining = None;
+        *post.remaining = None;
         entries.extend(post.adjust(Some(500)));
         entries.push(post.charge(&charge("c", 5, 0)));
-        post.key.quota_remaining = Some(50);
+        *post.remaining = Some(50);
         entries.extend(post.adjust(None));
         for (i, e) in entries.iter_mut().enumerate() {
             e.seq = i as u64 + 1;
@@ -307,7 +321,7 @@ mod tests {
 
     fn snapshot(key: &KeyRecord, account: LedgerAccount, entries: &[LedgerEntry]) -> Vec<Audited> {
         let mut items = vec![
-            Audited::Key(key.clone()),
+            Audited::Key(key.id.clone(), key.quota_remaining),
             Audited::Account(key.id.clone(), account),
         ];
         items.extend(entries.iter().cloned().map(Audited::Entry));

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Backend;
 use crate::metering::CostSplit;
+pub use ledger::Charge;
 use ledger::{AuditReport, Audited, Auditor, LedgerEntry};
 
 /// Current schema version of both backends; older stores are migrated at open
@@ -261,20 +262,6 @@ impl UsageRecord {
             ..Self::default()
         }
     }
-}
-
-/// The settlement of one keyed request: posted to the ledger and the key's
-/// balance in the same transaction as the batch's records.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Charge {
-    /// Key id.
-    pub key_id: String,
-    /// The request.
-    pub request_id: String,
-    /// Credits charged (0 releases the reservation with nothing charged).
-    pub cost: i64,
-    /// Credits the request had reserved.
-    pub reserved: i64,
 }
 
 /// What the writer commits in one transaction: records to log and charges to

@@ -189,7 +189,8 @@ fn open_ledgers(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     for mut key in keys {
         let mut account = LedgerAccount::default();
         let entry = Posting {
-            key: &mut key,
+            key_id: &key.id,
+            remaining: &mut key.quota_remaining,
             account: &mut account,
             time_ms,
         }
@@ -216,7 +217,8 @@ impl Store for RedbStore {
                     };
                     let mut account = ledger.account(&key.id)?;
                     let entry = Posting {
-                        key: &mut key,
+                        key_id: &key.id,
+                        remaining: &mut key.quota_remaining,
                         account: &mut account,
                         time_ms,
                     }
@@ -265,7 +267,8 @@ impl Store for RedbStore {
             let mut stored = key.clone();
             let mut account = LedgerAccount::default();
             let grant = Posting {
-                key: &mut stored,
+                key_id: &stored.id,
+                remaining: &mut stored.quota_remaining,
                 account: &mut account,
                 time_ms: crate::keys::now_ms(),
             }
@@ -332,7 +335,8 @@ impl Store for RedbStore {
                 let before = key.quota_remaining;
                 patch.apply(&mut key);
                 let entry = Posting {
-                    key: &mut key,
+                    key_id: &key.id,
+                    remaining: &mut key.quota_remaining,
                     account: &mut account,
                     time_ms: crate::keys::now_ms(),
                 }
@@ -424,7 +428,8 @@ impl Store for RedbStore {
             let tx = db.begin_read().map_err(err)?;
             for entry in tx.open_table(KEYS).map_err(err)?.iter().map_err(err)? {
                 let (_, v) = entry.map_err(err)?;
-                visit(Audited::Key(decode(v.value())?));
+                let key: KeyRecord = decode(v.value())?;
+                visit(Audited::Key(key.id, key.quota_remaining));
             }
             for entry in tx.open_table(ACCOUNTS).map_err(err)?.iter().map_err(err)? {
                 let (k, v) = entry.map_err(err)?;

@@ -140,7 +140,8 @@ impl SqliteStore {
             for mut key in keys {
                 let mut account = LedgerAccount::default();
                 let entry = Posting {
-                    key: &mut key,
+                    key_id: &key.id,
+                    remaining: &mut key.quota_remaining,
                     account: &mut account,
                     time_ms,
                 }
@@ -294,7 +295,8 @@ impl Store for SqliteStore {
                     continue;
                 };
                 let entry = Posting {
-                    key: &mut key,
+                    key_id: &key.id,
+                    remaining: &mut key.quota_remaining,
                     account: &mut account,
                     time_ms,
                 }
@@ -335,7 +337,8 @@ impl Store for SqliteStore {
             let mut stored = key.clone();
             let mut account = LedgerAccount::default();
             let grant = Posting {
-                key: &mut stored,
+                key_id: &stored.id,
+                remaining: &mut stored.quota_remaining,
                 account: &mut account,
                 time_ms: crate::keys::now_ms(),
             }
@@ -386,7 +389,8 @@ impl Store for SqliteStore {
             let before = key.quota_remaining;
             patch.apply(&mut key);
             let entry = Posting {
-                key: &mut key,
+                key_id: &key.id,
+                remaining: &mut key.quota_remaining,
                 account: &mut account,
                 time_ms: crate::keys::now_ms(),
             }
@@ -522,7 +526,8 @@ impl Store for SqliteStore {
                 Ok::<(), StoreError>(())
             };
             each("SELECT 0, id, data FROM keys", &mut |_, _, data| {
-                visit(Audited::Key(Self::decode(&data)?));
+                let key: KeyRecord = Self::decode(&data)?;
+                visit(Audited::Key(key.id, key.quota_remaining));
                 Ok(())
             })?;
             each("SELECT 0, key_id, data FROM ledger_accounts", &mut |_, id, data| {
