@@ -241,3 +241,39 @@ pub fn run(open: &Opener) -> Result<(), StoreError> {
     );
     Ok(())
 }
+
+/// A store written before the ledger (schema 1; `downgrade` turns a current
+/// store back into one) opens with each limited key's balance as its
+/// opening entry, audits clean, and posts later charges on top.
+pub fn opens_stores_from_before_the_ledger(
+    open: &Opener,
+    downgrade: &dyn Fn(&Path),
+) -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::backend("tmp", e))?;
+    let path = dir.path().join("old.db");
+    let store = open(&path)?;
+    store.create_key(&key("k1", Some(1000)))?;
+    store.create_key(&key("k2", None))?;
+    append(
+        &*store,
+        vec![record(1, "k1", "a", 7), record(2, "k2", "a", 5)],
+    )?;
+    drop(store);
+    downgrade(&path);
+    let store = open(&path)?;
+    let opened = store.ledger("k1", 10)?;
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!(opened[0].kind, ledger::LedgerKind::Opening);
+    assert_eq!((opened[0].delta, opened[0].balance), (993, Some(993)));
+    assert!(store.ledger("k2", 10)?.is_empty());
+    let report = store.audit()?;
+    assert_eq!(report.mismatches, Vec::<String>::new());
+    assert_eq!(report.keys, 2);
+    append(&*store, vec![record(3, "k1", "a", 3)])?;
+    assert_eq!(store.audit()?.mismatches, Vec::<String>::new());
+    assert_eq!(
+        store.key_by_id("k1")?.and_then(|k| k.quota_remaining),
+        Some(990)
+    );
+    Ok(())
+}

@@ -57,34 +57,34 @@ impl RedbStore {
             .create(path)
             .map_err(err)?;
         let tx = db.begin_write().map_err(err)?;
-        {
-            let mut meta = tx.open_table(META).map_err(err)?;
-            let found = meta.get("schema_version").map_err(err)?.map(|v| v.value());
-            match found {
-                Some(v) if v > SCHEMA_VERSION => {
-                    return Err(StoreError::TooNew {
-                        found: v,
-                        supported: SCHEMA_VERSION,
-                    });
-                }
-                Some(v) if v == SCHEMA_VERSION => {}
-                // 1 → 2: every key's balance opens its ledger.
-                Some(1) => {
-                    open_ledgers(&tx)?;
-                    meta.insert("schema_version", SCHEMA_VERSION).map_err(err)?;
-                }
-                // Version 0: a new file; the tables are created below.
-                _ => {
-                    meta.insert("schema_version", SCHEMA_VERSION).map_err(err)?;
-                }
+        let found = tx
+            .open_table(META)
+            .map_err(err)?
+            .get("schema_version")
+            .map_err(err)?
+            .map(|v| v.value());
+        match found {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::TooNew {
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                });
             }
-            tx.open_table(KEYS).map_err(err)?;
-            tx.open_table(KEY_DIGESTS).map_err(err)?;
-            tx.open_table(USAGE).map_err(err)?;
-            tx.open_table(USAGE_BY_TIME).map_err(err)?;
-            tx.open_table(LEDGER).map_err(err)?;
-            tx.open_table(ACCOUNTS).map_err(err)?;
+            // 1 → 2: every key's balance opens its ledger.
+            Some(1) => open_ledgers(&tx)?,
+            // The current version, or a new file whose tables are created below.
+            _ => {}
         }
+        tx.open_table(KEYS).map_err(err)?;
+        tx.open_table(KEY_DIGESTS).map_err(err)?;
+        tx.open_table(USAGE).map_err(err)?;
+        tx.open_table(USAGE_BY_TIME).map_err(err)?;
+        tx.open_table(LEDGER).map_err(err)?;
+        tx.open_table(ACCOUNTS).map_err(err)?;
+        tx.open_table(META)
+            .map_err(err)?
+            .insert("schema_version", SCHEMA_VERSION)
+            .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(db)
     }
@@ -498,5 +498,24 @@ mod tests {
     #[test]
     fn conformance() -> Result<(), super::StoreError> {
         super::super::conformance::run(&|p| Ok(Arc::new(super::RedbStore::open(p)?)))
+    }
+
+    /// Schema 1 had no ledger tables.
+    #[test]
+    fn migrates_stores_from_before_the_ledger() -> Result<(), super::StoreError> {
+        super::super::conformance::opens_stores_from_before_the_ledger(
+            &|p| Ok(Arc::new(super::RedbStore::open(p)?)),
+            &|p| {
+                let db = redb::Database::open(p).unwrap();
+                let tx = db.begin_write().unwrap();
+                tx.delete_table(super::LEDGER).unwrap();
+                tx.delete_table(super::ACCOUNTS).unwrap();
+                tx.open_table(super::META)
+                    .unwrap()
+                    .insert("schema_version", 1)
+                    .unwrap();
+                tx.commit().unwrap();
+            },
+        )
     }
 }

@@ -567,4 +567,20 @@ mod tests {
     fn conformance() -> Result<(), super::StoreError> {
         super::super::conformance::run(&|p| Ok(Arc::new(super::SqliteStore::open(p)?)))
     }
+
+    /// Schema 1 had no ledger tables.
+    #[test]
+    fn migrates_stores_from_before_the_ledger() -> Result<(), super::StoreError> {
+        super::super::conformance::opens_stores_from_before_the_ledger(
+            &|p| Ok(Arc::new(super::SqliteStore::open(p)?)),
+            &|p| {
+                rusqlite::Connection::open(p)
+                    .unwrap()
+                    .execute_batch(
+                        "DROP TABLE ledger; DROP TABLE ledger_accounts; PRAGMA user_version = 1;",
+                    )
+                    .unwrap();
+            },
+        )
+    }
 }
