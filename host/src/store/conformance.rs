@@ -247,7 +247,7 @@ pub fn run(open: &Opener) -> Result<(), StoreError> {
 /// opening entry, audits clean, and posts later charges on top.
 pub fn opens_stores_from_before_the_ledger(
     open: &Opener,
-    downgrade: &dyn Fn(&Path),
+    downgrade: &dyn Fn(&Path) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let dir = tempfile::tempdir().map_err(|e| StoreError::backend("tmp", e))?;
     let path = dir.path().join("old.db");
@@ -259,7 +259,7 @@ pub fn opens_stores_from_before_the_ledger(
         vec![record(1, "k1", "a", 7), record(2, "k2", "a", 5)],
     )?;
     drop(store);
-    downgrade(&path);
+    downgrade(&path)?;
     let store = open(&path)?;
     let opened = store.ledger("k1", 10)?;
     assert_eq!(opened.len(), 1, "{opened:?}");

@@ -506,15 +506,17 @@ mod tests {
         super::super::conformance::opens_stores_from_before_the_ledger(
             &|p| Ok(Arc::new(super::RedbStore::open(p)?)),
             &|p| {
-                let db = redb::Database::open(p).unwrap();
-                let tx = db.begin_write().unwrap();
-                tx.delete_table(super::LEDGER).unwrap();
-                tx.delete_table(super::ACCOUNTS).unwrap();
+                let tx = redb::Database::open(p)
+                    .map_err(super::err)?
+                    .begin_write()
+                    .map_err(super::err)?;
+                tx.delete_table(super::LEDGER).map_err(super::err)?;
+                tx.delete_table(super::ACCOUNTS).map_err(super::err)?;
                 tx.open_table(super::META)
-                    .unwrap()
+                    .map_err(super::err)?
                     .insert("schema_version", 1)
-                    .unwrap();
-                tx.commit().unwrap();
+                    .map_err(super::err)?;
+                tx.commit().map_err(super::err)
             },
         )
     }

@@ -575,11 +575,12 @@ mod tests {
             &|p| Ok(Arc::new(super::SqliteStore::open(p)?)),
             &|p| {
                 rusqlite::Connection::open(p)
-                    .unwrap()
-                    .execute_batch(
-                        "DROP TABLE ledger; DROP TABLE ledger_accounts; PRAGMA user_version = 1;",
-                    )
-                    .unwrap();
+                    .and_then(|c| {
+                        c.execute_batch(
+                            "DROP TABLE ledger; DROP TABLE ledger_accounts; PRAGMA user_version = 1;",
+                        )
+                    })
+                    .map_err(super::err)
             },
         )
     }
