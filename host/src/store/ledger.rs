@@ -123,7 +123,7 @@ impl Posting<'_> {
 
     /// The quota a key starts with (`kind` is a grant, or the opening balance
     /// of a key that predates the ledger); nothing for an unlimited key.
-    pub fn open(&mut self, kind: LedgerKind) -> Option<LedgerEntry> {
+    fn open(&mut self, kind: LedgerKind) -> Option<LedgerEntry> {
         let quota = (*self.remaining)?;
         Some(self.entry(kind, quota, 0, ""))
     }
@@ -143,6 +143,26 @@ impl Posting<'_> {
         };
         Some(self.entry(LedgerKind::Adjust, delta, 0, ""))
     }
+}
+
+/// A new account for key `key_id`, whose quota is `quota`, and its first
+/// entry (`kind`: a grant, or the opening balance of a key that predates the
+/// ledger; none for an unlimited key).
+pub fn open_account(
+    key_id: &str,
+    mut quota: Option<i64>,
+    kind: LedgerKind,
+    time_ms: u64,
+) -> (LedgerAccount, Option<LedgerEntry>) {
+    let mut account = LedgerAccount::default();
+    let entry = Posting {
+        key_id,
+        remaining: &mut quota,
+        account: &mut account,
+        time_ms,
+    }
+    .open(kind);
+    (account, entry)
 }
 
 /// What an audit reads, from one consistent snapshot of the store.

@@ -6,7 +6,7 @@ use std::sync::RwLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::ledger::{Audited, LedgerAccount, LedgerEntry, LedgerKind, Posting};
+use super::ledger::{Audited, LedgerAccount, LedgerEntry, LedgerKind, Posting, open_account};
 use super::{
     Batch, KeyPatch, KeyRecord, SCHEMA_VERSION, Store, StoreError, UsageQuery, UsageRecord,
 };
@@ -186,15 +186,9 @@ fn open_ledgers(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
         .map(|entry| entry.map_err(err).and_then(|(_, v)| decode(v.value())))
         .collect::<Result<Vec<KeyRecord>, _>>()?;
     let time_ms = crate::keys::now_ms();
-    for mut key in keys {
-        let mut account = LedgerAccount::default();
-        let entry = Posting {
-            key_id: &key.id,
-            remaining: &mut key.quota_remaining,
-            account: &mut account,
-            time_ms,
-        }
-        .open(LedgerKind::Opening);
+    for key in keys {
+        let (account, entry) =
+            open_account(&key.id, key.quota_remaining, LedgerKind::Opening, time_ms);
         ledger.save(&key, &account, entry)?;
     }
     Ok(())
@@ -264,16 +258,13 @@ impl Store for RedbStore {
                     .map_err(err)?;
             }
             let mut ledger = Ledger::open(&tx)?;
-            let mut stored = key.clone();
-            let mut account = LedgerAccount::default();
-            let grant = Posting {
-                key_id: &stored.id,
-                remaining: &mut stored.quota_remaining,
-                account: &mut account,
-                time_ms: crate::keys::now_ms(),
-            }
-            .open(LedgerKind::Grant);
-            ledger.save(&stored, &account, grant)?;
+            let (account, grant) = open_account(
+                &key.id,
+                key.quota_remaining,
+                LedgerKind::Grant,
+                crate::keys::now_ms(),
+            );
+            ledger.save(key, &account, grant)?;
             drop(ledger);
             tx.commit().map_err(err)
         })

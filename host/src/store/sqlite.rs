@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::ledger::{Audited, LedgerAccount, LedgerEntry, LedgerKind, Posting};
+use super::ledger::{Audited, LedgerAccount, LedgerEntry, LedgerKind, Posting, open_account};
 use super::{
     Batch, KeyPatch, KeyRecord, SCHEMA_VERSION, Store, StoreError, UsageQuery, UsageRecord,
 };
@@ -137,15 +137,9 @@ impl SqliteStore {
                     .collect::<Result<_, _>>()?
             };
             let time_ms = crate::keys::now_ms();
-            for mut key in keys {
-                let mut account = LedgerAccount::default();
-                let entry = Posting {
-                    key_id: &key.id,
-                    remaining: &mut key.quota_remaining,
-                    account: &mut account,
-                    time_ms,
-                }
-                .open(LedgerKind::Opening);
+            for key in keys {
+                let (account, entry) =
+                    open_account(&key.id, key.quota_remaining, LedgerKind::Opening, time_ms);
                 save(&tx, &key, &account, entry)?;
             }
         }
@@ -334,16 +328,13 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(err)?;
-            let mut stored = key.clone();
-            let mut account = LedgerAccount::default();
-            let grant = Posting {
-                key_id: &stored.id,
-                remaining: &mut stored.quota_remaining,
-                account: &mut account,
-                time_ms: crate::keys::now_ms(),
-            }
-            .open(LedgerKind::Grant);
-            save(&tx, &stored, &account, grant)?;
+            let (account, grant) = open_account(
+                &key.id,
+                key.quota_remaining,
+                LedgerKind::Grant,
+                crate::keys::now_ms(),
+            );
+            save(&tx, key, &account, grant)?;
             tx.commit().map_err(err)
         })
     }
