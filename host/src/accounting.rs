@@ -186,10 +186,12 @@ impl Accounting {
         let enforce = metering.enforce_cap && field.is_some();
         let rates = &meter.rates;
         let mut send_cap = None;
+        let mut limited = false;
         let reserved = key.balance.reserve(|available| {
             let Some(available) = available else {
                 return Some(worst_case(rates, prompt, asked));
             };
+            limited = true;
             let cap = if enforce {
                 let cap = asked.min(affordable_cap(rates, prompt, available));
                 if cap == 0 && asked > 0 {
@@ -209,7 +211,7 @@ impl Accounting {
             return Err(insufficient_quota());
         };
         self.reserved = reserved;
-        self.capped = enforce && key.record.quota_remaining.is_some();
+        self.capped = enforce && limited;
         Ok(send_cap.zip(field))
     }
 
