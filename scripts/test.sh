@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --python
 # One test at a time: the end-to-end tests measure latencies and pacing, and on
 # a 2-core machine parallel gateways would measure each other instead.
+# Both runs build the same targets with the same features, so the second
+# reuses the first's build (the workspace build includes the binary the
+# end-to-end suite drives).
 echo "== billing conformance suite"
-# The end-to-end suite drives the real binary: build it first.
-cargo build --locked -p sluice
-cargo test --locked -p sluice-tests --test e2e "$@" -- --test-threads=1 billing::
+cargo test --workspace --locked "$@" -- --test-threads=1 billing::
 echo "== everything else"
 cargo test --workspace --locked "$@" -- --test-threads=1 --skip billing::
