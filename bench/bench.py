@@ -209,18 +209,26 @@ cache_dir = "plugin-cache"
         proc.terminate()
         proc.wait()
 
-    def open_loop(self, rate):
+    def latencies(self, title, *extra):
+        """p50 and p99 of non-stream requests under `extra` oha settings, added over direct."""
         p50 = {name: [] for name in ("direct", "nginx", "sluice")}
         p99 = {name: [] for name in ("direct", "nginx", "sluice")}
         for _ in range(ROUNDS):
             for name, url, headers, model in self.targets("fast"):
-                report = self.oha(url, headers, body(model, False), "-z", DURATION, "-c", "128", "-q", str(rate), "--latency-correction")
+                report = self.oha(url, headers, body(model, False), "-z", DURATION, *extra)
                 pct = report["latencyPercentiles"]
                 p50[name].append(pct["p50"] * 1e6)
                 p99[name].append(pct["p99"] * 1e6)
         for label, series in (("p50", p50), ("p99", p99)):
             med = {k: statistics.median(v) for k, v in series.items()}
-            self.row(f"open loop {rate} req/s, latency {label}", med, "µs", added=True)
+            self.row(f"{title}, latency {label}", med, "µs", added=True)
+
+    def open_loop(self, rate):
+        self.latencies(f"open loop {rate} req/s", "-c", "128", "-q", str(rate), "--latency-correction")
+
+    def sequential(self):
+        """One connection, one request at a time: the figure public gateway boards lead with."""
+        self.latencies("one connection, sequential", "-c", "1")
 
     def ttft(self):
         ttft = {name: [] for name in ("direct", "nginx", "sluice")}
@@ -335,6 +343,7 @@ def main():
         b.closed_loop("closed loop, non-stream, 64 connections", False)
         b.closed_loop("closed loop, stream (16 chunks), 64 connections", True)
         b.open_loop(5000)
+        b.sequential()
         b.ttft()
         b.concurrent_streams()
         b.profile()

@@ -18,6 +18,8 @@ const USAGE: TableDefinition<u64, &[u8]> = TableDefinition::new("usage");
 const USAGE_BY_TIME: TableDefinition<(u64, u64), ()> = TableDefinition::new("usage_by_time");
 const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_accounts");
+/// Each key's ledger entries, `(key id, seq)`, for per-key reads.
+const LEDGER_BY_KEY: TableDefinition<(&str, u64), ()> = TableDefinition::new("ledger_by_key");
 
 /// Records are appended in completion order up to small reorderings; a time-bounded
 /// scan stops once it is this far past its lower bound.
@@ -81,6 +83,7 @@ impl RedbStore {
         tx.open_table(USAGE_BY_TIME).map_err(err)?;
         tx.open_table(LEDGER).map_err(err)?;
         tx.open_table(ACCOUNTS).map_err(err)?;
+        tx.open_table(LEDGER_BY_KEY).map_err(err)?;
         tx.open_table(META)
             .map_err(err)?
             .insert("schema_version", SCHEMA_VERSION)
@@ -116,6 +119,7 @@ struct Ledger<'tx> {
     meta: redb::Table<'tx, &'static str, u64>,
     entries: redb::Table<'tx, u64, &'static [u8]>,
     accounts: redb::Table<'tx, &'static str, &'static [u8]>,
+    by_key: redb::Table<'tx, (&'static str, u64), ()>,
     keys: redb::Table<'tx, &'static str, &'static [u8]>,
 }
 
@@ -125,6 +129,7 @@ impl<'tx> Ledger<'tx> {
             meta: tx.open_table(META).map_err(err)?,
             entries: tx.open_table(LEDGER).map_err(err)?,
             accounts: tx.open_table(ACCOUNTS).map_err(err)?,
+            by_key: tx.open_table(LEDGER_BY_KEY).map_err(err)?,
             keys: tx.open_table(KEYS).map_err(err)?,
         })
     }
@@ -162,6 +167,9 @@ impl<'tx> Ledger<'tx> {
         for entry in entries {
             self.entries
                 .insert(seq, encode(&entry)?.as_slice())
+                .map_err(err)?;
+            self.by_key
+                .insert((key.id.as_str(), seq), ())
                 .map_err(err)?;
             seq += 1;
         }
@@ -392,25 +400,22 @@ impl Store for RedbStore {
     fn ledger(&self, key_id: &str, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
         self.with_db(|db| {
             let tx = db.begin_read().map_err(err)?;
-            let mut entries = Vec::new();
-            for entry in tx
-                .open_table(LEDGER)
-                .map_err(err)?
-                .iter()
+            let by_key = tx.open_table(LEDGER_BY_KEY).map_err(err)?;
+            let entries = tx.open_table(LEDGER).map_err(err)?;
+            let mut found = Vec::new();
+            for key in by_key
+                .range((key_id, 0)..=(key_id, u64::MAX))
                 .map_err(err)?
                 .rev()
+                .take(limit)
             {
-                if entries.len() >= limit {
-                    break;
-                }
-                let (k, v) = entry.map_err(err)?;
-                let mut ledger_entry: LedgerEntry = decode(v.value())?;
-                if ledger_entry.key_id == key_id {
-                    ledger_entry.seq = k.value();
-                    entries.push(ledger_entry);
+                let seq = key.map_err(err)?.0.value().1;
+                if let Some(v) = entries.get(seq).map_err(err)? {
+                    let entry: LedgerEntry = decode(v.value())?;
+                    found.push(LedgerEntry { seq, ..entry });
                 }
             }
-            Ok(entries)
+            Ok(found)
         })
     }
 
@@ -478,6 +483,10 @@ fn fold_ledger(
             .insert(entry.key_id.as_str(), encode(&account)?.as_slice())
             .map_err(err)?;
         ledger.entries.remove(*seq).map_err(err)?;
+        ledger
+            .by_key
+            .remove((entry.key_id.as_str(), *seq))
+            .map_err(err)?;
     }
     Ok(doomed.len())
 }
@@ -503,6 +512,7 @@ mod tests {
                     .map_err(super::err)?;
                 tx.delete_table(super::LEDGER).map_err(super::err)?;
                 tx.delete_table(super::ACCOUNTS).map_err(super::err)?;
+                tx.delete_table(super::LEDGER_BY_KEY).map_err(super::err)?;
                 tx.open_table(super::META)
                     .map_err(super::err)?
                     .insert("schema_version", 1)
