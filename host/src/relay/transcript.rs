@@ -1,9 +1,10 @@
 //! What a response generated, counted when the upstream reports no usage. A
-//! stream keeps its raw events (zero-copy) up to a byte budget and parses
-//! them only if it ends without usage, so streams that report usage pay
-//! nothing; events past the budget are extrapolated from their size.
+//! stream copies its raw events into one buffer, up to a byte budget, and
+//! parses them only if it ends without usage, so streams that report usage
+//! pay a copy and nothing more; events past the budget are extrapolated from
+//! their size. Events are copied, not kept by reference: a kept slice would
+//! pin the whole upstream read buffer it came from.
 
-use bytes::Bytes;
 use sluice_meter::{Encoding, Tally, completion_text};
 
 use super::sse;
@@ -11,8 +12,10 @@ use super::sse;
 /// The events of one stream, kept for counting.
 #[derive(Debug, Default)]
 pub struct Transcript {
-    events: Vec<Bytes>,
-    kept_bytes: usize,
+    /// The kept events, back to back.
+    kept: Vec<u8>,
+    /// Where each kept event ends in `kept`.
+    ends: Vec<usize>,
     seen_bytes: u64,
     budget: usize,
 }
@@ -27,11 +30,11 @@ impl Transcript {
     }
 
     /// Notes one event the upstream sent.
-    pub fn push(&mut self, event: &Bytes) {
+    pub fn push(&mut self, event: &[u8]) {
         self.seen_bytes += event.len() as u64;
-        if self.kept_bytes + event.len() <= self.budget {
-            self.kept_bytes += event.len();
-            self.events.push(event.clone());
+        if self.kept.len() + event.len() <= self.budget {
+            self.kept.extend_from_slice(event);
+            self.ends.push(self.kept.len());
         }
     }
 
@@ -39,10 +42,12 @@ impl Transcript {
     /// one, scaled up by the bytes of events past the budget.
     pub fn count(&self, encoding: Encoding) -> u32 {
         let mut text = String::new();
-        for event in &self.events {
-            completion_text(&sse::data_of(event), &mut text);
+        let mut start = 0;
+        for &end in &self.ends {
+            completion_text(&sse::data_of(&self.kept[start..end]), &mut text);
+            start = end;
         }
-        let kept = self.kept_bytes as u64;
+        let kept = self.kept.len() as u64;
         let tokens = match kept {
             0 => self.seen_bytes.div_ceil(4),
             _ => (encoding.count(&text) as u64 * self.seen_bytes).div_ceil(kept),
@@ -65,8 +70,8 @@ pub fn count_body(body: &[u8], encoding: Encoding, budget: usize) -> u32 {
 mod tests {
     use super::*;
 
-    fn chunk(text: &str) -> Bytes {
-        Bytes::from(format!(
+    fn chunk(text: &str) -> Vec<u8> {
+        Vec::from(format!(
             "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}}}}]}}\n\n",
             serde_json::Value::from(text)
         ))
@@ -78,7 +83,7 @@ mod tests {
         for word in ["Hello", " world", ", how are you", " today?"] {
             t.push(&chunk(word));
         }
-        t.push(&Bytes::from_static(b"data: [DONE]\n\n"));
+        t.push(b"data: [DONE]\n\n");
         let exact = Encoding::O200kBase.count("Hello world, how are you today?");
         assert_eq!(t.count(Encoding::O200kBase) as usize, exact);
     }
