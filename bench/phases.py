@@ -15,6 +15,7 @@ PHASES = [
     ("policies (wasm auth, route, shape)", r"wasmtime|sluice::plugins::"),
     ("usage record, batch writer, store", r"sluice::usage::|sluice::store::|redb::|rusqlite|tracing_subscriber"),
     ("key lookup", r"sluice::keys::|routes::lookup_key|moka::|sha2::"),
+    ("metering (prompt count, reservation, transcript)", r"sluice_meter::|bpe::|bpe_openai::|daachorse::|sluice::metering::|count_prompt|Accounting::reserve|sluice::relay::transcript::"),
     ("stream tap (SSE framing, usage)", r"sluice::relay::stream::|sluice::relay::sse::"),
     ("parse request, build upstream request", r"sluice::relay::parse|sluice::relay::read_body|sluice::relay::build_request|routes::request_info"),
     ("upstream I/O (hyper client)", r"hyper_util::client|hyper::client|role::Client|futures_util::future::future::Map"),
