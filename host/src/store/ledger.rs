@@ -145,6 +145,16 @@ impl Posting<'_> {
     }
 }
 
+/// A batch's charges by key, each key's in batch order: a backend reads and
+/// writes each key and its account once per batch, not once per charge.
+pub fn charges_by_key(charges: &[Charge]) -> BTreeMap<&str, Vec<&Charge>> {
+    let mut grouped: BTreeMap<&str, Vec<&Charge>> = BTreeMap::new();
+    for charge in charges {
+        grouped.entry(&charge.key_id).or_default().push(charge);
+    }
+    grouped
+}
+
 /// A new account for key `key_id`, whose quota is `quota`, and its first
 /// entry (`kind`: a grant, or the opening balance of a key that predates the
 /// ledger; none for an unlimited key).

@@ -6,7 +6,9 @@ use std::sync::RwLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::ledger::{Audited, LedgerAccount, LedgerEntry, LedgerKind, Posting, open_account};
+use super::ledger::{
+    Audited, LedgerAccount, LedgerEntry, LedgerKind, Posting, charges_by_key, open_account,
+};
 use super::{
     Batch, KeyPatch, KeyRecord, SCHEMA_VERSION, Store, StoreError, UsageQuery, UsageRecord,
 };
@@ -99,10 +101,6 @@ impl RedbStore {
         let guard = self.db.read().map_err(|_| err("lock poisoned"))?;
         let db = guard.as_ref().ok_or_else(|| err("database is closed"))?;
         f(db)
-    }
-
-    fn decode_key(bytes: &[u8]) -> Result<KeyRecord, StoreError> {
-        serde_json::from_slice(bytes).map_err(err)
     }
 }
 
@@ -213,19 +211,19 @@ impl Store for RedbStore {
             {
                 let mut ledger = Ledger::open(&tx)?;
                 let time_ms = crate::keys::now_ms();
-                for charge in &batch.charges {
-                    let Some(mut key) = ledger.key(&charge.key_id)? else {
+                for (key_id, charges) in charges_by_key(&batch.charges) {
+                    let Some(mut key) = ledger.key(key_id)? else {
                         continue;
                     };
-                    let mut account = ledger.account(&key.id)?;
-                    let entry = Posting {
-                        key_id: &key.id,
+                    let mut account = ledger.account(key_id)?;
+                    let mut posting = Posting {
+                        key_id,
                         remaining: &mut key.quota_remaining,
                         account: &mut account,
                         time_ms,
-                    }
-                    .charge(charge);
-                    ledger.save(&key, &account, [entry])?;
+                    };
+                    let entries: Vec<_> = charges.iter().map(|c| posting.charge(c)).collect();
+                    ledger.save(&key, &account, entries)?;
                 }
             }
             crate::failpoint::hit("append");
@@ -288,7 +286,7 @@ impl Store for RedbStore {
             let keys = tx.open_table(KEYS).map_err(err)?;
             keys.get(id.value())
                 .map_err(err)?
-                .map(|v| Self::decode_key(v.value()))
+                .map(|v| decode(v.value()))
                 .transpose()
         })
     }
@@ -299,7 +297,7 @@ impl Store for RedbStore {
             let keys = tx.open_table(KEYS).map_err(err)?;
             keys.get(id)
                 .map_err(err)?
-                .map(|v| Self::decode_key(v.value()))
+                .map(|v| decode(v.value()))
                 .transpose()
         })
     }
@@ -311,12 +309,8 @@ impl Store for RedbStore {
             let mut all = keys
                 .iter()
                 .map_err(err)?
-                .map(|entry| {
-                    entry
-                        .map_err(err)
-                        .and_then(|(_, v)| Self::decode_key(v.value()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|entry| entry.map_err(err).and_then(|(_, v)| decode(v.value())))
+                .collect::<Result<Vec<KeyRecord>, _>>()?;
             all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
             Ok(all)
         })
@@ -360,7 +354,7 @@ impl Store for RedbStore {
             let floor = q.since_ms.map(|t| t.saturating_sub(SCAN_SLACK_MS));
             for entry in usage.range(..upper).map_err(err)?.rev() {
                 let (key, value) = entry.map_err(err)?;
-                let mut record: UsageRecord = serde_json::from_slice(value.value()).map_err(err)?;
+                let mut record: UsageRecord = decode(value.value())?;
                 record.seq = key.value();
                 if floor.is_some_and(|f| record.time_ms < f) {
                     break;

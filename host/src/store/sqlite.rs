@@ -6,7 +6,9 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::ledger::{Audited, LedgerAccount, LedgerEntry, LedgerKind, Posting, open_account};
+use super::ledger::{
+    Audited, LedgerAccount, LedgerEntry, LedgerKind, Posting, charges_by_key, open_account,
+};
 use super::{
     Batch, KeyPatch, KeyRecord, SCHEMA_VERSION, Store, StoreError, UsageQuery, UsageRecord,
 };
@@ -284,18 +286,18 @@ impl Store for SqliteStore {
         self.with_writer(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
             let time_ms = crate::keys::now_ms();
-            for charge in &batch.charges {
-                let Some((mut key, mut account)) = key_and_account(&tx, &charge.key_id)? else {
+            for (key_id, charges) in charges_by_key(&batch.charges) {
+                let Some((mut key, mut account)) = key_and_account(&tx, key_id)? else {
                     continue;
                 };
-                let entry = Posting {
-                    key_id: &key.id,
+                let mut posting = Posting {
+                    key_id,
                     remaining: &mut key.quota_remaining,
                     account: &mut account,
                     time_ms,
-                }
-                .charge(charge);
-                save(&tx, &key, &account, [entry])?;
+                };
+                let entries: Vec<_> = charges.iter().map(|c| posting.charge(c)).collect();
+                save(&tx, &key, &account, entries)?;
             }
             crate::failpoint::hit("append");
             {
