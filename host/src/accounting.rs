@@ -138,10 +138,7 @@ impl Accounting {
         let Some(kind) = self.ctx.endpoint.prompt_kind() else {
             return;
         };
-        let tally = Tally::new(
-            metering.model(self.ctx.model()).encoding,
-            metering.max_counted_bytes,
-        );
+        let tally = Tally::new(self.ctx.meter.encoding, metering.max_counted_bytes);
         let count = move |body: &[u8]| {
             let mut tally = tally;
             // An ill-typed prompt is the upstream's to refuse; what parsed counts.
@@ -173,7 +170,7 @@ impl Accounting {
     ) -> Result<Option<(u64, &'static str)>, ApiError> {
         let metering = &self.state.config.metering;
         let ctx = &mut self.ctx;
-        let meter = metering.model(ctx.model());
+        let meter = ctx.meter;
         let Some(key) = &ctx.key else {
             return Ok(None);
         };
@@ -254,7 +251,7 @@ impl Accounting {
         let tokens = billable(&outcome, ctx.prompt_tokens);
         let latency = ctx.started.elapsed();
         let model = ctx.facts.model.as_str();
-        let split = bill(&state.config.metering.model(model).rates, &tokens);
+        let split = bill(&ctx.meter.rates, &tokens);
         let cost = split.credits();
         let total = tokens.total();
         let charge = ctx.key.as_ref().map(|key| {

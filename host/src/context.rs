@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::ModelMeter;
 use crate::endpoint::Endpoint;
 use crate::facts::RequestFacts;
 use crate::keys::LiveKey;
@@ -33,6 +34,8 @@ pub struct RequestContext {
     pub channel_id: String,
     /// The model name sent upstream (relay).
     pub upstream_model: String,
+    /// How the model asked for is metered (the default until the body is read).
+    pub meter: ModelMeter,
     /// Prompt tokens counted at admission: reserved against, and billed
     /// when the upstream reports no usage (reserve).
     pub prompt_tokens: u32,
@@ -50,6 +53,7 @@ impl RequestContext {
         endpoint: Endpoint,
         facts: RequestFacts,
         policies: Arc<PolicySet>,
+        meter: ModelMeter,
     ) -> Self {
         Self {
             started,
@@ -61,6 +65,7 @@ impl RequestContext {
             labels: BTreeMap::new(),
             channel_id: String::new(),
             upstream_model: String::new(),
+            meter,
             prompt_tokens: 0,
             prompt: None,
             timing: Vec::with_capacity(4),

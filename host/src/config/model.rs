@@ -319,7 +319,7 @@ pub struct Rates {
 }
 
 /// How one model is metered.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelMeter {
     /// Its prices.
     pub rates: Rates,
@@ -349,18 +349,13 @@ pub struct MeteringConfig {
 impl MeteringConfig {
     /// How `model` is metered: its own table, else the default prices with
     /// the tokenizer its name implies.
-    pub fn model(&self, model: &str) -> std::borrow::Cow<'_, ModelMeter> {
+    pub fn model(&self, model: &str) -> ModelMeter {
         if let Some(listed) = self.models.get(model) {
-            return std::borrow::Cow::Borrowed(listed);
+            return *listed;
         }
-        match sluice_meter::Encoding::for_model(model) {
-            Some(encoding) if encoding != self.default.encoding => {
-                std::borrow::Cow::Owned(ModelMeter {
-                    encoding,
-                    ..self.default.clone()
-                })
-            }
-            _ => std::borrow::Cow::Borrowed(&self.default),
+        ModelMeter {
+            encoding: sluice_meter::Encoding::for_model(model).unwrap_or(self.default.encoding),
+            ..self.default
         }
     }
 }

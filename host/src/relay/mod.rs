@@ -498,7 +498,7 @@ pub async fn relay(
                 ctx.time("upstream", sent);
                 ctx.channel_id.clone_from(&channel.config.id);
                 ctx.upstream_model = upstream_model;
-                return Ok(respond(state, parsed, response, in_flight).await);
+                return Ok(respond(state, parsed, ctx.meter.encoding, response, in_flight).await);
             }
         };
         drop(in_flight);
@@ -528,6 +528,7 @@ pub async fn relay(
 async fn respond(
     state: &AppState,
     parsed: &Parsed,
+    encoding: sluice_meter::Encoding,
     response: Response<hyper::body::Incoming>,
     in_flight: channels::InFlight,
 ) -> Relayed {
@@ -553,7 +554,7 @@ async fn respond(
                 show_usage: parsed.include_usage,
                 max_event_bytes: state.config.upstream.max_event_bytes,
                 capture: state.config.log.content,
-                encoding: state.config.metering.model(&parsed.model).encoding,
+                encoding,
                 count_budget: state.config.metering.max_counted_bytes,
             },
         });
@@ -602,12 +603,8 @@ async fn respond(
         .ok()
         .and_then(|b| b.usage);
     if outcome.usage.is_none() && status.is_success() {
-        let metering = &state.config.metering;
-        outcome.counted_completion = transcript::count_body(
-            &bytes,
-            metering.model(&parsed.model).encoding,
-            metering.max_counted_bytes,
-        );
+        outcome.counted_completion =
+            transcript::count_body(&bytes, encoding, state.config.metering.max_counted_bytes);
     }
     if !status.is_success() {
         outcome.error_kind = Some(format!("upstream_status_{}", status.as_u16()));

@@ -73,7 +73,14 @@ fn door(
     let client_ip =
         super::client_ip::resolve(peer.ip(), headers, &state.config.server.trusted_proxies);
     let facts = RequestFacts::from_head(request_id, endpoint.name(), client_ip, headers);
-    RequestContext::new(started, peer, endpoint, facts, state.policies.snapshot())
+    RequestContext::new(
+        started,
+        peer,
+        endpoint,
+        facts,
+        state.policies.snapshot(),
+        state.config.metering.default,
+    )
 }
 
 /// The endpoints the gateway answers itself: health, models, unknown paths.
@@ -200,6 +207,7 @@ fn body_facts(
     let parsed = relay::parse(bytes);
     if let Ok(p) = &parsed {
         ctx.set_body_facts(&p.model, p.stream);
+        ctx.meter = state.config.metering.model(&p.model);
     }
     parsed
 }
