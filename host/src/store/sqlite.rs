@@ -221,14 +221,38 @@ fn key_and_account(
     else {
         return Ok(None);
     };
-    let account = tx
+    Ok(Some((SqliteStore::decode(&text)?, account(tx, id)?)))
+}
+
+/// The ledger account of key `id` (empty if it has none yet).
+fn account(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<LedgerAccount, StoreError> {
+    Ok(tx
         .prepare_cached("SELECT data FROM ledger_accounts WHERE key_id = ?1")
         .and_then(|mut s| s.query_row([id], |r| r.get::<_, String>(0)).optional())
         .map_err(err)?
         .map(|t| SqliteStore::decode(&t))
         .transpose()?
-        .unwrap_or_default();
-    Ok(Some((SqliteStore::decode(&text)?, account)))
+        .unwrap_or_default())
+}
+
+/// Stores the ledger account of key `id`.
+fn save_account(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    account: &LedgerAccount,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO ledger_accounts (key_id, data) VALUES (?1, ?2)
+         ON CONFLICT(key_id) DO UPDATE SET data = excluded.data",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            serde_json::to_string(account).map_err(err_sql)?
+        ])
+    })
+    .map_err(err)?;
+    Ok(())
 }
 
 /// Stores a key, its account and the entries posted to them.
@@ -258,18 +282,7 @@ fn save(
             ])
         })
         .map_err(err)?;
-    tx.prepare_cached(
-        "INSERT INTO ledger_accounts (key_id, data) VALUES (?1, ?2)
-         ON CONFLICT(key_id) DO UPDATE SET data = excluded.data",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            key.id,
-            serde_json::to_string(account).map_err(err_sql)?
-        ])
-    })
-    .map_err(err)?;
-    Ok(())
+    save_account(tx, &key.id, account)
 }
 
 /// A serialisation failure inside a rusqlite closure.
@@ -467,11 +480,10 @@ impl Store for SqliteStore {
                 .collect::<Result<_, StoreError>>()?
             };
             for (seq, entry) in &doomed {
-                if let Some((key, mut account)) = key_and_account(&tx, &entry.key_id)? {
-                    account.carried += entry.delta;
-                    account.carried_entries += 1;
-                    save(&tx, &key, &account, [])?;
-                }
+                let mut folded = account(&tx, &entry.key_id)?;
+                folded.carried += entry.delta;
+                folded.carried_entries += 1;
+                save_account(&tx, &entry.key_id, &folded)?;
                 tx.execute("DELETE FROM ledger WHERE seq = ?1", [seq]).map_err(err)?;
             }
             tx.commit().map_err(err)?;
