@@ -1,5 +1,6 @@
 //! Usage ingest through the batch writer into each backend, with the real
-//! schema and indexes and one durable commit per batch. Prints records/s.
+//! schema and indexes, every record's charge posted to its key's ledger, and
+//! one durable commit per batch. Prints records/s.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -21,9 +22,11 @@ use sluice::store::writer::{Entry, UsageWriter, WriterSettings};
 use sluice::store::{Charge, UsageRecord};
 
 const RECORDS: u64 = 50_000;
+/// Keys the records are spread over.
+const KEYS: u64 = 64;
 
 fn record(i: u64) -> Entry {
-    let key = format!("key_{:04}", i % 64);
+    let key = format!("key_{:04}", i % KEYS);
     Entry {
         record: Some(UsageRecord {
             request_id: format!("01J{i:023}"),
@@ -56,6 +59,18 @@ fn record(i: u64) -> Entry {
 async fn ingest(backend: Backend, n: u64) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let store = sluice::store::open(backend, &dir.path().join("ingest.db")).unwrap();
+    // The keys the records charge exist, with quotas: every charge is posted
+    // to the ledger and a balance, as in the gateway.
+    for k in 0..KEYS {
+        let (_, mut key) = sluice::keys::generate(&sluice::keys::NewKey {
+            name: format!("bench {k}"),
+            quota: Some(i64::MAX / 2),
+            ..Default::default()
+        })
+        .unwrap();
+        key.id = format!("key_{k:04}");
+        store.create_key(&key).unwrap();
+    }
     let settings = WriterSettings {
         batch_size: 1024,
         flush_interval: Duration::from_millis(50),
