@@ -612,28 +612,29 @@ impl Reply {
                 .chain(pieces.iter().map(String::as_str))
                 .collect();
             let ids = encoding.tokenizer().encode(full.as_str());
-            if let Some(cap) = cap
-                && ids.len() > cap
-            {
-                // A decoded token prefix is a byte prefix of the text.
-                let kept = encoding
-                    .tokenizer()
-                    .decode(&ids[..cap])
-                    .map_or(0, |t| t.len())
-                    .saturating_sub(prefix.len());
-                let mut at = 0;
-                pieces.retain_mut(|piece| {
-                    let room = kept.saturating_sub(at);
-                    at += piece.len();
-                    piece.truncate(room.min(piece.len()));
-                    !piece.is_empty()
-                });
-                finish_reason = "length";
+            match cap.filter(|&cap| ids.len() > cap) {
+                None => ids.len(),
+                Some(cap) => {
+                    // A decoded token prefix is a byte prefix of the text.
+                    let kept = encoding
+                        .tokenizer()
+                        .decode(&ids[..cap])
+                        .map_or(0, |t| t.len())
+                        .saturating_sub(prefix.len());
+                    let mut at = 0;
+                    pieces.retain_mut(|piece| {
+                        let room = kept.saturating_sub(at);
+                        at += piece.len();
+                        piece.truncate(room.min(piece.len()));
+                        !piece.is_empty()
+                    });
+                    finish_reason = "length";
+                    let generated: String = std::iter::once(prefix)
+                        .chain(pieces.iter().map(String::as_str))
+                        .collect();
+                    encoding.count(&generated)
+                }
             }
-            let generated: String = std::iter::once(prefix)
-                .chain(pieces.iter().map(String::as_str))
-                .collect();
-            encoding.count(&generated)
         };
         let completion = u32::try_from(generated_tokens).unwrap_or(u32::MAX) + cfg.reasoning_tokens;
         let usage = (!cfg.omit_usage).then(|| {
