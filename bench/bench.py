@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import phases
 
@@ -74,6 +75,7 @@ class Bench:
         self.rows = []
         self.notes = []
         self.phases = []
+        self.governed = 0
 
     def spawn(self, args, **kw):
         p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.dir / "stderr.log", "ab"), **kw)
@@ -120,8 +122,6 @@ listen = "{HOST}:{PROXY}"
 [admin]
 listen = "{HOST}:{ADMIN}"
 token = "env::SLUICE_ADMIN_TOKEN"
-[log]
-level = "warn"
 [store]
 backend = "redb"
 path = "store.redb"
@@ -154,8 +154,45 @@ cache_dir = "plugin-cache"
 
     def oha(self, url, headers, payload, *extra):
         cmd = ["oha", "--no-tui", "--output-format", "json", "-m", "POST", "-H", "content-type: application/json", *headers, "-d", payload, *extra, url]
+        counted = f":{PROXY}/" in url
+        before = self.counters() if counted else None
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        return json.loads(out)
+        report = json.loads(out)
+        if counted:
+            self.check_governed(before, report)
+        return report
+
+    def counters(self):
+        """Sluice's policy calls, records written and queued records, from /metrics."""
+        text = urllib.request.urlopen(f"http://{HOST}:{ADMIN}/metrics", timeout=10).read().decode()
+        totals = {"policy": 0, "written": 0, "queued": 0}
+        for line in text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name.startswith("sluice_policy_calls_total"):
+                totals["policy"] += int(float(value))
+            elif name == "sluice_usage_records_written_total":
+                totals["written"] = int(float(value))
+            elif name == "sluice_writer_queue_depth":
+                totals["queued"] = int(float(value))
+        return totals
+
+    def check_governed(self, before, report):
+        """Voids the run unless every answered request was governed: three
+        policy calls (auth, route, shape) and one durable usage record each.
+        Requests oha abandoned at the deadline may or may not have been."""
+        ok = sum(report["statusCodeDistribution"].values())
+        cut = sum(report.get("errorDistribution", {}).values())
+        deadline = time.time() + 10
+        while True:
+            after = self.counters()
+            written = after["written"] - before["written"]
+            if after["queued"] == 0 and written >= ok or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        calls = after["policy"] - before["policy"]
+        assert 3 * ok <= calls <= 3 * (ok + cut), f"void run: {calls} policy calls for {ok} answers (+{cut} cut)"
+        assert ok <= written <= ok + cut, f"void run: {written} records written for {ok} answers (+{cut} cut)"
+        self.governed += ok
 
     def proxy_pids(self, name):
         if name == "sluice":
@@ -317,6 +354,7 @@ cache_dir = "plugin-cache"
             else:
                 ratios = f"{s / d:.2f}× | {s / n:.2f}×"
             lines.append(f"| {title} | {d:,.0f} {unit} | {n:,.0f} {unit} | {s:,.0f} {unit} | {ratios} |")
+        self.notes.append(f"every answered Sluice request of the scenarios above was checked as governed ({self.governed:,}): 3 policy calls and 1 durable usage record each")
         lines += ["", *[f"- {n}" for n in self.notes], ""]
         for kind, cpu, split in self.phases:
             lines += [

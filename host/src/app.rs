@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, ServerRuntime};
 use crate::keys::KeyCache;
 use crate::metrics::Metrics;
 use crate::plugins::engine::{InstanceSettings, PolicyEngine};
@@ -18,6 +18,9 @@ use crate::plugins::{PluginError, Policies};
 use crate::relay::channels::Channels;
 use crate::relay::upstream;
 use crate::runtime::{self, Bound, Runtime};
+use crate::server::Role;
+use crate::server::listener::{Connections, ListenerShare, serve};
+use crate::server::workers::{Workers, bind_shared_port};
 use crate::state::AppState;
 use crate::store;
 use crate::store::writer::{UsageWriter, WriterSettings};
@@ -81,7 +84,7 @@ pub async fn build(config: Config) -> Result<Arc<AppState>, StartError> {
         metrics.clone(),
     )
     .await?;
-    let upstream = upstream::client(
+    let upstream = upstream::Upstream::new(
         config.upstream.connect_timeout,
         config.upstream.ca_file.as_deref(),
     )
@@ -133,36 +136,55 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let state = build(config).await?;
     crate::server::listener::raise_open_files_limit();
-    let bind = |addr: SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|error| StartError::Listen { addr, error })
-    };
-    let proxy = bind(state.config.server.listen).await?;
-    let admin = bind(state.config.admin.listen).await?;
+    let server = &state.config.server;
+    let listen_error = |addr: SocketAddr| move |error| StartError::Listen { addr, error };
+    let sockets = match server.runtime {
+        ServerRuntime::PerCore => bind_shared_port(server.listen, server.workers),
+        ServerRuntime::Shared => bind_shared_port(server.listen, 1),
+    }
+    .map_err(listen_error(server.listen))?;
+    let admin = tokio::net::TcpListener::bind(state.config.admin.listen)
+        .await
+        .map_err(listen_error(state.config.admin.listen))?;
     let bound = Bound {
-        proxy: proxy.local_addr().map_err(|error| StartError::Listen {
-            addr: state.config.server.listen,
-            error,
-        })?,
-        admin: admin.local_addr().map_err(|error| StartError::Listen {
-            addr: state.config.admin.listen,
-            error,
-        })?,
+        proxy: sockets[0]
+            .local_addr()
+            .map_err(listen_error(server.listen))?,
+        admin: admin
+            .local_addr()
+            .map_err(listen_error(state.config.admin.listen))?,
     };
-    let connections = crate::server::listener::Connections::default();
+    let connections = Connections::default();
     let listeners = TaskTracker::new();
-    listeners.spawn(crate::server::listener::serve(
-        proxy,
-        state.clone(),
-        connections.clone(),
-        crate::server::Role::Proxy,
-    ));
-    listeners.spawn(crate::server::listener::serve(
+    let proxy_share = ListenerShare::new(&state, Role::Proxy);
+    let accept = |listener| {
+        listeners.track_future(serve(
+            listener,
+            state.clone(),
+            connections.clone(),
+            Role::Proxy,
+            proxy_share.clone(),
+        ))
+    };
+    let workers = match server.runtime {
+        ServerRuntime::PerCore => {
+            Some(Workers::start(&state, sockets, accept).map_err(listen_error(server.listen))?)
+        }
+        ServerRuntime::Shared => {
+            for socket in sockets {
+                let listener = tokio::net::TcpListener::from_std(socket)
+                    .map_err(listen_error(server.listen))?;
+                listeners.spawn(accept(listener));
+            }
+            None
+        }
+    };
+    listeners.spawn(serve(
         admin,
         state.clone(),
         connections.clone(),
-        crate::server::Role::Admin,
+        Role::Admin,
+        ListenerShare::new(&state, Role::Admin),
     ));
     listeners.close();
     tracing::info!(proxy = %bound.proxy, admin = %bound.admin, backend = state.store.backend(), "sluice listening");
@@ -210,6 +232,9 @@ pub async fn run(
     state.tracker.close();
     state.tracker.wait().await;
     state.writer.close().await;
+    if let Some(workers) = workers {
+        workers.stop().await;
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }

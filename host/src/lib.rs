@@ -21,6 +21,7 @@ pub mod error;
 pub mod facts;
 pub mod failpoint;
 pub mod keys;
+pub mod log_sink;
 pub mod metering;
 pub mod metrics;
 pub mod plugins;

@@ -9,7 +9,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tracing_appender::non_blocking::ErrorCounter;
 
 /// Labels of a finished client request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -123,7 +122,7 @@ pub struct Metrics {
 
 /// The log writer's count of dropped lines, registered by `init_logging` (the
 /// log writer is process-wide, like the subscriber in front of it).
-pub static LOG_WRITER_DROPS: OnceLock<ErrorCounter> = OnceLock::new();
+pub static LOG_WRITER_DROPS: OnceLock<crate::log_sink::DropCounter> = OnceLock::new();
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -293,8 +292,7 @@ impl Metrics {
     }
 
     /// Brings `log_lines_dropped` up to the log writer's running total.
-    fn sync_log_drops(&self, total: usize) {
-        let total = u64::try_from(total).unwrap_or(u64::MAX);
+    fn sync_log_drops(&self, total: u64) {
         let seen = self.log_lines_dropped.get();
         if total > seen {
             self.log_lines_dropped.inc_by(total - seen);

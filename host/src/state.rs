@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::plugins::Policies;
 use crate::plugins::loader::Loader;
 use crate::relay::channels::Channels;
-use crate::relay::upstream::UpstreamClient;
+use crate::relay::upstream::Upstream;
 use crate::store::Store;
 use crate::store::writer::UsageWriter;
 
@@ -32,7 +32,7 @@ pub struct AppState {
     /// Upstream channels.
     pub channels: Channels,
     /// Upstream HTTP client.
-    pub upstream: UpstreamClient,
+    pub upstream: Upstream,
     /// Usage batch writer.
     pub writer: UsageWriter,
     /// Metrics.

@@ -19,17 +19,18 @@ pub(super) struct Target {
 }
 
 /// Sets up logging from the config: text or JSON on stderr (coloured only on a
-/// terminal), written by a
-/// dedicated thread so that a slow stderr (a full pipe, a stalled journald)
-/// never blocks request handling; beyond 128k buffered lines, lines are
-/// dropped rather than waited for. Keep the guard alive for the whole command:
-/// dropping it flushes what is still buffered.
+/// terminal), written in batches by a dedicated thread ([`crate::log_sink`]) so
+/// that a slow stderr never blocks request handling. Keep the guard alive for
+/// the whole command: dropping it writes what is still buffered.
+///
+/// # Errors
+/// When the log thread cannot be started.
 pub(super) fn init_logging(
     format: LogFormat,
     level: &str,
-) -> tracing_appender::non_blocking::WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let _ = crate::metrics::LOG_WRITER_DROPS.set(writer.error_counter());
+) -> anyhow::Result<crate::log_sink::LogGuard> {
+    let (writer, guard) = crate::log_sink::start(std::io::stderr())?;
+    let _ = crate::metrics::LOG_WRITER_DROPS.set(writer.drop_counter());
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only on a terminal: escape codes in a log file or journald are noise.
@@ -41,7 +42,7 @@ pub(super) fn init_logging(
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    guard
+    Ok(guard)
 }
 
 /// Prints a line on stdout.

@@ -152,7 +152,7 @@ async fn shutdown_signal() {
 
 async fn serve(path: &Path, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load(path)?;
-    let _logging = init_logging(config.log.format, &config.log.level);
+    let _logging = init_logging(config.log.format, &config.log.level)?;
     let stop = CancellationToken::new();
     let running = crate::app::run(config, stop.clone(), |bound| {
         if let Some(file) = ready_file {

@@ -40,7 +40,7 @@ pub(super) enum PluginCommand {
 pub(super) async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
     match command {
         PluginCommand::Check { file, config } => {
-            let _logging = init_logging(LogFormat::Text, "warn");
+            let _logging = init_logging(LogFormat::Text, "warn")?;
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let toml_text = config.as_deref().map(std::fs::read_to_string).transpose()?;

@@ -81,6 +81,21 @@ pub struct ServerConfig {
     pub max_body_memory: usize,
     /// Requests slower than this get a warning log line.
     pub slow_request: Duration,
+    /// How request handling is spread over threads.
+    pub runtime: ServerRuntime,
+    /// Request-handling threads in the per-core runtime (default: the cores).
+    pub workers: usize,
+}
+
+/// How the client listener's requests are spread over threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerRuntime {
+    /// One single-threaded runtime per worker thread, each with its own
+    /// listening socket (`SO_REUSEPORT`) and upstream connection pool: a
+    /// request never changes threads between accept and its usage record.
+    PerCore,
+    /// One multi-threaded, work-stealing runtime for every connection.
+    Shared,
 }
 
 /// Admin listener settings.

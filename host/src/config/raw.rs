@@ -50,6 +50,8 @@ pub(super) struct RawServer {
     pub(super) max_connections: Option<usize>,
     pub(super) max_body_memory: Option<usize>,
     pub(super) slow_request: Option<Text>,
+    pub(super) runtime: Option<Text>,
+    pub(super) workers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -222,7 +222,24 @@ impl<'a> Validator<'a> {
                 raw.slow_request.as_ref(),
                 Duration::from_secs(30),
             )?,
+            runtime: match raw.runtime.as_ref().map(|r| r.get_ref().as_str()) {
+                None | Some("per-core") => ServerRuntime::PerCore,
+                Some("shared") => ServerRuntime::Shared,
+                Some(other) => {
+                    return Err(self.error(
+                        "server.runtime",
+                        raw.runtime.as_ref(),
+                        format!("unknown runtime '{other}' (per-core or shared)"),
+                    ));
+                }
+            },
+            workers: raw.workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
         };
+        if server.workers == 0 {
+            return Err(self.error("server.workers", None, "must be at least 1"));
+        }
         Ok(server)
     }
 

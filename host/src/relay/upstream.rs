@@ -1,8 +1,11 @@
-//! The upstream transport: one pooled hyper-util client over rustls (ALPN h2 and
+//! The upstream transport: pooled hyper-util clients over rustls (ALPN h2 and
 //! HTTP/1.1, webpki roots plus an optional custom CA), `TCP_NODELAY`, a connect
-//! timeout, and keep-alive.
+//! timeout, and keep-alive. A per-core worker thread gets a client (and so a
+//! connection pool) of its own, so an upstream connection is only ever driven
+//! by the thread whose requests use it; elsewhere the shared client serves.
 
-use std::path::Path;
+use std::cell::OnceCell;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,11 +17,58 @@ use hyper_util::rt::TokioExecutor;
 /// The client type used for every upstream request.
 pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Builds the upstream client.
+thread_local! {
+    /// The calling worker thread's own client, when it has one.
+    static WORKER_CLIENT: OnceCell<UpstreamClient> = const { OnceCell::new() };
+}
+
+/// The upstream clients: the shared one, and what building another takes.
+pub struct Upstream {
+    shared: UpstreamClient,
+    connect_timeout: Duration,
+    ca_file: Option<PathBuf>,
+}
+
+impl Upstream {
+    /// Builds the shared client.
+    ///
+    /// # Errors
+    /// When the custom CA file cannot be read or parsed.
+    pub fn new(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<Self, String> {
+        Ok(Self {
+            shared: client(connect_timeout, ca_file)?,
+            connect_timeout,
+            ca_file: ca_file.map(Path::to_path_buf),
+        })
+    }
+
+    /// Gives the calling thread a client and pool of its own (a per-core
+    /// worker, once, when it starts).
+    ///
+    /// # Errors
+    /// When the custom CA file cannot be read or parsed.
+    pub fn own_pool_for_this_thread(&self) -> Result<(), String> {
+        let client = client(self.connect_timeout, self.ca_file.as_deref())?;
+        WORKER_CLIENT.with(|c| {
+            let _ = c.set(client);
+        });
+        Ok(())
+    }
+
+    /// Sends a request with the calling thread's client, else the shared one.
+    pub fn request(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        WORKER_CLIENT.with(|own| own.get().unwrap_or(&self.shared).request(request))
+    }
+}
+
+/// Builds an upstream client with its own connection pool.
 ///
 /// # Errors
 /// When the custom CA file cannot be read or parsed.
-pub fn client(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<UpstreamClient, String> {
+fn client(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<UpstreamClient, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {

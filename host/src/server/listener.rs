@@ -6,7 +6,7 @@
 //! connection shutdown with a hard cut-off.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
@@ -74,18 +74,55 @@ pub fn raise_open_files_limit() {
     }
 }
 
-/// Accepts connections until shutdown; each connection runs on `connections`.
+/// What the sockets of one listener share (the per-core workers each accept
+/// on a socket of their own): the cap on open connections, and when failing
+/// accepts were last logged.
+pub struct ListenerShare {
+    open: Arc<Semaphore>,
+    logged: Mutex<FailureLog>,
+}
+
+/// Failing accepts not logged yet, and when the last line was written.
+#[derive(Default)]
+struct FailureLog {
+    suppressed: u64,
+    at: Option<Instant>,
+}
+
+impl ListenerShare {
+    /// The shared state of a new listener of `role`.
+    pub fn new(state: &AppState, role: Role) -> Arc<Self> {
+        Arc::new(Self {
+            open: Arc::new(Semaphore::new(match role {
+                Role::Proxy => state.config.server.max_connections,
+                Role::Admin => MAX_ADMIN_CONNECTIONS,
+            })),
+            logged: Mutex::default(),
+        })
+    }
+
+    /// Logs a failed accept at most once per [`ACCEPT_LOG_INTERVAL`] over
+    /// all of the listener's sockets, with the count since the last line.
+    fn log_failure(&self, error: &std::io::Error) {
+        let mut log = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
+        log.suppressed += 1;
+        if log.at.is_none_or(|at| at.elapsed() >= ACCEPT_LOG_INTERVAL) {
+            tracing::warn!(error = %error, failures = log.suppressed, "accepting connections fails; backing off");
+            log.at = Some(Instant::now());
+            log.suppressed = 0;
+        }
+    }
+}
+
+/// Accepts connections until shutdown, under the listener's cap; each
+/// connection runs on `connections`, on the runtime that polls this.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     connections: Connections,
     role: Role,
+    share: Arc<ListenerShare>,
 ) {
-    let cap = match role {
-        Role::Proxy => state.config.server.max_connections,
-        Role::Admin => MAX_ADMIN_CONNECTIONS,
-    };
-    let open = Arc::new(Semaphore::new(cap));
     let mut failures = AcceptFailures::default();
     loop {
         let (stream, peer) = tokio::select! {
@@ -96,12 +133,13 @@ pub async fn serve(
                     accepted
                 }
                 Err(e) => {
+                    share.log_failure(&e);
                     tokio::time::sleep(failures.record(&e)).await;
                     continue;
                 }
             },
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
+        let Ok(permit) = share.open.clone().try_acquire_owned() else {
             refuse(&state, stream);
             continue;
         };
@@ -132,13 +170,10 @@ fn refuse(state: &AppState, stream: TcpStream) {
         .inc();
 }
 
-/// Accept failures since the last success: how long to pause, and when the
-/// last log line was written.
+/// How long this socket pauses after failed accepts since its last success.
 #[derive(Default)]
 struct AcceptFailures {
     backoff: Option<Duration>,
-    suppressed: u64,
-    logged: Option<Instant>,
 }
 
 impl AcceptFailures {
@@ -147,19 +182,9 @@ impl AcceptFailures {
     }
 
     /// Records a failed accept; the pause before the next attempt. Running
-    /// out of file descriptors backs off exponentially; every failure is
-    /// logged at most once per [`ACCEPT_LOG_INTERVAL`], with the count.
+    /// out of file descriptors backs off exponentially.
     fn record(&mut self, error: &std::io::Error) -> Duration {
         let exhausted = matches!(error.raw_os_error(), Some(23 | 24)); // ENFILE, EMFILE
-        self.suppressed += 1;
-        if self
-            .logged
-            .is_none_or(|at| at.elapsed() >= ACCEPT_LOG_INTERVAL)
-        {
-            tracing::warn!(error = %error, failures = self.suppressed, "accepting connections fails; backing off");
-            self.logged = Some(Instant::now());
-            self.suppressed = 0;
-        }
         if !exhausted {
             return Duration::from_millis(5);
         }

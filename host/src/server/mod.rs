@@ -10,6 +10,7 @@ pub mod proxy;
 pub mod request_id;
 #[cfg(test)]
 mod tests;
+pub mod workers;
 pub mod write_timeout;
 
 use std::future::Future;

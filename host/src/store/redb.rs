@@ -108,8 +108,27 @@ fn encode(value: &impl serde::Serialize) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(err)
 }
 
+/// The first byte of a value in the compact encoding (postcard). A JSON value
+/// starts with `{`, so values of both encodings live side by side: stores
+/// written before the compact encoding read as they are.
+const COMPACT: u8 = 0xC1;
+
+/// Encodes a usage record or ledger entry, the values written once per
+/// request: postcard is about 3× smaller than JSON and several times faster
+/// to write and read. Only for types without `deserialize_any` (no flatten,
+/// untagged enums or custom deserializers).
+fn encode_compact(value: &impl serde::Serialize, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+    buf.clear();
+    buf.push(COMPACT);
+    postcard::to_io(value, &mut *buf).map_err(err)?;
+    Ok(())
+}
+
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(err)
+    match bytes.split_first() {
+        Some((&COMPACT, compact)) => postcard::from_bytes(compact).map_err(err),
+        _ => serde_json::from_slice(bytes).map_err(err),
+    }
 }
 
 /// The ledger tables of one write transaction.
@@ -162,10 +181,10 @@ impl<'tx> Ledger<'tx> {
             .get("next_ledger_seq")
             .map_err(err)?
             .map_or(1, |v| v.value());
+        let mut buf = Vec::with_capacity(128);
         for entry in entries {
-            self.entries
-                .insert(seq, encode(&entry)?.as_slice())
-                .map_err(err)?;
+            encode_compact(&entry, &mut buf)?;
+            self.entries.insert(seq, buf.as_slice()).map_err(err)?;
             self.by_key
                 .insert((key.id.as_str(), seq), ())
                 .map_err(err)?;
@@ -236,8 +255,7 @@ impl Store for RedbStore {
                 // The sequence number is the key; records are stored with `seq = 0`
                 // and get it back from the key when read.
                 for record in &batch.records {
-                    buf.clear();
-                    serde_json::to_writer(&mut buf, record).map_err(err)?;
+                    encode_compact(record, &mut buf)?;
                     usage.insert(seq, buf.as_slice()).map_err(err)?;
                     by_time.insert((record.time_ms, seq), ()).map_err(err)?;
                     seq += 1;
@@ -514,5 +532,42 @@ mod tests {
                 tx.commit().map_err(super::err)
             },
         )
+    }
+
+    /// Records written as JSON (before the compact encoding) and compact ones
+    /// read the same.
+    #[test]
+    fn reads_json_and_compact_values_alike() -> Result<(), super::StoreError> {
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("team".to_string(), "a\"b".to_string());
+        let record = super::UsageRecord {
+            request_id: "req-1".into(),
+            time_ms: 1_700_000_000_000,
+            key_id: "k".into(),
+            error_kind: Some("upstream".into()),
+            prompt_tokens: 12,
+            cost: -3,
+            ttft_ms: Some(7),
+            labels,
+            completion: Some("héllo".into()),
+            ..super::UsageRecord::default()
+        };
+        let json = serde_json::to_vec(&record).map_err(super::err)?;
+        let mut compact = Vec::new();
+        super::encode_compact(&record, &mut compact)?;
+        assert!(
+            compact.len() * 2 < json.len(),
+            "{} vs {}",
+            compact.len(),
+            json.len()
+        );
+        for bytes in [json, compact] {
+            let back: super::UsageRecord = super::decode(&bytes)?;
+            assert_eq!(
+                serde_json::to_value(&back).ok(),
+                serde_json::to_value(&record).ok()
+            );
+        }
+        Ok(())
     }
 }

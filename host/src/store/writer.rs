@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use super::{Batch, Charge, Store, UsageRecord};
@@ -54,6 +54,9 @@ pub struct UsageWriter {
     backpressure_wait: Duration,
     metrics: Arc<Metrics>,
     on_commit: CommitHook,
+    /// Wakes the writer when the queue holds a whole batch.
+    full: Arc<Notify>,
+    batch_size: usize,
 }
 
 impl UsageWriter {
@@ -65,17 +68,27 @@ impl UsageWriter {
         on_commit: CommitHook,
     ) -> Self {
         let (tx, rx) = mpsc::channel(settings.capacity);
+        let full = Arc::new(Notify::new());
         #[expect(
             clippy::disallowed_methods,
             reason = "tracked by its handle: close(), the last step of shutdown, awaits it"
         )]
-        let task = tokio::spawn(run(rx, store, settings, metrics.clone(), on_commit.clone()));
+        let task = tokio::spawn(run(
+            rx,
+            store,
+            settings,
+            metrics.clone(),
+            on_commit.clone(),
+            full.clone(),
+        ));
         Self {
             sender: Mutex::new(Some(tx)),
             task: Mutex::new(Some(task)),
             backpressure_wait: settings.backpressure_wait,
             metrics,
             on_commit,
+            full,
+            batch_size: settings.batch_size,
         }
     }
 
@@ -110,7 +123,10 @@ impl UsageWriter {
     /// Queues an entry in its reserved place (never waits, never drops).
     pub fn submit_reserved(&self, slot: Slot, entry: Entry) {
         slot.0.send(entry);
-        self.metrics.writer_queue_depth.inc();
+        let depth = self.metrics.writer_queue_depth.inc() + 1;
+        if usize::try_from(depth).is_ok_and(|d| d >= self.batch_size) {
+            self.full.notify_one();
+        }
     }
 
     /// Queues an entry, waiting up to the backpressure limit when the queue is full.
@@ -153,18 +169,29 @@ async fn run(
     settings: WriterSettings,
     metrics: Arc<Metrics>,
     on_commit: CommitHook,
+    full: Arc<Notify>,
 ) {
     let mut buf: Vec<Entry> = Vec::with_capacity(settings.batch_size);
     loop {
         if rx.recv_many(&mut buf, settings.batch_size).await == 0 {
             break;
         }
+        // Collect until the batch is full or the flush interval is over. The
+        // writer sleeps meanwhile instead of waiting on the queue, so queued
+        // entries do not wake it one by one; a submitter wakes it when the
+        // queue holds a whole batch.
         let deadline = tokio::time::Instant::now() + settings.flush_interval;
-        while buf.len() < settings.batch_size {
-            let room = settings.batch_size - buf.len();
-            match tokio::time::timeout_at(deadline, rx.recv_many(&mut buf, room)).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+        loop {
+            let open = take_queued(&mut rx, &mut buf, settings.batch_size);
+            if !open || buf.len() >= settings.batch_size {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    take_queued(&mut rx, &mut buf, settings.batch_size);
+                    break;
+                }
+                () = full.notified() => {}
             }
         }
         metrics
@@ -181,6 +208,19 @@ async fn run(
         commit(&store, batch, &metrics, &on_commit).await;
     }
     tracing::info!("usage writer drained");
+}
+
+/// Moves what is queued into `buf`, up to `batch_size`, without waiting;
+/// `false` once the queue is closed and empty.
+fn take_queued(rx: &mut mpsc::Receiver<Entry>, buf: &mut Vec<Entry>, batch_size: usize) -> bool {
+    while buf.len() < batch_size {
+        match rx.try_recv() {
+            Ok(entry) => buf.push(entry),
+            Err(mpsc::error::TryRecvError::Empty) => return true,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+        }
+    }
+    true
 }
 
 async fn commit(store: &Arc<dyn Store>, batch: Batch, metrics: &Metrics, on_commit: &CommitHook) {

@@ -78,6 +78,11 @@ async fn a_client_that_stops_reading_is_cut_and_its_slot_released() {
     );
     let mut stuck = TcpStream::connect(gw.proxy).await.unwrap();
     stuck.write_all(request.as_bytes()).await.unwrap();
+    // Its stream holds the channel once its head arrives (the connections
+    // may be served by different workers: the order is not the send order).
+    let mut head = [0u8; 12];
+    stuck.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
     // The channel's one slot comes back once the write timeout cuts the
     // stuck stream: a second client is served within the timeout plus a margin.
     let started = Instant::now();
