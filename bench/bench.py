@@ -134,6 +134,17 @@ cache_dir = "plugin-cache"
         self.sluice = self.spawn([SLUICE, "serve", "--config", str(self.config)], env=self.env)
         for port in [p for p, _, _ in MOCKS.values()] + list(NGINX.values()) + [PROXY]:
             wait_port(port)
+        # Idle RSS before any load, after one request (the tokenizer, policy
+        # instances and upstream pools are then resident, as they stay).
+        self.oha(*self.targets("fast")[2][1:3], body("fast-model", False), "-n", "1")
+        time.sleep(2)
+        self.idle_before = rss_mb(self.sluice.pid)
+
+    def idle_after(self):
+        """Idle RSS once the load runs are over, against the idle RSS before them."""
+        time.sleep(10)
+        after = rss_mb(self.sluice.pid)
+        self.notes.append(f"idle RSS after the load runs (10 s after the last): {after:.0f} MB, {after / self.idle_before:.2f}× the idle RSS before them ({self.idle_before:.0f} MB, after one request)")
 
     def stop(self):
         for p in self.procs:
@@ -384,6 +395,7 @@ def main():
         b.sequential()
         b.ttft()
         b.concurrent_streams()
+        b.idle_after()
         b.profile()
     finally:
         b.stop()
