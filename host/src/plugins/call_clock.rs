@@ -12,6 +12,13 @@
 //! is not enough, since a healthy request then waits a slice behind every
 //! looping call at each of its awaits.
 //!
+//! The lane holder yields through `tokio::task::yield_now`, whose wake-up
+//! tokio defers until the scheduler has polled for I/O: on a per-core worker
+//! (a single-threaded runtime) a task that woke itself at once would be polled
+//! again and again, and the worker would look at its sockets only every 61
+//! polls — 61 ms with a looping call on it, stalling every other request of
+//! that worker.
+//!
 //! The budget counts ticks observed while running, not wall-clock time: a
 //! healthy call the OS preempts for longer than the timeout (a loaded machine)
 //! observes one tick when it resumes and finishes normally.
@@ -100,7 +107,7 @@ impl CallClock {
             return Ok(if waited.is_some() {
                 UpdateDeadline::Continue(1)
             } else {
-                UpdateDeadline::Yield(1)
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
             });
         }
         self.waiting_since = Some(Instant::now());
@@ -166,7 +173,10 @@ mod tests {
         lane_wait(first.tick())?.await;
         assert!(first.holds_lane());
         assert!(matches!(first.tick(), Ok(UpdateDeadline::Continue(1))));
-        assert!(matches!(first.tick(), Ok(UpdateDeadline::Yield(1))));
+        assert!(matches!(
+            first.tick(),
+            Ok(UpdateDeadline::YieldCustom(1, _))
+        ));
 
         assert!(matches!(second.tick(), Ok(UpdateDeadline::Continue(1))));
         let wait = lane_wait(second.tick())?;
