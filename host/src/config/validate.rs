@@ -86,6 +86,31 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// One of a fixed set of names, each with its value; the first is the
+    /// default when the key is absent. Anything else is an error that names
+    /// `what` and the choices.
+    fn choice<T: Copy>(
+        &self,
+        key: &str,
+        value: Option<&Text>,
+        what: &str,
+        choices: &[(&str, T)],
+    ) -> Result<T, ConfigError> {
+        let found = match value {
+            None => choices.first(),
+            Some(text) => choices.iter().find(|(name, _)| *name == text.get_ref()),
+        };
+        found.map(|(_, v)| *v).ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            let given = value.map_or("", |t| t.get_ref().as_str());
+            self.error(
+                key,
+                value,
+                format!("unknown {what} '{given}' ({})", names.join(" or ")),
+            )
+        })
+    }
+
     fn error(&self, key: &str, value: Option<&Text>, message: impl Into<String>) -> ConfigError {
         let (line, column) = match value {
             Some(v) if v.span().end > 0 => self.position(v.span().start),
@@ -222,17 +247,15 @@ impl<'a> Validator<'a> {
                 raw.slow_request.as_ref(),
                 Duration::from_secs(30),
             )?,
-            runtime: match raw.runtime.as_ref().map(|r| r.get_ref().as_str()) {
-                None | Some("per-core") => ServerRuntime::PerCore,
-                Some("shared") => ServerRuntime::Shared,
-                Some(other) => {
-                    return Err(self.error(
-                        "server.runtime",
-                        raw.runtime.as_ref(),
-                        format!("unknown runtime '{other}' (per-core or shared)"),
-                    ));
-                }
-            },
+            runtime: self.choice(
+                "server.runtime",
+                raw.runtime.as_ref(),
+                "runtime",
+                &[
+                    ("per-core", ServerRuntime::PerCore),
+                    ("shared", ServerRuntime::Shared),
+                ],
+            )?,
             workers: raw.workers.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             }),
@@ -279,17 +302,12 @@ impl<'a> Validator<'a> {
     /// Validates the `[log]` table.
     fn log(&self, raw: RawLog) -> Result<LogConfig, ConfigError> {
         let log = LogConfig {
-            format: match raw.format.as_ref().map(|f| f.get_ref().as_str()) {
-                None | Some("text") => LogFormat::Text,
-                Some("json") => LogFormat::Json,
-                Some(other) => {
-                    return Err(self.error(
-                        "log.format",
-                        raw.format.as_ref(),
-                        format!("unknown format '{other}' (text or json)"),
-                    ));
-                }
-            },
+            format: self.choice(
+                "log.format",
+                raw.format.as_ref(),
+                "format",
+                &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            )?,
             level: raw.level.unwrap_or_else(|| "info".into()),
             content: raw.content.unwrap_or(false),
         };
@@ -299,17 +317,12 @@ impl<'a> Validator<'a> {
     /// Validates the `[store]` table.
     fn store(&self, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
         let store = StoreConfig {
-            backend: match raw.backend.as_ref().map(|b| b.get_ref().as_str()) {
-                None | Some("redb") => Backend::Redb,
-                Some("sqlite") => Backend::Sqlite,
-                Some(other) => {
-                    return Err(self.error(
-                        "store.backend",
-                        raw.backend.as_ref(),
-                        format!("unknown backend '{other}' (redb or sqlite)"),
-                    ));
-                }
-            },
+            backend: self.choice(
+                "store.backend",
+                raw.backend.as_ref(),
+                "backend",
+                &[("redb", Backend::Redb), ("sqlite", Backend::Sqlite)],
+            )?,
             path: self.path(raw.path.as_deref().unwrap_or("sluice.db")),
             retention: self.duration(
                 "store.retention",
@@ -353,17 +366,15 @@ impl<'a> Validator<'a> {
             builtin_auth: p.builtin_auth.unwrap_or(true),
             builtin_router: p.builtin_router.unwrap_or(true),
             builtin_redactor: p.builtin_redactor.unwrap_or(true),
-            instance_mode: match p.instance_mode.as_ref().map(|m| m.get_ref().as_str()) {
-                None | Some("pooled") => InstanceMode::Pooled,
-                Some("fresh") => InstanceMode::Fresh,
-                Some(other) => {
-                    return Err(self.error(
-                        "plugins.instance_mode",
-                        p.instance_mode.as_ref(),
-                        format!("unknown mode '{other}' (pooled or fresh)"),
-                    ));
-                }
-            },
+            instance_mode: self.choice(
+                "plugins.instance_mode",
+                p.instance_mode.as_ref(),
+                "mode",
+                &[
+                    ("pooled", InstanceMode::Pooled),
+                    ("fresh", InstanceMode::Fresh),
+                ],
+            )?,
             max_idle_instances: p.max_idle_instances.unwrap_or(16),
             instance_max_uses: p.instance_max_uses.unwrap_or(10_000).max(1),
             memory_limit: p.memory_limit_mb.unwrap_or(32).clamp(1, 4096) << 20,
@@ -377,17 +388,12 @@ impl<'a> Validator<'a> {
                 .on_failure
                 .iter()
                 .map(|(name, mode)| {
-                    let parsed = match mode.get_ref().as_str() {
-                        "deny" => FailureMode::Deny,
-                        "skip" => FailureMode::Skip,
-                        other => {
-                            return Err(self.error(
-                                &format!("plugins.on_failure.{name}"),
-                                Some(mode),
-                                format!("unknown failure mode '{other}' (deny or skip)"),
-                            ));
-                        }
-                    };
+                    let parsed = self.choice(
+                        &format!("plugins.on_failure.{name}"),
+                        Some(mode),
+                        "failure mode",
+                        &[("deny", FailureMode::Deny), ("skip", FailureMode::Skip)],
+                    )?;
                     Ok((name.clone(), parsed))
                 })
                 .collect::<Result<_, _>>()?,
