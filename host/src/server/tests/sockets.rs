@@ -135,3 +135,39 @@ async fn connections_beyond_the_cap_are_refused_clearly() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn both_runtimes_serve_many_connections_and_record_every_answer() {
+    for server in [
+        "runtime = \"per-core\"\nworkers = 3",
+        "runtime = \"shared\"",
+    ] {
+        let gw = Running::start(Tables {
+            server,
+            ..Tables::default()
+        })
+        .await;
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            let mut sender = gw.connect().await;
+            let key = gw.key.clone();
+            clients.push(tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..3 {
+                    let response = sender
+                        .send_request(chat_as(&key, chat_body(false), &[]))
+                        .await
+                        .unwrap();
+                    statuses.push(response.status());
+                }
+                statuses
+            }));
+        }
+        for client in clients {
+            assert_eq!(client.await.unwrap(), vec![StatusCode::OK; 3], "{server}");
+        }
+        let store = gw.stop().await;
+        let records = store.query_usage(&UsageQuery::default()).unwrap();
+        assert_eq!(records.len(), 24, "{server}: one record per answer");
+    }
+}
