@@ -1,6 +1,7 @@
 //! Storage: one object-safe trait over two embedded backends (redb, SQLite in WAL
 //! mode), the records they hold, and the batch writer in front of them.
 
+pub mod committer;
 pub mod ledger;
 pub mod redb;
 pub mod sqlite;

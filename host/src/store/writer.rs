@@ -1,6 +1,6 @@
 //! The batch writer: a bounded queue in front of the store. Flushes at N records
-//! or T ms after the first queued record, commits each batch durably on a
-//! blocking thread, retries failed commits with backoff (reopening the backend),
+//! or T ms after the first queued record, commits each batch durably on the
+//! committing thread ([`super::committer`]), retries failed commits with backoff (reopening the backend),
 //! applies backpressure when full, and counts every record it could not keep.
 
 use std::sync::{Arc, Mutex};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
+use super::committer::Committer;
 use super::{Batch, Charge, Store, UsageRecord};
 use crate::metrics::Metrics;
 
@@ -171,6 +172,7 @@ async fn run(
     on_commit: CommitHook,
     full: Arc<Notify>,
 ) {
+    let committer = Committer::start(store.clone());
     let mut buf: Vec<Entry> = Vec::with_capacity(settings.batch_size);
     loop {
         if rx.recv_many(&mut buf, settings.batch_size).await == 0 {
@@ -205,7 +207,7 @@ async fn run(
             batch.records.extend(entry.record);
             batch.charges.extend(entry.charge);
         }
-        commit(&store, batch, &metrics, &on_commit).await;
+        commit(&store, &committer, batch, &metrics, &on_commit).await;
     }
     tracing::info!("usage writer drained");
 }
@@ -223,23 +225,27 @@ fn take_queued(rx: &mut mpsc::Receiver<Entry>, buf: &mut Vec<Entry>, batch_size:
     true
 }
 
-async fn commit(store: &Arc<dyn Store>, batch: Batch, metrics: &Metrics, on_commit: &CommitHook) {
+async fn commit(
+    store: &Arc<dyn Store>,
+    committer: &Committer,
+    batch: Batch,
+    metrics: &Metrics,
+    on_commit: &CommitHook,
+) {
     let batch = Arc::new(batch);
     let mut backoff = Duration::from_millis(50);
     for attempt in 1..=MAX_COMMIT_ATTEMPTS {
         let started = Instant::now();
-        let (s, b) = (store.clone(), batch.clone());
-        let result = tokio::task::spawn_blocking(move || s.append(&b)).await;
+        let result = committer.commit(batch.clone()).await;
         metrics
             .writer_flush_seconds
             .observe(started.elapsed().as_secs_f64());
         let error = match result {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 metrics.records_written.inc_by(batch.records.len() as u64);
                 on_commit(&batch.charges, true);
                 return;
             }
-            Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
         metrics.writer_commit_errors.inc();
