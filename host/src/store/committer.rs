@@ -22,12 +22,11 @@ pub const COMMIT_NICENESS: i32 = 5;
 /// A batch to commit, and where its result goes.
 type Job = (Arc<Batch>, oneshot::Sender<Result<(), StoreError>>);
 
-/// The handle to the committing thread; dropping it ends the thread once its
-/// current commit is done.
+/// The handle to the committing thread; [`Committer::close`] ends it.
 pub struct Committer {
     store: Arc<dyn Store>,
-    /// `None` when the thread could not be started.
-    jobs: Option<mpsc::Sender<Job>>,
+    /// The queue and the thread; `None` when the thread could not be started.
+    thread: Option<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)>,
 }
 
 impl Committer {
@@ -48,7 +47,21 @@ impl Committer {
         }
         Self {
             store,
-            jobs: started.ok().map(|_| jobs),
+            thread: started.ok().map(|handle| (jobs, handle)),
+        }
+    }
+
+    /// Ends the thread and waits for it, so that the store it holds is
+    /// released (a store file stays locked while any handle to it lives).
+    pub async fn close(self) {
+        if let Some((jobs, handle)) = self.thread {
+            drop(jobs);
+            if !matches!(
+                tokio::task::spawn_blocking(move || handle.join()).await,
+                Ok(Ok(()))
+            ) {
+                tracing::error!("the committing thread panicked");
+            }
         }
     }
 
@@ -58,7 +71,7 @@ impl Committer {
     /// The store's error, or that the committing thread is gone.
     pub async fn commit(&self, batch: Arc<Batch>) -> Result<(), StoreError> {
         let gone = |e: &dyn std::fmt::Display| StoreError::backend("committer", e.to_string());
-        let Some(jobs) = &self.jobs else {
+        let Some((jobs, _)) = &self.thread else {
             let store = self.store.clone();
             return tokio::task::spawn_blocking(move || store.append(&batch))
                 .await
@@ -87,7 +100,8 @@ mod tests {
     use crate::store::{UsageQuery, UsageRecord};
 
     #[tokio::test]
-    async fn commits_on_a_thread_of_lower_priority() -> Result<(), Box<dyn std::error::Error>> {
+    async fn commits_on_a_thread_of_lower_priority_and_lets_go_when_closed()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("c.redb"))?);
         let committer = Committer::start(store.clone());
@@ -100,6 +114,7 @@ mod tests {
         };
         committer.commit(Arc::new(batch)).await?;
         assert_eq!(store.query_usage(&UsageQuery::default())?.len(), 1);
+        let path = dir.path().join("c.redb");
         let task = std::fs::read_dir("/proc/self/task")?
             .filter_map(Result::ok)
             .find(|t| {
@@ -115,6 +130,10 @@ mod tests {
             .ok_or("no nice field")?
             .parse()?;
         assert_eq!(nice, COMMIT_NICENESS);
+        // Closed, the thread has let go of the store: its file opens again.
+        committer.close().await;
+        drop(store);
+        RedbStore::open(&path)?;
         Ok(())
     }
 }

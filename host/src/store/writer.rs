@@ -209,6 +209,7 @@ async fn run(
         }
         commit(&store, &committer, batch, &metrics, &on_commit).await;
     }
+    committer.close().await;
     tracing::info!("usage writer drained");
 }
 
