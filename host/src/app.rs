@@ -41,6 +41,9 @@ pub enum StartError {
     /// Upstream client problem.
     #[error("upstream: {0}")]
     Upstream(String),
+    /// The usage writer's committing thread could not be started.
+    #[error("usage writer: {0}")]
+    Writer(std::io::Error),
     /// The instance secret could not be drawn.
     #[error("instance secret: {0}")]
     Instance(getrandom::Error),
@@ -100,7 +103,8 @@ pub async fn build(config: Config) -> Result<Arc<AppState>, StartError> {
         },
         metrics.clone(),
         Arc::new(move |charges, kept| committed.committed(charges, kept)),
-    );
+    )
+    .map_err(StartError::Writer)?;
     let body_budget = crate::server::intake::BodyBudget::new(config.server.max_body_memory);
     let state = Arc::new(AppState {
         channels: Channels::new(&config.channels, &metrics),
@@ -138,11 +142,12 @@ pub async fn run(
     crate::server::listener::raise_open_files_limit();
     let server = &state.config.server;
     let listen_error = |addr: SocketAddr| move |error| StartError::Listen { addr, error };
-    let sockets = match server.runtime {
-        ServerRuntime::PerCore => bind_shared_port(server.listen, server.workers),
-        ServerRuntime::Shared => bind_shared_port(server.listen, 1),
-    }
-    .map_err(listen_error(server.listen))?;
+    let socket_count = match server.runtime {
+        ServerRuntime::PerCore => server.workers,
+        ServerRuntime::Shared => 1,
+    };
+    let sockets =
+        bind_shared_port(server.listen, socket_count).map_err(listen_error(server.listen))?;
     let admin = tokio::net::TcpListener::bind(state.config.admin.listen)
         .await
         .map_err(listen_error(state.config.admin.listen))?;
