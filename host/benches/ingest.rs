@@ -82,7 +82,8 @@ async fn ingest(backend: Backend, n: u64) -> Duration {
         settings,
         Arc::new(Metrics::default()),
         Arc::new(|_, _| {}),
-    );
+    )
+    .expect("the committing thread starts");
     let start = Instant::now();
     for i in 0..n {
         writer.submit(record(i)).await;

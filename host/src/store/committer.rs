@@ -6,8 +6,7 @@
 //! commit hold a core while requests queue behind it. Durability is
 //! unchanged: the writer still waits for each commit before it reports the
 //! batch's charges as committed. When the priority cannot be lowered (a
-//! sandbox that forbids it), the thread runs at the normal priority; when the
-//! thread cannot be started, commits run on the runtime's blocking pool.
+//! sandbox that forbids it), the thread runs at the normal priority.
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -24,44 +23,38 @@ type Job = (Arc<Batch>, oneshot::Sender<Result<(), StoreError>>);
 
 /// The handle to the committing thread; [`Committer::close`] ends it.
 pub struct Committer {
-    store: Arc<dyn Store>,
-    /// The queue and the thread; `None` when the thread could not be started.
-    thread: Option<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)>,
+    jobs: mpsc::Sender<Job>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Committer {
     /// Starts the thread that commits to `store`.
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    ///
+    /// # Errors
+    /// When the thread cannot be spawned.
+    pub fn start(store: Arc<dyn Store>) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel::<Job>();
-        let committing = store.clone();
-        let started = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("sluice-store".into())
             .spawn(move || {
                 lower_priority();
                 for (batch, done) in queue {
-                    let _ = done.send(committing.append(&batch));
+                    let _ = done.send(store.append(&batch));
                 }
-            });
-        if let Err(e) = &started {
-            tracing::warn!(error = %e, "no committing thread; usage commits run on the blocking pool");
-        }
-        Self {
-            store,
-            thread: started.ok().map(|handle| (jobs, handle)),
-        }
+            })?;
+        Ok(Self { jobs, thread })
     }
 
     /// Ends the thread and waits for it, so that the store it holds is
     /// released (a store file stays locked while any handle to it lives).
     pub async fn close(self) {
-        if let Some((jobs, handle)) = self.thread {
-            drop(jobs);
-            if !matches!(
-                tokio::task::spawn_blocking(move || handle.join()).await,
-                Ok(Ok(()))
-            ) {
-                tracing::error!("the committing thread panicked");
-            }
+        let Self { jobs, thread } = self;
+        drop(jobs);
+        if !matches!(
+            tokio::task::spawn_blocking(move || thread.join()).await,
+            Ok(Ok(()))
+        ) {
+            tracing::error!("the committing thread panicked");
         }
     }
 
@@ -70,17 +63,10 @@ impl Committer {
     /// # Errors
     /// The store's error, or that the committing thread is gone.
     pub async fn commit(&self, batch: Arc<Batch>) -> Result<(), StoreError> {
-        let gone = |e: &dyn std::fmt::Display| StoreError::backend("committer", e.to_string());
-        let Some((jobs, _)) = &self.thread else {
-            let store = self.store.clone();
-            return tokio::task::spawn_blocking(move || store.append(&batch))
-                .await
-                .map_err(|e| gone(&e))?;
-        };
+        let gone = || StoreError::backend("committer", "the committing thread is gone");
         let (done, result) = oneshot::channel();
-        jobs.send((batch, done))
-            .map_err(|_| gone(&"the committing thread is gone"))?;
-        result.await.map_err(|e| gone(&e))?
+        self.jobs.send((batch, done)).map_err(|_| gone())?;
+        result.await.map_err(|_| gone())?
     }
 }
 
@@ -104,7 +90,7 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("c.redb"))?);
-        let committer = Committer::start(store.clone());
+        let committer = Committer::start(store.clone())?;
         let batch = Batch {
             records: vec![UsageRecord {
                 request_id: "r1".into(),

@@ -61,13 +61,18 @@ pub struct UsageWriter {
 }
 
 impl UsageWriter {
-    /// Starts the writer task on the current runtime.
+    /// Starts the writer task on the current runtime, and the thread that
+    /// commits its batches.
+    ///
+    /// # Errors
+    /// When the committing thread cannot be spawned.
     pub fn start(
         store: Arc<dyn Store>,
         settings: WriterSettings,
         metrics: Arc<Metrics>,
         on_commit: CommitHook,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
+        let committer = Committer::start(store.clone())?;
         let (tx, rx) = mpsc::channel(settings.capacity);
         let full = Arc::new(Notify::new());
         #[expect(
@@ -77,12 +82,13 @@ impl UsageWriter {
         let task = tokio::spawn(run(
             rx,
             store,
+            committer,
             settings,
             metrics.clone(),
             on_commit.clone(),
             full.clone(),
         ));
-        Self {
+        Ok(Self {
             sender: Mutex::new(Some(tx)),
             task: Mutex::new(Some(task)),
             backpressure_wait: settings.backpressure_wait,
@@ -90,7 +96,7 @@ impl UsageWriter {
             on_commit,
             full,
             batch_size: settings.batch_size,
-        }
+        })
     }
 
     fn sender(&self) -> Option<mpsc::Sender<Entry>> {
@@ -167,12 +173,12 @@ impl UsageWriter {
 async fn run(
     mut rx: mpsc::Receiver<Entry>,
     store: Arc<dyn Store>,
+    committer: Committer,
     settings: WriterSettings,
     metrics: Arc<Metrics>,
     on_commit: CommitHook,
     full: Arc<Notify>,
 ) {
-    let committer = Committer::start(store.clone());
     let mut buf: Vec<Entry> = Vec::with_capacity(settings.batch_size);
     loop {
         if rx.recv_many(&mut buf, settings.batch_size).await == 0 {
@@ -302,7 +308,7 @@ mod tests {
             Arc::new(move |c, _| {
                 seen.fetch_add(c.len(), std::sync::atomic::Ordering::Relaxed);
             }),
-        );
+        )?;
         for i in 0..500 {
             let record = UsageRecord {
                 request_id: format!("r{i}"),
@@ -442,7 +448,7 @@ mod tests {
             settings,
             metrics.clone(),
             Arc::new(|_, _| {}),
-        );
+        )?;
         for i in 0..5 {
             let record = UsageRecord {
                 request_id: format!("r{i}"),
