@@ -116,6 +116,8 @@ http {{
             f'[[channels]]\nid = "{name}"\nbase_url = "http://{HOST}:{port}/v1"\napi_key = "env::BENCH_UPSTREAM_KEY"\nmodels = ["{models[name]}"]\n'
             for name, (port, _, _) in MOCKS.items()
         )
+        # The same fast upstream behind an Anthropic channel: the translation's cost.
+        channels += f'\n[[channels]]\nid = "fast-anthropic"\nprovider = "anthropic"\nbase_url = "http://{HOST}:{MOCKS["fast"][0]}/v1"\napi_key = "env::BENCH_UPSTREAM_KEY"\nmodels = ["fast-claude"]\n'
         self.config = self.dir / "sluice.toml"
         self.config.write_text(f"""[server]
 listen = "{HOST}:{PROXY}"
@@ -229,6 +231,24 @@ cache_dir = "plugin-cache"
         self.row(title, med, "req/s", higher_is_better=True)
         sluice_cpu, nginx_cpu = (statistics.median(cpu_per_request[k]) for k in ("sluice", "nginx"))
         self.notes.append(f"{title}: CPU time per request: Sluice {sluice_cpu:.0f} µs, nginx {nginx_cpu:.0f} µs ({sluice_cpu / nginx_cpu:.2f}×; proxy processes only, median of rounds)")
+
+    def translation(self):
+        """CPU per request through an Anthropic channel against the pass-through
+        OpenAI channel, same upstream, alternating, stream and not."""
+        url, headers = self.targets("fast")[2][1:3]
+        pid = self.sluice.pid
+        for stream in (False, True):
+            cpu = {"fast-model": [], "fast-claude": []}
+            for _ in range(ROUNDS):
+                for model in cpu:
+                    before = cpu_seconds(pid)
+                    report = self.oha(url, headers, body(model, stream), "-z", DURATION, "-c", "64")
+                    ok = report["statusCodeDistribution"].get("200", 0)
+                    assert set(report["statusCodeDistribution"]) <= {"200"}, (model, report["statusCodeDistribution"])
+                    cpu[model].append((cpu_seconds(pid) - before) / max(ok, 1) * 1e6)
+            plain, translated = (statistics.median(cpu[m]) for m in cpu)
+            kind = "stream" if stream else "non-stream"
+            self.notes.append(f"Anthropic translation, {kind}: CPU time per request {translated:.0f} µs against {plain:.0f} µs pass-through ({translated / plain:.2f}×, +{translated - plain:.0f} µs; median of rounds)")
 
     def profile(self):
         """Where Sluice's CPU goes, by phase: perf samples of a frame-pointer build under closed-loop load."""
@@ -396,6 +416,7 @@ def main():
         b.ttft()
         b.concurrent_streams()
         b.idle_after()
+        b.translation()
         b.profile()
     finally:
         b.stop()

@@ -2,7 +2,7 @@
 # Installs what building and testing Sluice needs beyond rustup's toolchain:
 # the wasm32-wasip2 target (RUSTUP_AUTO_INSTALL=0 machines do not add it from
 # rust-toolchain.toml) and, with --python, what the suite runs in Python: the
-# official openai SDK, and componentize-py to build the Python example plugin.
+# official openai and anthropic SDKs, and componentize-py to build the Python example plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
@@ -15,6 +15,8 @@ fi
 if [ "${1:-}" = "--python" ]; then
   python3 -c 'import openai' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check openai
+  python3 -c 'import anthropic' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check anthropic
   python3 -c 'import componentize_py' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check componentize-py==0.25.1
 fi

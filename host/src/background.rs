@@ -46,12 +46,12 @@ fn every(state: &Arc<AppState>, period: Duration, job: Job) {
 async fn probe_channels(state: Arc<AppState>) {
     state.channels.publish(&state.metrics);
     for channel in state.channels.all().iter().filter(|c| c.due_for_probe()) {
-        let Some(uri) = channel.uri(crate::relay::channels::MODELS_PATH) else {
+        let Some(uri) = channel.wire.probe_uri() else {
             continue;
         };
-        let mut request = http::Request::get(uri.clone());
-        if let Some(authorization) = &channel.authorization {
-            request = request.header(http::header::AUTHORIZATION, authorization.clone());
+        let mut request = http::Request::get(uri);
+        for (name, value) in channel.wire.credentials() {
+            request = request.header(name, value.clone());
         }
         let ok = match request.body(Full::default()) {
             Ok(req) => matches!(

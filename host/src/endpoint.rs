@@ -2,7 +2,7 @@
 //! metrics, logs, usage records and policies, and where a relayed one goes
 //! upstream. The one source of endpoint names.
 
-use crate::relay::channels;
+use crate::provider;
 
 /// An endpoint of the client-facing API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,9 +51,9 @@ impl Endpoint {
     /// the gateway relays; `None` for the ones it answers itself.
     pub fn upstream_path(self) -> Option<&'static str> {
         match self {
-            Self::Chat => Some(channels::CHAT_PATH),
-            Self::Completions => Some(channels::COMPLETIONS_PATH),
-            Self::Embeddings => Some(channels::EMBEDDINGS_PATH),
+            Self::Chat => Some(provider::CHAT_PATH),
+            Self::Completions => Some(provider::COMPLETIONS_PATH),
+            Self::Embeddings => Some(provider::EMBEDDINGS_PATH),
             Self::Models | Self::Health | Self::Unknown => None,
         }
     }

@@ -29,6 +29,8 @@ use sluice_meter::{Encoding, PromptKind, Tally, prompt_tokens};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod anthropic;
+
 /// The prefix of the gateway's own API keys: an upstream that sees one was
 /// handed a client's credential (counted in [`MockStats::leaked_credentials`]).
 pub const GATEWAY_KEY_PREFIX: &str = "sk-sl-";
@@ -148,6 +150,9 @@ pub struct MockConfig {
     pub cached_tokens: u32,
     /// Completion tokens reported as reasoning (billed, not streamed).
     pub reasoning_tokens: u32,
+    /// Prompt tokens reported as written to the provider's cache (the
+    /// Anthropic mode's `cache_creation_input_tokens`).
+    pub cache_write_tokens: u32,
 }
 
 impl Default for MockConfig {
@@ -167,6 +172,7 @@ impl Default for MockConfig {
             tools: false,
             cached_tokens: 0,
             reasoning_tokens: 0,
+            cache_write_tokens: 0,
         }
     }
 }
@@ -377,7 +383,93 @@ fn effective(req: &Request<Incoming>, base: &MockConfig) -> MockConfig {
     if let Some(v) = num("x-mock-reasoning-tokens") {
         c.reasoning_tokens = u32::try_from(v).unwrap_or(u32::MAX);
     }
+    if let Some(v) = num("x-mock-cache-write-tokens") {
+        c.cache_write_tokens = u32::try_from(v).unwrap_or(u32::MAX);
+    }
     c
+}
+
+/// The wire format a request path speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// OpenAI's (`/v1/...`, `Authorization: Bearer`).
+    OpenAi,
+    /// Azure OpenAI's (`/openai/deployments/{deployment}/...?api-version=`, `api-key`).
+    Azure,
+    /// Anthropic's Messages (`/v1/messages`, `x-api-key` or a bearer token,
+    /// `anthropic-version`).
+    Anthropic,
+}
+
+/// A request's wire format and the OpenAI path it maps to; `None` for an
+/// Azure path without `api-version` (which Azure answers with 404).
+fn route(path: &str, query: Option<&str>) -> Option<(Wire, String)> {
+    if path == "/v1/messages" {
+        return Some((Wire::Anthropic, path.into()));
+    }
+    let Some(rest) = path.strip_prefix("/openai/") else {
+        return Some((Wire::OpenAi, path.into()));
+    };
+    query?
+        .split('&')
+        .find(|pair| pair.starts_with("api-version=") && pair.len() > "api-version=".len())?;
+    let operation = match rest.strip_prefix("deployments/") {
+        Some(deployment_and_operation) => deployment_and_operation.split_once('/')?.1,
+        None => rest,
+    };
+    Some((Wire::Azure, format!("/v1/{operation}")))
+}
+
+/// An error answer in the wire format's shape.
+fn failure(wire: Wire, status: u16, message: &str) -> Response<MockBody> {
+    let body = match wire {
+        Wire::Anthropic => anthropic::error(status, message),
+        Wire::OpenAi | Wire::Azure => {
+            serde_json::json!({"error": {"message": message, "type": "server_error", "code": null}})
+        }
+    };
+    respond(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body,
+    )
+}
+
+/// The credential a request carries in its wire format's header.
+fn credential(req: &Request<Incoming>, wire: Wire) -> String {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let bearer = || {
+        header("authorization")
+            .strip_prefix("Bearer ")
+            .unwrap_or("")
+            .to_string()
+    };
+    match wire {
+        Wire::OpenAi => bearer(),
+        Wire::Azure => header("api-key"),
+        // `x-api-key`, or a bearer token as the newer SDKs send the key.
+        Wire::Anthropic if req.headers().contains_key("x-api-key") => header("x-api-key"),
+        Wire::Anthropic => bearer(),
+    }
+}
+
+/// Whether a request carries a client's credential: a gateway key in any
+/// credential header, or an `x-api-key` where the wire format has none.
+fn leaks_credential(req: &Request<Incoming>, wire: Wire) -> bool {
+    let gateway_key = ["authorization", "x-api-key", "api-key"]
+        .iter()
+        .any(|name| {
+            req.headers()
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains(GATEWAY_KEY_PREFIX))
+        });
+    gateway_key || (wire != Wire::Anthropic && req.headers().contains_key("x-api-key"))
 }
 
 /// Serves one request; an `Err` makes hyper drop the connection without a response.
@@ -433,22 +525,28 @@ async fn handle(
             .collect();
     }
     let cfg = effective(&req, &base);
-    let auth = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    if req.headers().contains_key("x-api-key") || auth.contains(GATEWAY_KEY_PREFIX) {
+    let Some((wire, path)) = route(&path, req.uri().query()) else {
+        return Ok(respond(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": {"code": "404", "message": "Resource not found"}}),
+        ));
+    };
+    if leaks_credential(&req, wire) {
         stats.leaked_credentials.fetch_add(1, Ordering::Relaxed);
     }
     if let Some(key) = &cfg.api_key
-        && auth != format!("Bearer {key}")
+        && credential(&req, wire) != *key
     {
-        return Ok(respond(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({"error": {"message": "bad upstream key", "type": "invalid_request_error", "code": "invalid_api_key"}}),
-        ));
+        return Ok(match wire {
+            Wire::Anthropic => failure(wire, 401, "invalid x-api-key"),
+            _ => respond(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": {"message": "bad upstream key", "type": "invalid_request_error", "code": "invalid_api_key"}}),
+            ),
+        });
+    }
+    if wire == Wire::Anthropic && !req.headers().contains_key("anthropic-version") {
+        return Ok(failure(wire, 400, "anthropic-version: header is required"));
     }
     if cfg.ttfb_ms > 0 {
         tokio::time::sleep(Duration::from_millis(cfg.ttfb_ms)).await;
@@ -458,10 +556,7 @@ async fn handle(
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
         FailMode::Status => {
-            let mut response = respond(
-                StatusCode::from_u16(cfg.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                serde_json::json!({"error": {"message": "mock failure", "type": "server_error", "code": null}}),
-            );
+            let mut response = failure(wire, cfg.status, "mock failure");
             if let Some(seconds) = cfg.retry_after_s {
                 response
                     .headers_mut()
@@ -483,6 +578,9 @@ async fn handle(
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let model = json["model"].as_str().unwrap_or("mock").to_string();
     let encoding = Encoding::for_model(&model).unwrap_or(Encoding::O200kBase);
+    if wire == Wire::Anthropic {
+        return Ok(messages(&cfg, &json, model, encoding, stats));
+    }
     let prompt_tokens = count_prompt(&path, &body, encoding);
     if json["stream_options"]["include_usage"].as_bool() == Some(true) {
         stats.usage_requested.fetch_add(1, Ordering::Relaxed);
@@ -508,13 +606,19 @@ async fn handle(
         }
         "/v1/chat/completions" | "/v1/completions" => {
             let chat = path == "/v1/chat/completions";
+            if let Some(message) = unanswered_tool_result(&json) {
+                return Ok(respond(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": null}}),
+                ));
+            }
             let cap = json["max_completion_tokens"]
                 .as_u64()
                 .or_else(|| json["max_tokens"].as_u64());
             let reply = Reply::generate(&cfg, chat, cap, encoding, prompt_tokens);
             if json["stream"].as_bool() == Some(true) {
                 let include_usage = json["stream_options"]["include_usage"].as_bool() == Some(true);
-                return Ok(stream(cfg, model, reply, include_usage, stats));
+                return Ok(stream(cfg, reply.events(&model, include_usage), stats));
             }
             respond(StatusCode::OK, reply.whole(&model))
         }
@@ -523,6 +627,47 @@ async fn handle(
             serde_json::json!({"error": {"message": "unknown path", "type": "invalid_request_error", "code": null}}),
         ),
     })
+}
+
+/// What OpenAI answers with 400 when a `tool` message does not respond to a
+/// tool call of an earlier assistant message.
+fn unanswered_tool_result(request: &serde_json::Value) -> Option<String> {
+    let mut calls: Vec<&str> = Vec::new();
+    for message in request["messages"].as_array().into_iter().flatten() {
+        for call in message["tool_calls"].as_array().into_iter().flatten() {
+            calls.extend(call["id"].as_str());
+        }
+        if message["role"] == "tool"
+            && !calls.contains(&message["tool_call_id"].as_str().unwrap_or(""))
+        {
+            return Some("Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.".into());
+        }
+    }
+    None
+}
+
+/// Answers a Messages request: refused as the real API refuses it, else a
+/// whole message or its event stream.
+fn messages(
+    cfg: &MockConfig,
+    json: &serde_json::Value,
+    model: String,
+    encoding: Encoding,
+    stats: Arc<MockStats>,
+) -> Response<MockBody> {
+    if let Some(message) = anthropic::invalid(json) {
+        return failure(Wire::Anthropic, 400, &message);
+    }
+    let prompt = anthropic::prompt_tokens(json, encoding);
+    let reply = Reply::generate(cfg, true, json["max_tokens"].as_u64(), encoding, prompt);
+    if json["stream"].as_bool() == Some(true) {
+        let (head, pieces, tail) = anthropic::stream(&reply, &model, cfg.cache_write_tokens);
+        return stream(cfg.clone(), Events { head, pieces, tail }, stats);
+    }
+    respond(
+        StatusCode::OK,
+        anthropic::whole(&reply, &model, cfg.cache_write_tokens),
+    )
 }
 
 /// The whole request body (empty if it cannot be read).
@@ -575,6 +720,14 @@ struct Reply {
     pieces: Vec<String>,
     finish_reason: &'static str,
     usage: Option<serde_json::Value>,
+}
+
+/// A stream's text: what precedes the first piece, one event per piece, and
+/// what follows the last.
+struct Events {
+    head: String,
+    pieces: Vec<String>,
+    tail: String,
 }
 
 impl Reply {
@@ -701,6 +854,31 @@ impl Reply {
         }
     }
 
+    /// The OpenAI stream: a chunk per piece, the finish, the usage chunk
+    /// when asked for, `[DONE]`.
+    fn events(&self, model: &str, include_usage: bool) -> Events {
+        let usage = self.usage.as_ref().filter(|_| include_usage);
+        let pieces = (0..self.pieces.len())
+            .map(|i| self.event(model, self.delta(i), None, usage.is_some()))
+            .collect();
+        let mut tail = self.event(
+            model,
+            serde_json::json!({}),
+            Some(self.finish_reason),
+            usage.is_some(),
+        );
+        if let Some(usage) = usage {
+            let chunk = serde_json::json!({"id": "mock-1", "object": self.object(true), "created": 1_700_000_000, "model": model, "choices": [], "usage": usage});
+            tail.push_str(&format!("data: {chunk}\n\n"));
+        }
+        tail.push_str("data: [DONE]\n\n");
+        Events {
+            head: String::new(),
+            pieces,
+            tail,
+        }
+    }
+
     /// One stream event: `choice` (index and finish reason added), with
     /// `"usage":null` when the client asked for usage.
     fn event(
@@ -726,18 +904,17 @@ impl Reply {
     }
 }
 
-fn stream(
-    cfg: MockConfig,
-    model: String,
-    reply: Reply,
-    include_usage: bool,
-    stats: Arc<MockStats>,
-) -> Response<MockBody> {
+/// Sends a stream's events, paced and failed as configured.
+fn stream(cfg: MockConfig, events: Events, stats: Arc<MockStats>) -> Response<MockBody> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
     tokio::spawn(async move {
-        let usage = reply.usage.as_ref().filter(|_| include_usage);
-        let count = reply.pieces.len();
-        for i in 0..count {
+        let Events {
+            mut head,
+            pieces,
+            mut tail,
+        } = events;
+        let count = pieces.len();
+        for (i, piece) in pieces.into_iter().enumerate() {
             if i > 0 && cfg.chunk_delay_ms > 0 {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(cfg.chunk_delay_ms)) => {}
@@ -757,7 +934,7 @@ fn stream(
                 tx.closed().await;
                 break;
             }
-            let event = reply.event(&model, reply.delta(i), None, usage.is_some());
+            let event = std::mem::take(&mut head) + &piece;
             if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
                 break;
             }
@@ -767,17 +944,7 @@ fn stream(
             stats.last_cancel_ms.store(now_ms(), Ordering::Relaxed);
             return;
         }
-        let mut tail = reply.event(
-            &model,
-            serde_json::json!({}),
-            Some(reply.finish_reason),
-            usage.is_some(),
-        );
-        if let Some(usage) = usage {
-            let chunk = serde_json::json!({"id": "mock-1", "object": reply.object(true), "created": 1_700_000_000, "model": model, "choices": [], "usage": usage});
-            tail.push_str(&format!("data: {chunk}\n\n"));
-        }
-        tail.push_str("data: [DONE]\n\n");
+        tail.insert_str(0, &head);
         if tx.send(Ok(Frame::data(Bytes::from(tail)))).await.is_ok() {
             stats.completed_streams.fetch_add(1, Ordering::Relaxed);
         } else {

@@ -11,5 +11,6 @@
 mod billing;
 mod operators;
 mod plugins;
+mod providers;
 mod relay;
 mod storage;

@@ -126,6 +126,7 @@ pub struct ChannelSpec {
     priority: i32,
     weight: u32,
     renames: Vec<(String, String)>,
+    provider: &'static str,
 }
 
 impl ChannelSpec {
@@ -139,6 +140,20 @@ impl ChannelSpec {
             priority: 0,
             weight: 1,
             renames: Vec::new(),
+            provider: "openai",
+        }
+    }
+
+    /// Channel `id` speaking `provider`'s wire format to a fake upstream's
+    /// mode for it (`anthropic` at `/v1`, `azure` at the root).
+    pub fn provider(id: &str, provider: &'static str, mock: &Mock, models: &[&str]) -> Self {
+        let base_url = match provider {
+            "azure" => format!("http://{}", mock.addr),
+            _ => format!("http://{}/v1", mock.addr),
+        };
+        Self {
+            provider,
+            ..Self::at(id, &base_url, models)
         }
     }
 
@@ -173,8 +188,9 @@ impl ChannelSpec {
             .map(|(from, to)| format!("{from:?} = {to:?}"))
             .collect();
         format!(
-            "[[channels]]\nid = {:?}\nbase_url = {:?}\napi_key = \"env::UPSTREAM_KEY\"\nmodels = [{}]\npriority = {}\nweight = {}\nmodel_map = {{ {} }}\nforward_headers = [\"x-mock-*\"]\n",
+            "[[channels]]\nid = {:?}\nprovider = {:?}\nbase_url = {:?}\napi_key = \"env::UPSTREAM_KEY\"\nmodels = [{}]\npriority = {}\nweight = {}\nmodel_map = {{ {} }}\nforward_headers = [\"x-mock-*\"]\n",
             self.id,
+            self.provider,
             self.base_url,
             models.join(", "),
             self.priority,
@@ -820,9 +836,20 @@ pub async fn python(
     key: &str,
     extra_env: &[(&str, &str)],
 ) -> String {
+    python_script("sdk_client.py", scenario, base_url, key, extra_env).await
+}
+
+/// Runs `tests/python/SCRIPT SCENARIO` like [`python`].
+pub async fn python_script(
+    script: &str,
+    scenario: &str,
+    base_url: &str,
+    key: &str,
+    extra_env: &[(&str, &str)],
+) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("python")
-        .join("sdk_client.py");
+        .join(script);
     let mut cmd = Command::new("python3");
     cmd.arg(&script)
         .arg(scenario)

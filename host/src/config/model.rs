@@ -247,6 +247,10 @@ pub struct UpstreamConfig {
 pub enum Provider {
     /// Any OpenAI-compatible server.
     OpenAi,
+    /// Azure OpenAI: deployment URLs, `api-version`, the `api-key` header.
+    Azure,
+    /// Anthropic's Messages API, translated.
+    Anthropic,
 }
 
 impl Provider {
@@ -254,6 +258,8 @@ impl Provider {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OpenAi => "openai",
+            Self::Azure => "azure",
+            Self::Anthropic => "anthropic",
         }
     }
 }
@@ -285,6 +291,13 @@ pub struct ChannelConfig {
     /// Client headers forwarded to this channel beyond the protocol's
     /// allow-list, lower-case; a trailing `*` matches a prefix.
     pub forward_headers: Vec<String>,
+    /// The endpoints served (`chat.completions`, `completions`,
+    /// `embeddings`): by default every one the provider can serve.
+    pub endpoints: Vec<String>,
+    /// Azure's `api-version` query parameter.
+    pub api_version: String,
+    /// Anthropic's `anthropic-version` header.
+    pub anthropic_version: String,
 }
 
 impl std::fmt::Debug for ChannelConfig {
@@ -307,6 +320,11 @@ impl ChannelConfig {
                 Some(prefix) => name.starts_with(prefix),
                 None => name == pattern,
             })
+    }
+
+    /// Whether the channel serves an endpoint (by its client-facing name).
+    pub fn serves_endpoint(&self, endpoint: &str) -> bool {
+        self.endpoints.iter().any(|e| e == endpoint)
     }
 
     /// The upstream name of a client-facing model.

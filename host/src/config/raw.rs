@@ -144,6 +144,14 @@ pub(super) struct RawChannel {
     pub(super) headers: BTreeMap<String, Text>,
     #[serde(default)]
     pub(super) forward_headers: Vec<Text>,
+    #[serde(default)]
+    pub(super) endpoints: Option<Vec<Text>>,
+    #[serde(default)]
+    pub(super) deployments: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) api_version: Option<Text>,
+    #[serde(default)]
+    pub(super) anthropic_version: Option<Text>,
 }
 
 fn one() -> u32 {

@@ -118,6 +118,8 @@ fn shipped_examples_are_valid() -> Result<(), ConfigError> {
             "an-admin-token-of-24-byte".to_string(),
         ),
         ("MOCK_UPSTREAM_KEY".to_string(), "m".to_string()),
+        ("AZURE_OPENAI_KEY".to_string(), "a".to_string()),
+        ("ANTHROPIC_API_KEY".to_string(), "sk-ant-x".to_string()),
     ]);
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     for name in ["sluice.toml", "quickstart.toml"] {

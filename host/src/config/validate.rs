@@ -16,6 +16,13 @@ use super::raw::*;
 /// The shortest admin token accepted.
 const MIN_ADMIN_TOKEN: usize = 16;
 
+/// Azure OpenAI's `api-version` when a channel sets none (the latest GA
+/// version of the data-plane inference API).
+const AZURE_API_VERSION: &str = "2024-10-21";
+
+/// The `anthropic-version` header when a channel sets none.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
 /// The default number of plugin overrun lanes: half the cores, at least one.
 fn default_overrun_lanes() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
@@ -493,14 +500,18 @@ impl<'a> Validator<'a> {
             }
             let provider = match c.provider.as_ref().map(|p| p.get_ref().as_str()) {
                 None | Some("openai") => Provider::OpenAi,
+                Some("azure") => Provider::Azure,
+                Some("anthropic") => Provider::Anthropic,
                 Some(other) => {
                     return Err(self.error(
                         &key("provider"),
                         c.provider.as_ref(),
-                        format!("unsupported provider '{other}' (openai)"),
+                        format!("unsupported provider '{other}' (openai, azure, anthropic)"),
                     ));
                 }
             };
+            let endpoints = self.channel_endpoints(&key("endpoints"), provider, c)?;
+            let model_map = self.channel_models(&key("deployments"), provider, c)?;
             let base_url: http::Uri =
                 c.base_url
                     .get_ref()
@@ -548,7 +559,7 @@ impl<'a> Validator<'a> {
                     })
                     .transpose()?,
                 models: c.models.clone(),
-                model_map: c.model_map.clone(),
+                model_map,
                 priority: c.priority,
                 weight: c.weight,
                 max_in_flight: c.max_in_flight,
@@ -558,9 +569,73 @@ impl<'a> Validator<'a> {
                     .iter()
                     .map(|h| h.get_ref().to_ascii_lowercase())
                     .collect(),
+                endpoints,
+                api_version: c
+                    .api_version
+                    .as_ref()
+                    .map_or(AZURE_API_VERSION, |v| v.get_ref().as_str())
+                    .to_string(),
+                anthropic_version: c
+                    .anthropic_version
+                    .as_ref()
+                    .map_or(ANTHROPIC_VERSION, |v| v.get_ref().as_str())
+                    .to_string(),
             });
         }
         Ok(channels)
+    }
+
+    /// A channel's `endpoints`: those its provider can serve, all by default.
+    fn channel_endpoints(
+        &self,
+        key: &str,
+        provider: Provider,
+        c: &RawChannel,
+    ) -> Result<Vec<String>, ConfigError> {
+        let supported = crate::provider::supported_endpoints(provider);
+        let Some(listed) = &c.endpoints else {
+            return Ok(supported.iter().map(|e| (*e).to_string()).collect());
+        };
+        listed
+            .iter()
+            .map(|e| {
+                if supported.contains(&e.get_ref().as_str()) {
+                    Ok(e.get_ref().clone())
+                } else {
+                    Err(self.error(
+                        key,
+                        Some(e),
+                        format!(
+                            "'{}' is not served by {} channels (they serve {})",
+                            e.get_ref(),
+                            provider.as_str(),
+                            supported.join(", ")
+                        ),
+                    ))
+                }
+            })
+            .collect()
+    }
+
+    /// A channel's model map: `model_map`, or for Azure `deployments` (the
+    /// deployment that serves each model), never both.
+    fn channel_models(
+        &self,
+        key: &str,
+        provider: Provider,
+        c: &RawChannel,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        if c.deployments.is_empty() {
+            return Ok(c.model_map.clone());
+        }
+        if provider != Provider::Azure || !c.model_map.is_empty() {
+            return Err(self.error(
+                key,
+                Some(&c.id),
+                "`deployments` belongs to azure channels, in place of `model_map`",
+            ));
+        }
+        Ok(c.deployments.clone())
     }
 
     /// Validates the whole file, one table at a time.

@@ -7,24 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{HeaderValue, Uri};
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::ChannelConfig;
 use crate::metrics::{ChannelLabels, Metrics};
-
-/// The upstream paths Sluice calls, relative to a channel's base URL; their
-/// full URIs are built once per channel.
-pub const UPSTREAM_PATHS: [&str; 4] = [CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH, MODELS_PATH];
-
-/// Upstream path of chat completions.
-pub const CHAT_PATH: &str = "/chat/completions";
-/// Upstream path of legacy completions.
-pub const COMPLETIONS_PATH: &str = "/completions";
-/// Upstream path of embeddings.
-pub const EMBEDDINGS_PATH: &str = "/embeddings";
-/// Upstream path of the model list (health probes).
-pub const MODELS_PATH: &str = "/models";
+use crate::provider::Wire;
 
 /// Live state of one channel.
 #[derive(Debug, Default)]
@@ -45,10 +32,8 @@ pub struct Channel {
     pub config: ChannelConfig,
     /// Live health.
     pub health: Health,
-    /// `Authorization: Bearer …` for the upstream, built once, marked sensitive.
-    pub authorization: Option<HeaderValue>,
-    /// The full URI of each of [`UPSTREAM_PATHS`].
-    uris: Vec<(&'static str, Uri)>,
+    /// How the channel's provider is reached and spoken to.
+    pub wire: Wire,
     /// This channel's `sluice_channel_in_flight` gauge.
     in_flight_gauge: Gauge,
 }
@@ -98,19 +83,9 @@ fn ewma(old: u64, sample: u64) -> u64 {
 }
 
 impl Channel {
-    /// A channel with fresh health, its URIs and credential header built once.
+    /// A channel with fresh health, its URIs and credential headers built once.
     pub fn new(config: ChannelConfig, metrics: &Metrics) -> Self {
-        let base = config.base_url.to_string();
-        let base = base.trim_end_matches('/');
-        let uris = UPSTREAM_PATHS
-            .iter()
-            .filter_map(|path| Some((*path, format!("{base}{path}").parse().ok()?)))
-            .collect();
-        let authorization = config.api_key.as_ref().and_then(|key| {
-            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
-            value.set_sensitive(true);
-            Some(value)
-        });
+        let wire = Wire::new(&config);
         let in_flight_gauge = metrics
             .channel_in_flight
             .get_or_create(&ChannelLabels {
@@ -120,18 +95,9 @@ impl Channel {
         Self {
             config,
             health: Health::default(),
-            authorization,
-            uris,
+            wire,
             in_flight_gauge,
         }
-    }
-
-    /// The full URI of one of [`UPSTREAM_PATHS`].
-    pub fn uri(&self, path: &str) -> Option<&Uri> {
-        self.uris
-            .iter()
-            .find(|(p, _)| *p == path)
-            .map(|(_, uri)| uri)
     }
 
     /// Healthy: not disabled, not cooling down, and below its concurrency limit.

@@ -229,13 +229,23 @@ async fn plan(
     ctx: &RequestContext,
 ) -> Result<Vec<(Arc<Channel>, String)>, ApiError> {
     let model = ctx.model();
-    let serving: Vec<&Arc<Channel>> = state.channels.serving(model).collect();
+    let endpoint = ctx.endpoint.name();
+    let serving: Vec<&Arc<Channel>> = state
+        .channels
+        .serving(model)
+        .filter(|c| c.config.serves_endpoint(endpoint))
+        .collect();
     if serving.is_empty() {
+        let message = if state.channels.serves(model) {
+            format!("The model `{model}` is not served on {endpoint}.")
+        } else {
+            format!("The model `{model}` does not exist or you do not have access to it.")
+        };
         return Err(ApiError::Client {
             status: StatusCode::NOT_FOUND,
             code: "model_not_found",
             param: Some("model"),
-            message: format!("The model `{model}` does not exist or you do not have access to it."),
+            message,
         });
     }
     let offers: Vec<Offer<'_>> = serving.iter().map(|c| c.offer(model)).collect();
@@ -317,19 +327,25 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(seconds).min(MAX_PAUSE))
 }
 
+/// The upstream request: the provider's URI and body, the forwarded client
+/// headers, the gateway's own, the channel's credentials and fixed headers.
 fn build_request(
     channel: &Channel,
     endpoint_path: &str,
+    upstream_model: &str,
     body: Bytes,
     headers: &HeaderMap,
     request_id: &str,
 ) -> Result<Request<Full<Bytes>>, ApiError> {
-    let uri = channel.uri(endpoint_path).cloned().ok_or_else(|| {
-        ApiError::Internal(format!(
-            "channel {} has no URI for {endpoint_path}",
-            channel.config.id
-        ))
-    })?;
+    let uri = channel
+        .wire
+        .uri(endpoint_path, upstream_model)
+        .ok_or_else(|| {
+            ApiError::Internal(format!(
+                "channel {} has no URI for {endpoint_path} and model {upstream_model}",
+                channel.config.id
+            ))
+        })?;
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = uri;
@@ -355,8 +371,8 @@ fn build_request(
     if let Ok(id) = HeaderValue::from_str(request_id) {
         out.insert(X_REQUEST_ID, id);
     }
-    if let Some(authorization) = &channel.authorization {
-        out.insert(header::AUTHORIZATION, authorization.clone());
+    for (name, value) in channel.wire.credentials() {
+        out.insert(name, value.clone());
     }
     for (name, value) in &channel.config.headers {
         out.insert(name, value.clone());
@@ -385,6 +401,7 @@ pub struct Committed {
     head: http::response::Parts,
     body: hyper::body::Incoming,
     in_flight: channels::InFlight,
+    events: crate::provider::Events,
     settings: stream::StreamSettings,
 }
 
@@ -397,8 +414,12 @@ impl Committed {
     /// The client's response: the stream, owning the request's accounting.
     pub fn into_response(self, accounting: Accounting) -> Response<ResponseBody> {
         let status = self.head.status.as_u16();
-        let body =
-            stream::RelayStream::new(self.body, accounting, self.in_flight, self.settings, status);
+        let upstream = stream::Upstream {
+            body: self.body,
+            events: self.events,
+            in_flight: self.in_flight,
+        };
+        let body = stream::RelayStream::new(upstream, accounting, self.settings, status);
         Response::from_parts(self.head, boxed(coalesce::Coalesce::new(body)))
     }
 }
@@ -446,8 +467,24 @@ pub async fn relay(
             .error;
             continue;
         }
-        let body = upstream_body(parsed, &upstream_model)?;
-        let request = build_request(&channel, endpoint_path, body, headers, ctx.request_id())?;
+        let body = match upstream_body(parsed, &upstream_model)
+            .and_then(|body| channel.wire.request_body(body, ctx.meter.max_tokens))
+        {
+            Ok(body) => body,
+            // What one provider cannot express, another channel may serve.
+            Err(error) => {
+                last = error;
+                continue;
+            }
+        };
+        let request = build_request(
+            &channel,
+            endpoint_path,
+            &upstream_model,
+            body,
+            headers,
+            ctx.request_id(),
+        )?;
         let in_flight = channel.enter();
         let sent = Instant::now();
         let failure = match tokio::time::timeout(
@@ -498,7 +535,17 @@ pub async fn relay(
                 ctx.time("upstream", sent);
                 ctx.channel_id.clone_from(&channel.config.id);
                 ctx.upstream_model = upstream_model;
-                return Ok(respond(state, parsed, ctx.meter.encoding, response, in_flight).await);
+                return Ok(respond(
+                    state,
+                    parsed,
+                    ctx.meter.encoding,
+                    response,
+                    Answer {
+                        channel: &channel,
+                        in_flight,
+                    },
+                )
+                .await);
             }
         };
         drop(in_flight);
@@ -523,15 +570,22 @@ pub async fn relay(
     Err(last)
 }
 
+/// The channel that answered, and its hold on it.
+struct Answer<'a> {
+    channel: &'a Channel,
+    in_flight: channels::InFlight,
+}
+
 /// Builds the client response from a committed upstream response: a stream
-/// to relay, or the whole body read and its usage taken.
+/// to relay, or the whole body read, put in OpenAI's shape and its usage taken.
 async fn respond(
     state: &AppState,
     parsed: &Parsed,
     encoding: sluice_meter::Encoding,
     response: Response<hyper::body::Incoming>,
-    in_flight: channels::InFlight,
+    answer: Answer<'_>,
 ) -> Relayed {
+    let Answer { channel, in_flight } = answer;
     let (mut head, body) = response.into_parts();
     let status = head.status;
     // Upstream cookies are not the client's business either.
@@ -548,6 +602,7 @@ async fn respond(
             head,
             body,
             in_flight,
+            events: channel.wire.events(),
             settings: stream::StreamSettings {
                 cut_off: state.cut_off.clone(),
                 idle_timeout: state.config.upstream.idle_timeout,
@@ -567,7 +622,9 @@ async fn respond(
         ..Outcome::default()
     };
     let bytes = match collected {
-        Ok(c) => c.to_bytes(),
+        Ok(c) => channel
+            .wire
+            .response_body(status.is_success(), c.to_bytes()),
         Err(e) => {
             let error = if e.is::<http_body_util::LengthLimitError>() {
                 tracing::warn!(limit, "upstream body over upstream.max_response_bytes");

@@ -23,6 +23,7 @@ use super::channels::InFlight;
 use super::sse::{self, SseFramer};
 use super::transcript::Transcript;
 use crate::accounting::{Accounting, Outcome};
+use crate::provider::Events;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// What a stream needs from the configuration and the request.
@@ -54,11 +55,24 @@ struct Pending {
     _in_flight: InFlight,
 }
 
+/// The upstream side of a stream: its body, the translator of its events
+/// into OpenAI chunks, and the hold on its channel.
+pub struct Upstream {
+    /// The upstream response body.
+    pub body: Incoming,
+    /// The provider's event translator.
+    pub events: Events,
+    /// The channel's in-flight count, held until the stream ends.
+    pub in_flight: InFlight,
+}
+
 /// The relayed SSE stream.
 pub struct RelayStream {
     upstream: Incoming,
+    events: Events,
     framer: SseFramer,
     ready: VecDeque<Bytes>,
+    framed: Vec<Bytes>,
     scratch: Vec<Bytes>,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
@@ -77,12 +91,16 @@ pub struct RelayStream {
 impl RelayStream {
     /// Wraps an upstream body; the stream settles `accounting` when it ends.
     pub fn new(
-        upstream: Incoming,
+        upstream: Upstream,
         accounting: Accounting,
-        in_flight: InFlight,
         settings: StreamSettings,
         status: u16,
     ) -> Self {
+        let Upstream {
+            body: upstream,
+            events,
+            in_flight,
+        } = upstream;
         let StreamSettings {
             cut_off,
             idle_timeout,
@@ -94,8 +112,10 @@ impl RelayStream {
         } = settings;
         Self {
             upstream,
+            events,
             framer: SseFramer::new(max_event_bytes),
             ready: VecDeque::new(),
+            framed: Vec::new(),
             scratch: Vec::new(),
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
@@ -118,7 +138,12 @@ impl RelayStream {
         }
     }
 
+    /// Translates the framed upstream events into OpenAI chunks and queues
+    /// them; an error event from the upstream fails the stream.
     fn take_events(&mut self) {
+        for event in self.framed.drain(..) {
+            self.events.push(event, &mut self.scratch);
+        }
         for event in self.scratch.drain(..) {
             let info = sse::inspect(&event);
             if let Some(u) = info.usage {
@@ -140,6 +165,10 @@ impl RelayStream {
             } else if !info.usage_only {
                 self.ready.push_back(event);
             }
+        }
+        if let Some(error) = self.events.take_error() {
+            tracing::warn!(kind = %error.kind, message = %error.message, "upstream error event mid-stream");
+            self.fail("upstream_stream_error", &error.message);
         }
     }
 
@@ -220,7 +249,7 @@ impl Body for RelayStream {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    if this.framer.push(data, &mut this.scratch).is_err() {
+                    if this.framer.push(data, &mut this.framed).is_err() {
                         this.fail(
                             "upstream_event_too_large",
                             "The upstream sent an event larger than the gateway accepts.",
@@ -237,7 +266,7 @@ impl Body for RelayStream {
                     );
                 }
                 Poll::Ready(None) => {
-                    this.scratch.extend(this.framer.finish());
+                    this.framed.extend(this.framer.finish());
                     this.take_events();
                     this.ended = true;
                 }

@@ -1,0 +1,243 @@
+//! The provider seam: everything that differs between the wire formats a
+//! channel can speak, and nothing else. A channel's [`Wire`] knows its
+//! upstream URIs, its credential headers, which endpoints it serves, and how
+//! a request body, a whole response body and stream events translate between
+//! OpenAI's chat completions (what clients and the rest of the gateway speak)
+//! and its provider's format. The relay, accounting, failover and policies
+//! see only the OpenAI shape.
+//!
+//! | provider | URIs | credential | translation |
+//! |---|---|---|---|
+//! | `openai` | `{base_url}/chat/completions`, … | `Authorization: Bearer` | none |
+//! | `azure` | `{base_url}/openai/deployments/{deployment}/…?api-version=…` | `api-key` | none |
+//! | `anthropic` | `{base_url}/messages` | `x-api-key`, `anthropic-version` | [`anthropic`], [`anthropic_stream`] |
+
+pub mod anthropic;
+pub mod anthropic_stream;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Uri};
+
+use crate::config::{ChannelConfig, Provider};
+use crate::error::ApiError;
+use anthropic_stream::{ChunkWriter, StreamError};
+
+/// OpenAI's path of chat completions, relative to a channel's base URL.
+pub const CHAT_PATH: &str = "/chat/completions";
+/// OpenAI's path of legacy completions.
+pub const COMPLETIONS_PATH: &str = "/completions";
+/// OpenAI's path of embeddings.
+pub const EMBEDDINGS_PATH: &str = "/embeddings";
+/// OpenAI's path of the model list (health probes).
+pub const MODELS_PATH: &str = "/models";
+
+/// The endpoints (client-facing names) each provider can serve.
+pub fn supported_endpoints(provider: Provider) -> &'static [&'static str] {
+    match provider {
+        Provider::OpenAi | Provider::Azure => &["chat.completions", "completions", "embeddings"],
+        Provider::Anthropic => &["chat.completions"],
+    }
+}
+
+/// How one channel is reached and spoken to.
+#[derive(Debug)]
+pub struct Wire {
+    provider: Provider,
+    /// The base URL without a trailing `/`.
+    base: String,
+    /// Headers that authenticate the gateway (values marked sensitive), and
+    /// the provider's fixed ones.
+    credentials: Vec<(HeaderName, HeaderValue)>,
+    /// `(upstream path, upstream model or "" when the URI does not depend
+    /// on it, URI)`, built once.
+    uris: Vec<(&'static str, String, Uri)>,
+    /// Azure's `api-version`.
+    api_version: String,
+}
+
+impl Wire {
+    /// The wire of a channel: its URIs and credential headers built once.
+    pub fn new(config: &ChannelConfig) -> Self {
+        let base = config
+            .base_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
+        let mut wire = Self {
+            provider: config.provider,
+            base,
+            credentials: Vec::new(),
+            uris: Vec::new(),
+            api_version: config.api_version.clone(),
+        };
+        let secret = |value: String| {
+            let mut value = HeaderValue::from_str(&value).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        };
+        let key = config.api_key.clone();
+        match config.provider {
+            Provider::OpenAi => {
+                if let Some(v) = key.and_then(|k| secret(format!("Bearer {k}"))) {
+                    wire.credentials.push((http::header::AUTHORIZATION, v));
+                }
+            }
+            Provider::Azure => {
+                if let Some(v) = key.and_then(secret) {
+                    wire.credentials
+                        .push((HeaderName::from_static("api-key"), v));
+                }
+            }
+            Provider::Anthropic => {
+                if let Some(v) = key.and_then(secret) {
+                    wire.credentials.push((crate::facts::X_API_KEY, v));
+                }
+                if let Ok(v) = HeaderValue::from_str(&config.anthropic_version) {
+                    wire.credentials
+                        .push((HeaderName::from_static("anthropic-version"), v));
+                }
+            }
+        }
+        let models: Vec<&str> = match config.provider {
+            Provider::Azure => config
+                .models
+                .iter()
+                .map(|m| config.upstream_model(m))
+                .collect(),
+            _ => vec![""],
+        };
+        for path in [CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH, MODELS_PATH] {
+            for model in &models {
+                if let Some(uri) = wire.build_uri(path, model) {
+                    wire.uris.push((path, (*model).to_string(), uri));
+                }
+            }
+        }
+        wire
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    fn build_uri(&self, path: &'static str, model: &str) -> Option<Uri> {
+        let base = &self.base;
+        let text = match self.provider {
+            Provider::OpenAi => format!("{base}{path}"),
+            Provider::Anthropic => match path {
+                CHAT_PATH => format!("{base}/messages"),
+                MODELS_PATH => format!("{base}/models"),
+                _ => return None,
+            },
+            Provider::Azure => {
+                let version = &self.api_version;
+                match path {
+                    MODELS_PATH => format!("{base}/openai/models?api-version={version}"),
+                    _ if model.is_empty()
+                        || !model
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+                    {
+                        return None;
+                    }
+                    _ => format!("{base}/openai/deployments/{model}{path}?api-version={version}"),
+                }
+            }
+        };
+        text.parse().ok()
+    }
+
+    /// The URI of an upstream path for an upstream model (an Azure
+    /// deployment is part of the path); `None` when the provider has none.
+    pub fn uri(&self, path: &str, upstream_model: &str) -> Option<Uri> {
+        let model = if self.provider == Provider::Azure {
+            upstream_model
+        } else {
+            ""
+        };
+        if let Some((_, _, uri)) = self
+            .uris
+            .iter()
+            .find(|(p, m, _)| *p == path && (m == model || path == MODELS_PATH))
+        {
+            return Some(uri.clone());
+        }
+        // A deployment a router chose that the config does not list.
+        let path = [CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH]
+            .into_iter()
+            .find(|p| *p == path)?;
+        self.build_uri(path, model)
+    }
+
+    /// The URI health probes call (the provider's model list).
+    pub fn probe_uri(&self) -> Option<Uri> {
+        self.uri(MODELS_PATH, "")
+    }
+
+    /// The headers that authenticate the gateway to the provider.
+    pub fn credentials(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.credentials
+    }
+
+    /// The upstream body for an OpenAI request body (already renamed and
+    /// capped by the relay); `default_cap` is the completion cap of a
+    /// provider that requires one when the client set none (the model's
+    /// metered default, so the reservation holds what can be spent).
+    ///
+    /// # Errors
+    /// 400 when the request cannot be expressed in the provider's format.
+    pub fn request_body(&self, body: Bytes, default_cap: u32) -> Result<Bytes, ApiError> {
+        match self.provider {
+            Provider::OpenAi | Provider::Azure => Ok(body),
+            Provider::Anthropic => anthropic::request(&body, default_cap).map(Bytes::from),
+        }
+    }
+
+    /// A whole upstream response body in OpenAI's shape (a chat completion,
+    /// or an error); a body that does not parse is passed on as it came.
+    pub fn response_body(&self, success: bool, body: Bytes) -> Bytes {
+        match self.provider {
+            Provider::OpenAi | Provider::Azure => body,
+            Provider::Anthropic => anthropic::response(success, &body).map_or(body, Bytes::from),
+        }
+    }
+
+    /// The translator of a stream's events.
+    pub fn events(&self) -> Events {
+        match self.provider {
+            Provider::OpenAi | Provider::Azure => Events::Pass,
+            Provider::Anthropic => Events::Anthropic(Box::default()),
+        }
+    }
+}
+
+/// A stream's event translator.
+#[derive(Debug)]
+pub enum Events {
+    /// The upstream speaks OpenAI's chunks.
+    Pass,
+    /// Anthropic's events, translated.
+    Anthropic(Box<ChunkWriter>),
+}
+
+impl Events {
+    /// Adds the client's events for one upstream event to `out`.
+    pub fn push(&mut self, event: Bytes, out: &mut Vec<Bytes>) {
+        match self {
+            Self::Pass => out.push(event),
+            Self::Anthropic(writer) => writer.translate(&event, out),
+        }
+    }
+
+    /// An error the upstream reported inside the stream.
+    pub fn take_error(&mut self) -> Option<StreamError> {
+        match self {
+            Self::Pass => None,
+            Self::Anthropic(writer) => writer.take_error(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
