@@ -138,6 +138,17 @@ impl Accounting {
         let Some(kind) = self.ctx.endpoint.prompt_kind() else {
             return;
         };
+        // A Messages body is counted as the chat request it translates to,
+        // so its estimate is the equivalent OpenAI request's.
+        let translated;
+        let body = if self.ctx.endpoint.protocol() == crate::protocol::Protocol::Anthropic {
+            translated = crate::provider::messages::request(body)
+                .map(bytes::Bytes::from)
+                .unwrap_or_default();
+            &translated
+        } else {
+            body
+        };
         let tally = Tally::new(self.ctx.meter.encoding, metering.max_counted_bytes);
         let count = move |body: &[u8]| {
             let mut tally = tally;

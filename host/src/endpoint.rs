@@ -2,6 +2,7 @@
 //! metrics, logs, usage records and policies, and where a relayed one goes
 //! upstream. The one source of endpoint names.
 
+use crate::protocol::Protocol;
 use crate::provider;
 
 /// An endpoint of the client-facing API.
@@ -13,6 +14,10 @@ pub enum Endpoint {
     Completions,
     /// `POST /v1/embeddings`.
     Embeddings,
+    /// `POST /v1/messages` (Anthropic's Messages API).
+    Messages,
+    /// `POST /v1/messages/count_tokens`.
+    CountTokens,
     /// `GET /v1/models` and `GET /v1/models/{id}`.
     Models,
     /// `GET /healthz`.
@@ -28,6 +33,8 @@ impl Endpoint {
             "/v1/chat/completions" => Self::Chat,
             "/v1/completions" => Self::Completions,
             "/v1/embeddings" => Self::Embeddings,
+            "/v1/messages" => Self::Messages,
+            "/v1/messages/count_tokens" => Self::CountTokens,
             "/v1/models" => Self::Models,
             p if p.starts_with("/v1/models/") => Self::Models,
             "/healthz" => Self::Health,
@@ -41,6 +48,8 @@ impl Endpoint {
             Self::Chat => "chat.completions",
             Self::Completions => "completions",
             Self::Embeddings => "embeddings",
+            Self::Messages => "messages",
+            Self::CountTokens => "messages.count_tokens",
             Self::Models => "models",
             Self::Health => "healthz",
             Self::Unknown => "other",
@@ -51,10 +60,27 @@ impl Endpoint {
     /// the gateway relays; `None` for the ones it answers itself.
     pub fn upstream_path(self) -> Option<&'static str> {
         match self {
-            Self::Chat => Some(provider::CHAT_PATH),
+            Self::Chat | Self::Messages => Some(provider::CHAT_PATH),
             Self::Completions => Some(provider::COMPLETIONS_PATH),
             Self::Embeddings => Some(provider::EMBEDDINGS_PATH),
-            Self::Models | Self::Health | Self::Unknown => None,
+            Self::CountTokens | Self::Models | Self::Health | Self::Unknown => None,
+        }
+    }
+
+    /// The API whose wire format the client speaks on this endpoint.
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Self::Messages | Self::CountTokens => Protocol::Anthropic,
+            _ => Protocol::OpenAi,
+        }
+    }
+
+    /// The channel endpoint that serves it (`/v1/messages` is served by the
+    /// channels that serve chat completions).
+    pub fn served_as(self) -> &'static str {
+        match self {
+            Self::Messages | Self::CountTokens => Self::Chat.name(),
+            other => other.name(),
         }
     }
 }
@@ -63,10 +89,11 @@ impl Endpoint {
     /// Which part of the body holds the prompt, for the relayed endpoints.
     pub fn prompt_kind(self) -> Option<sluice_meter::PromptKind> {
         match self {
-            Self::Chat => Some(sluice_meter::PromptKind::Chat),
+            // A Messages body is counted as the chat request it translates to.
+            Self::Chat | Self::Messages => Some(sluice_meter::PromptKind::Chat),
             Self::Completions => Some(sluice_meter::PromptKind::Completion),
             Self::Embeddings => Some(sluice_meter::PromptKind::Embedding),
-            Self::Models | Self::Health | Self::Unknown => None,
+            Self::CountTokens | Self::Models | Self::Health | Self::Unknown => None,
         }
     }
 
@@ -75,8 +102,10 @@ impl Endpoint {
     pub fn cap_field(self) -> Option<&'static str> {
         match self {
             Self::Chat => Some("max_completion_tokens"),
-            Self::Completions => Some("max_tokens"),
-            Self::Embeddings | Self::Models | Self::Health | Self::Unknown => None,
+            Self::Completions | Self::Messages => Some("max_tokens"),
+            Self::Embeddings | Self::CountTokens | Self::Models | Self::Health | Self::Unknown => {
+                None
+            }
         }
     }
 }

@@ -5,6 +5,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::protocol::Protocol;
+
 /// Every way a client request can fail, grouped by cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -140,9 +142,21 @@ impl ApiError {
         })
     }
 
-    /// The complete HTTP response, built here and nowhere else.
+    /// The complete HTTP response in OpenAI's shape.
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        self.into_response_for(Protocol::OpenAi)
+    }
+
+    /// The complete HTTP response in a protocol's shape, built here and
+    /// nowhere else.
+    pub fn into_response_for(self, protocol: Protocol) -> Response<Full<Bytes>> {
+        let body = match protocol {
+            Protocol::OpenAi => self.body(),
+            Protocol::Anthropic => {
+                crate::protocol::anthropic_error(self.status().as_u16(), &self.client_message())
+            }
+        };
+        let body = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();

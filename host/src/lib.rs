@@ -25,6 +25,7 @@ pub mod log_sink;
 pub mod metering;
 pub mod metrics;
 pub mod plugins;
+pub mod protocol;
 pub mod provider;
 pub mod relay;
 pub mod runtime;

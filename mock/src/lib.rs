@@ -404,7 +404,7 @@ enum Wire {
 /// A request's wire format and the OpenAI path it maps to; `None` for an
 /// Azure path without `api-version` (which Azure answers with 404).
 fn route(path: &str, query: Option<&str>) -> Option<(Wire, String)> {
-    if path == "/v1/messages" {
+    if path == "/v1/messages" || path == "/v1/messages/count_tokens" {
         return Some((Wire::Anthropic, path.into()));
     }
     let Some(rest) = path.strip_prefix("/openai/") else {
@@ -578,6 +578,13 @@ async fn handle(
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let model = json["model"].as_str().unwrap_or("mock").to_string();
     let encoding = Encoding::for_model(&model).unwrap_or(Encoding::O200kBase);
+    if path == "/v1/messages/count_tokens" {
+        let input_tokens = anthropic::prompt_tokens(&json, encoding);
+        return Ok(respond(
+            StatusCode::OK,
+            serde_json::json!({"input_tokens": input_tokens}),
+        ));
+    }
     if wire == Wire::Anthropic {
         return Ok(messages(&cfg, &json, model, encoding, stats));
     }

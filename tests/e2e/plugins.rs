@@ -200,6 +200,16 @@ async fn broken_components_are_rejected_at_load_and_the_gateway_serves_on() {
         .await;
     let (key, _) = gw.create_key(json!({"name": "k"})).await;
     assert_eq!(gw.chat(&key, chat_body()).await.status, 200);
+    // Log lines reach the file in batches (every 50 ms or 64 KiB).
+    let names = ["wrong-world", "v2", "init-fails", "truncated", "bad-config"];
+    eventually(Duration::from_secs(5), async || {
+        let logs = gw.logs();
+        names.iter().all(|name| {
+            logs.lines()
+                .any(|l| l.contains("plugin rejected") && l.contains(&format!("{name}.wasm")))
+        })
+    })
+    .await;
     let logs = gw.logs();
     let rejected = |name: &str| {
         logs.lines()

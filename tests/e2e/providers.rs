@@ -18,26 +18,14 @@ fn oks(out: &str) -> Vec<&str> {
 async fn official_sdks_accept_the_fake_upstreams_provider_modes() {
     let upstream = keyed_mock(MockConfig::default()).await;
     let root = format!("http://{}", upstream.addr);
-    let model = [("SLUICE_MODEL", "claude-mock")];
-    let out = python_script(
-        "providers.py",
-        "anthropic_direct",
-        &root,
-        UPSTREAM_KEY,
-        &model,
-    )
-    .await;
-    assert_eq!(oks(&out).len(), 4, "{out}");
-    let deployment = [("SLUICE_MODEL", "prod-deploy")];
-    let out = python_script(
-        "providers.py",
-        "azure_direct",
-        &root,
-        UPSTREAM_KEY,
-        &deployment,
-    )
-    .await;
-    assert_eq!(oks(&out).len(), 4, "{out}");
+    for (scenario, model) in [
+        ("anthropic_direct", "claude-mock"),
+        ("azure_direct", "prod-deploy"),
+    ] {
+        let env = [("SLUICE_MODEL", model)];
+        let out = python_script("providers.py", scenario, &root, UPSTREAM_KEY, &env).await;
+        assert_eq!(oks(&out).len(), 4, "{scenario}: {out}");
+    }
     assert_eq!(upstream.stats.leaked_credentials.load(Ordering::Relaxed), 0);
 }
 
@@ -54,6 +42,11 @@ async fn records(gw: &Gateway, key_id: &str, model: &str, n: usize) -> Vec<serde
     page["data"].as_array().cloned().unwrap_or_default()
 }
 
+/// An Anthropic channel `claude` serving `claude-mock` from `mock`.
+fn claude_channel(mock: &Mock) -> ChannelSpec {
+    ChannelSpec::provider("claude", "anthropic", mock, &["claude-mock"])
+}
+
 fn count(record: &serde_json::Value, field: &str) -> i64 {
     record[field].as_i64().unwrap_or(-1)
 }
@@ -68,12 +61,7 @@ async fn the_openai_sdk_reaches_anthropic_and_azure_channels_and_each_answer_is_
     .await;
     let azure = keyed_mock(MockConfig::default()).await;
     let gw = Gateway::builder()
-        .channel(ChannelSpec::provider(
-            "claude",
-            "anthropic",
-            &claude,
-            &["claude-mock"],
-        ))
+        .channel(claude_channel(&claude))
         .channel(
             ChannelSpec::provider("azure", "azure", &azure, &["gpt-azure"])
                 .rename("gpt-azure", "prod-deploy"),
@@ -220,4 +208,112 @@ async fn a_failing_anthropic_channel_fails_over_to_an_openai_compatible_one() {
         "{}",
         embeddings.text()
     );
+}
+
+/// A key's one record and its ledger entries, once written.
+async fn billed(gw: &Gateway, key_id: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let record = gw
+        .only_usage_record(key_id)
+        .await
+        .expect("one usage record");
+    (record, gw.ledger(key_id).await)
+}
+
+#[tokio::test]
+async fn anthropic_clients_use_v1_messages_on_any_channel_and_are_billed_alike() {
+    let claude = keyed_mock(MockConfig::default()).await;
+    let openai = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .channel(claude_channel(&claude))
+        .channel(ChannelSpec::mock("openai", &openai, &["gpt-mock"]))
+        .price("claude-mock", "{ input = 3.0, output = 15.0 }")
+        .price("gpt-mock", "{ input = 2.0, output = 4.0 }")
+        .start()
+        .await;
+    let (key, _) = gw
+        .create_key(json!({"name": "messages", "quota": 10_000_000}))
+        .await;
+    let (broke, _) = gw.create_key(json!({"name": "broke", "quota": 0})).await;
+    let (limited, _) = gw
+        .create_key(json!({"name": "limited", "models": ["other-model"]}))
+        .await;
+    let base = format!("http://{}/v1", gw.proxy);
+    for model in ["claude-mock", "gpt-mock"] {
+        let env = [
+            ("SLUICE_MODEL", model),
+            ("SLUICE_KEY_BROKE", broke.as_str()),
+            ("SLUICE_KEY_LIMITED", limited.as_str()),
+        ];
+        let out = python_script("providers.py", "messages", &base, &key, &env).await;
+        assert_eq!(oks(&out).len(), 5, "{model}: {out}");
+    }
+    assert_eq!(claude.stats.leaked_credentials.load(Ordering::Relaxed), 0);
+    assert_eq!(openai.stats.leaked_credentials.load(Ordering::Relaxed), 0);
+    // An Anthropic channel gets the client's version and beta flags.
+    let reply = request(
+        "POST",
+        &format!("http://{}/v1/messages", gw.proxy),
+        &[
+            ("x-api-key", key.clone()),
+            ("anthropic-version", "2023-01-01".into()),
+            ("anthropic-beta", "tools-2024-04-04".into()),
+        ],
+        Some(json!({"model": "claude-mock", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}).to_string()),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        claude.stats.last_header("anthropic-version"),
+        ["2023-01-01"]
+    );
+    assert_eq!(
+        claude.stats.last_header("anthropic-beta"),
+        ["tools-2024-04-04"]
+    );
+    // A Messages request and the equivalent chat completion, each on a key
+    // of its own, leave the same record and the same ledger entries.
+    for model in ["claude-mock", "gpt-mock"] {
+        let messages = json!({"model": model, "max_tokens": 64, "system": "Be brief.",
+            "messages": [{"role": "user", "content": "Say something."}]});
+        let chat = json!({"model": model, "max_tokens": 64, "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say something."}]});
+        let mut seen = Vec::new();
+        for (path, body) in [("/v1/messages", messages), ("/v1/chat/completions", chat)] {
+            let (key, key_id) = gw
+                .create_key(json!({"name": path, "quota": 1_000_000}))
+                .await;
+            let reply = request(
+                "POST",
+                &format!("http://{}{path}", gw.proxy),
+                &[
+                    ("x-api-key", key),
+                    ("content-type", "application/json".into()),
+                ],
+                Some(body.to_string()),
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{model} {path}: {}", reply.text());
+            seen.push(billed(&gw, &key_id).await);
+        }
+        let (messages, chat) = (&seen[0], &seen[1]);
+        assert_eq!(messages.0["endpoint"], "messages");
+        for field in [
+            "prompt_tokens",
+            "completion_tokens",
+            "cost",
+            "reserved",
+            "cost_split",
+            "channel_id",
+            "status",
+        ] {
+            assert_eq!(messages.0[field], chat.0[field], "{model}: {field}");
+        }
+        let deltas = |entries: &[serde_json::Value]| -> Vec<serde_json::Value> {
+            entries
+                .iter()
+                .map(|e| json!([e["kind"], e["delta"]]))
+                .collect()
+        };
+        assert_eq!(deltas(&messages.1), deltas(&chat.1), "{model}: ledger");
+    }
 }

@@ -7,6 +7,9 @@ Usage: providers.py SCENARIO   (env: SLUICE_BASE_URL, SLUICE_KEY, SLUICE_MODEL)
   azure_direct      the `openai` SDK's AzureOpenAI client against its Azure mode
                     (SLUICE_BASE_URL is the mock's root, SLUICE_MODEL a deployment)
   translated        the `openai` SDK through the gateway to SLUICE_MODEL
+  messages          the `anthropic` SDK through the gateway's /v1/messages to
+                    SLUICE_MODEL (SLUICE_KEY_BROKE: a key without quota,
+                    SLUICE_KEY_LIMITED: a key the auth policy refuses the model)
 Each asks plain and streamed, for a tool call and with its result. Prints one
 `ok ...` line per check; a failed check raises and exits non-zero.
 """
@@ -29,45 +32,57 @@ WEATHER_TOOL = {
 QUESTION = {"role": "user", "content": "What is the weather in Paris?"}
 
 
+ANTHROPIC_TOOL = {"name": "get_weather", "description": "The weather in a city.", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}
+SAY = [{"role": "user", "content": "Say something."}]
+
+
+def conversation(client, label):
+    """Plain, streamed, a tool call plain and streamed, and its result sent
+    back, with the `anthropic` SDK; returns the plain message."""
+    message = client.messages.create(model=MODEL, max_tokens=64, system="Be brief.", messages=SAY)
+    assert message.content[0].type == "text" and message.content[0].text.startswith("The quick"), message
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens == 16 and message.usage.input_tokens > 0, message
+    print(f"ok {label} plain", message.usage.input_tokens, message.usage.output_tokens)
+
+    with client.messages.stream(model=MODEL, max_tokens=64, system="Be brief.", messages=SAY) as stream:
+        events = [e.type for e in stream]
+        final = stream.get_final_message()
+    text = "".join(b.text for b in final.content if b.type == "text")
+    assert text.startswith("The quick brown") and final.stop_reason == "end_turn", final
+    assert final.usage.output_tokens == 16 and final.usage.input_tokens == message.usage.input_tokens, final.usage
+    assert events[0] == "message_start" and events[-1] == "message_stop", events
+    print(f"ok {label} stream", final.usage.input_tokens, final.usage.output_tokens)
+
+    asked = client.messages.create(model=MODEL, max_tokens=64, tools=[ANTHROPIC_TOOL], messages=[QUESTION], extra_headers=TOOLS_HEADER)
+    use = next(b for b in asked.content if b.type == "tool_use")
+    assert asked.stop_reason == "tool_use" and use.name == "get_weather" and use.input["q"].startswith("The quick"), asked
+    with client.messages.stream(model=MODEL, max_tokens=64, tools=[ANTHROPIC_TOOL], messages=[QUESTION], extra_headers=TOOLS_HEADER) as stream:
+        streamed = stream.get_final_message()
+    streamed_use = next(b for b in streamed.content if b.type == "tool_use")
+    assert streamed_use.input == use.input and streamed_use.id == use.id and streamed.stop_reason == "tool_use", streamed
+    answered = client.messages.create(model=MODEL, max_tokens=64, tools=[ANTHROPIC_TOOL], messages=[
+        QUESTION,
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in asked.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "18 degrees"}]},
+    ])
+    assert answered.content[0].text.startswith("The quick") and answered.stop_reason == "end_turn", answered
+    print(f"ok {label} tools", use.id)
+    return message
+
+
 def anthropic_direct():
     import anthropic
 
     client = anthropic.Anthropic(base_url=BASE, api_key=KEY, max_retries=0, timeout=20)
-    message = client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "Say something."}])
-    assert message.content[0].type == "text" and message.content[0].text.startswith("The quick"), message
-    assert message.stop_reason == "end_turn" and message.usage.output_tokens == 16, message
-    print("ok anthropic plain", message.usage.input_tokens, message.usage.output_tokens)
-
-    with client.messages.stream(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "Say something."}]) as stream:
-        text = "".join(stream.text_stream)
-        final = stream.get_final_message()
-    assert text.startswith("The quick brown"), text
-    assert final.usage.output_tokens == 16 and final.stop_reason == "end_turn", final
-    print("ok anthropic stream", final.usage.output_tokens)
-
-    tool = {"name": "get_weather", "description": "The weather in a city.", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}
-    asked = client.messages.create(model=MODEL, max_tokens=64, tools=[tool], messages=[QUESTION], extra_headers=TOOLS_HEADER)
-    use = next(b for b in asked.content if b.type == "tool_use")
-    assert asked.stop_reason == "tool_use" and use.name == "get_weather" and use.input["q"].startswith("The quick"), asked
-    with client.messages.stream(model=MODEL, max_tokens=64, tools=[tool], messages=[QUESTION], extra_headers=TOOLS_HEADER) as stream:
-        streamed = stream.get_final_message()
-    streamed_use = next(b for b in streamed.content if b.type == "tool_use")
-    assert streamed_use.input == use.input and streamed.stop_reason == "tool_use", streamed
-    answered = client.messages.create(model=MODEL, max_tokens=64, tools=[tool], messages=[
-        QUESTION,
-        {"role": "assistant", "content": [b.model_dump() for b in asked.content]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "18 degrees"}]},
-    ])
-    assert answered.content[0].text.startswith("The quick"), answered
+    conversation(client, "anthropic")
     try:
-        client.messages.create(model=MODEL, max_tokens=64, tools=[tool], messages=[
+        client.messages.create(model=MODEL, max_tokens=64, tools=[ANTHROPIC_TOOL], messages=[
             QUESTION,
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_unknown", "content": "x"}]},
         ])
         raise AssertionError("a tool result for an unknown tool use was accepted")
     except anthropic.BadRequestError as e:
         assert e.body["error"]["type"] == "invalid_request_error", e.body
-    print("ok anthropic tools", use.id)
 
     try:
         anthropic.Anthropic(base_url=BASE, api_key="wrong", max_retries=0).messages.create(
@@ -156,5 +171,39 @@ def translated():
     print("ok translated tool result")
 
 
+def messages():
+    import anthropic
+
+    base = BASE.removesuffix("/v1")
+    client = anthropic.Anthropic(base_url=base, api_key=KEY, max_retries=0, timeout=20)
+    conversation(client, "messages")
+
+    counted = client.messages.count_tokens(model=MODEL, messages=SAY)
+    assert counted.input_tokens > 0, counted
+    print("ok messages count_tokens", counted.input_tokens)
+
+    try:
+        anthropic.Anthropic(base_url=base, api_key="sk-sl-not-a-key", max_retries=0).messages.create(model=MODEL, max_tokens=8, messages=SAY)
+        raise AssertionError("a bad key was accepted")
+    except anthropic.AuthenticationError as e:
+        assert e.body["type"] == "error" and e.body["error"]["type"] == "authentication_error", e.body
+    try:
+        anthropic.Anthropic(base_url=base, api_key=os.environ["SLUICE_KEY_BROKE"], max_retries=0).messages.create(model=MODEL, max_tokens=8, messages=SAY)
+        raise AssertionError("a key without quota was served")
+    except anthropic.RateLimitError as e:
+        assert e.body["error"]["type"] == "rate_limit_error", e.body
+    try:
+        anthropic.Anthropic(base_url=base, api_key=os.environ["SLUICE_KEY_LIMITED"], max_retries=0).messages.create(model=MODEL, max_tokens=8, messages=SAY)
+        raise AssertionError("the auth policy let a key use a model it may not")
+    except anthropic.PermissionDeniedError as e:
+        assert e.body["error"]["type"] == "permission_error", e.body
+    try:
+        client.messages.create(model="no-such-model", max_tokens=8, messages=SAY)
+        raise AssertionError("an unknown model was served")
+    except anthropic.NotFoundError as e:
+        assert e.body["error"]["type"] == "not_found_error", e.body
+    print("ok messages errors")
+
+
 if __name__ == "__main__":
-    {"anthropic_direct": anthropic_direct, "azure_direct": azure_direct, "translated": translated}[sys.argv[1]]()
+    {"anthropic_direct": anthropic_direct, "azure_direct": azure_direct, "translated": translated, "messages": messages}[sys.argv[1]]()

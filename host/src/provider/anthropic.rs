@@ -269,6 +269,15 @@ pub fn usage(anthropic: &Value) -> Value {
     })
 }
 
+/// The gateway's token counts of an Anthropic usage object (`None` when it
+/// is not one).
+pub fn tokens(anthropic: &Value) -> Option<crate::metering::Tokens> {
+    if !anthropic.is_object() {
+        return None;
+    }
+    serde_json::from_value(usage(anthropic)).ok()
+}
+
 /// Seconds since the Unix epoch, for `created`.
 pub fn now_s() -> u64 {
     crate::keys::now_ms() / 1000

@@ -11,7 +11,67 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::anthropic;
+use crate::metering::Tokens;
 use crate::relay::sse;
+
+/// Applies a `message_delta`'s usage (cumulative counts; a field it omits
+/// keeps its `message_start` value) to the usage seen so far.
+fn merge_usage(seen: &mut Value, update: &Value) {
+    let Some(update) = update.as_object() else {
+        return;
+    };
+    if !seen.is_object() {
+        *seen = json!({});
+    }
+    if let Value::Object(seen) = seen {
+        for (field, value) in update.iter().filter(|(_, v)| !v.is_null()) {
+            seen.insert(field.clone(), value.clone());
+        }
+    }
+}
+
+/// What one event of an Anthropic stream tells the accounting.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The usage so far, when the event carried some.
+    pub usage: Option<Tokens>,
+    /// The event carries generated content.
+    pub content: bool,
+}
+
+/// Reads the usage of an Anthropic event stream on its way to an
+/// Anthropic client: input and cache tokens from `message_start`, the
+/// cumulative counts of each `message_delta`. Events without a `"usage"`
+/// key cost a byte scan.
+#[derive(Debug, Default)]
+pub struct UsageTap {
+    usage: Value,
+}
+
+impl UsageTap {
+    /// Inspects one event.
+    pub fn inspect(&mut self, event: &[u8]) -> Seen {
+        let content = memchr::memmem::find(event, b"content_block_delta").is_some();
+        if memchr::memmem::find(event, b"\"usage\"").is_none() {
+            return Seen {
+                usage: None,
+                content,
+            };
+        }
+        let Ok(data) = serde_json::from_slice::<Value>(&sse::data_of(event)) else {
+            return Seen::default();
+        };
+        match data["type"].as_str() {
+            Some("message_start") => self.usage = data["message"]["usage"].clone(),
+            Some("message_delta") => merge_usage(&mut self.usage, &data["usage"]),
+            _ => return Seen::default(),
+        }
+        Seen {
+            usage: anthropic::tokens(&self.usage),
+            content,
+        }
+    }
+}
 
 /// An upstream `error` event: its type and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,17 +144,7 @@ impl ChunkWriter {
                 }
             }
             "message_delta" => {
-                if let (Some(usage), Value::Object(seen)) =
-                    (data["usage"].as_object(), &mut self.usage)
-                {
-                    for (field, value) in usage {
-                        if !value.is_null() {
-                            seen.insert(field.clone(), value.clone());
-                        }
-                    }
-                } else if self.usage.is_null() {
-                    self.usage = data["usage"].clone();
-                }
+                merge_usage(&mut self.usage, &data["usage"]);
                 if let Some(stop) = data["delta"]["stop_reason"].as_str() {
                     let finish = anthropic::finish_reason(stop);
                     out.push(self.chunk(json!({}), Some(finish)));

@@ -14,13 +14,16 @@
 
 pub mod anthropic;
 pub mod anthropic_stream;
+pub mod messages;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Uri};
 
 use crate::config::{ChannelConfig, Provider};
 use crate::error::ApiError;
+use crate::protocol::Protocol;
 use anthropic_stream::{ChunkWriter, StreamError};
+use messages::EventWriter;
 
 /// OpenAI's path of chat completions, relative to a channel's base URL.
 pub const CHAT_PATH: &str = "/chat/completions";
@@ -30,6 +33,8 @@ pub const COMPLETIONS_PATH: &str = "/completions";
 pub const EMBEDDINGS_PATH: &str = "/embeddings";
 /// OpenAI's path of the model list (health probes).
 pub const MODELS_PATH: &str = "/models";
+/// Anthropic's token counting, relative to a channel's base URL.
+pub const COUNT_TOKENS_PATH: &str = "/messages/count_tokens";
 
 /// The endpoints (client-facing names) each provider can serve.
 pub fn supported_endpoints(provider: Provider) -> &'static [&'static str] {
@@ -106,7 +111,13 @@ impl Wire {
                 .collect(),
             _ => vec![""],
         };
-        for path in [CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH, MODELS_PATH] {
+        for path in [
+            CHAT_PATH,
+            COMPLETIONS_PATH,
+            EMBEDDINGS_PATH,
+            MODELS_PATH,
+            COUNT_TOKENS_PATH,
+        ] {
             for model in &models {
                 if let Some(uri) = wire.build_uri(path, model) {
                     wire.uris.push((path, (*model).to_string(), uri));
@@ -124,9 +135,11 @@ impl Wire {
     fn build_uri(&self, path: &'static str, model: &str) -> Option<Uri> {
         let base = &self.base;
         let text = match self.provider {
+            Provider::OpenAi if path == COUNT_TOKENS_PATH => return None,
             Provider::OpenAi => format!("{base}{path}"),
             Provider::Anthropic => match path {
                 CHAT_PATH => format!("{base}/messages"),
+                COUNT_TOKENS_PATH => format!("{base}{COUNT_TOKENS_PATH}"),
                 MODELS_PATH => format!("{base}/models"),
                 _ => return None,
             },
@@ -134,6 +147,7 @@ impl Wire {
                 let version = &self.api_version;
                 match path {
                     MODELS_PATH => format!("{base}/openai/models?api-version={version}"),
+                    COUNT_TOKENS_PATH => return None,
                     _ if model.is_empty()
                         || !model
                             .bytes()
@@ -180,35 +194,69 @@ impl Wire {
         &self.credentials
     }
 
-    /// The upstream body for an OpenAI request body (already renamed and
-    /// capped by the relay); `default_cap` is the completion cap of a
+    /// Whether the channel speaks the client's protocol as it is.
+    fn speaks(&self, protocol: Protocol) -> bool {
+        match protocol {
+            Protocol::OpenAi => self.provider != Provider::Anthropic,
+            Protocol::Anthropic => self.provider == Provider::Anthropic,
+        }
+    }
+
+    /// The upstream body for a client's body in `protocol` (already renamed
+    /// and capped by the relay); `default_cap` is the completion cap of a
     /// provider that requires one when the client set none (the model's
     /// metered default, so the reservation holds what can be spent).
     ///
     /// # Errors
     /// 400 when the request cannot be expressed in the provider's format.
-    pub fn request_body(&self, body: Bytes, default_cap: u32) -> Result<Bytes, ApiError> {
-        match self.provider {
-            Provider::OpenAi | Provider::Azure => Ok(body),
-            Provider::Anthropic => anthropic::request(&body, default_cap).map(Bytes::from),
+    pub fn request_body(
+        &self,
+        protocol: Protocol,
+        body: Bytes,
+        default_cap: u32,
+    ) -> Result<Bytes, ApiError> {
+        if self.speaks(protocol) {
+            return Ok(body);
+        }
+        match protocol {
+            Protocol::OpenAi => anthropic::request(&body, default_cap),
+            Protocol::Anthropic => messages::request(&body),
+        }
+        .map(Bytes::from)
+    }
+
+    /// A whole upstream response body in the client's protocol (a
+    /// completion or a message, or an error); a body that does not parse is
+    /// passed on as it came.
+    pub fn response_body(&self, protocol: Protocol, status: u16, body: Bytes) -> Bytes {
+        if self.speaks(protocol) {
+            return body;
+        }
+        match protocol {
+            Protocol::OpenAi => anthropic::response((200..300).contains(&status), &body),
+            Protocol::Anthropic => messages::response(status, &body),
+        }
+        .map_or(body, Bytes::from)
+    }
+
+    /// The translator of a stream's events into the client's protocol.
+    pub fn events(&self, protocol: Protocol) -> Events {
+        if self.speaks(protocol) {
+            return Events::Pass;
+        }
+        match protocol {
+            Protocol::OpenAi => Events::Anthropic(Box::default()),
+            Protocol::Anthropic => Events::Messages(Box::default()),
         }
     }
 
-    /// A whole upstream response body in OpenAI's shape (a chat completion,
-    /// or an error); a body that does not parse is passed on as it came.
-    pub fn response_body(&self, success: bool, body: Bytes) -> Bytes {
-        match self.provider {
-            Provider::OpenAi | Provider::Azure => body,
-            Provider::Anthropic => anthropic::response(success, &body).map_or(body, Bytes::from),
-        }
-    }
-
-    /// The translator of a stream's events.
-    pub fn events(&self) -> Events {
-        match self.provider {
-            Provider::OpenAi | Provider::Azure => Events::Pass,
-            Provider::Anthropic => Events::Anthropic(Box::default()),
-        }
+    /// The client headers of `protocol` this channel takes as they are:
+    /// Anthropic's version and beta flags, from an Anthropic client to an
+    /// Anthropic channel.
+    pub fn passes_header(&self, protocol: Protocol, name: &HeaderName) -> bool {
+        protocol == Protocol::Anthropic
+            && self.provider == Provider::Anthropic
+            && matches!(name.as_str(), "anthropic-version" | "anthropic-beta")
     }
 }
 
@@ -217,8 +265,10 @@ impl Wire {
 pub enum Events {
     /// The upstream speaks OpenAI's chunks.
     Pass,
-    /// Anthropic's events, translated.
+    /// Anthropic's events, as OpenAI chunks.
     Anthropic(Box<ChunkWriter>),
+    /// OpenAI's chunks, as Anthropic events.
+    Messages(Box<EventWriter>),
 }
 
 impl Events {
@@ -227,13 +277,14 @@ impl Events {
         match self {
             Self::Pass => out.push(event),
             Self::Anthropic(writer) => writer.translate(&event, out),
+            Self::Messages(writer) => writer.translate(&event, out),
         }
     }
 
     /// An error the upstream reported inside the stream.
     pub fn take_error(&mut self) -> Option<StreamError> {
         match self {
-            Self::Pass => None,
+            Self::Pass | Self::Messages(_) => None,
             Self::Anthropic(writer) => writer.take_error(),
         }
     }

@@ -237,3 +237,148 @@ fn an_error_event_mid_stream_is_reported_once() {
     );
     assert_eq!(writer.take_error(), None);
 }
+
+#[test]
+fn a_chat_completion_survives_the_trip_to_a_message_and_back() {
+    let openai = golden("response.openai.json").as_bytes();
+    let message = super::messages::response(200, openai).map(|m| json_of(&m));
+    let message = message.unwrap_or(Value::Null);
+    assert_eq!(message["type"], "message");
+    assert_eq!(message["stop_reason"], "tool_use");
+    assert_eq!(
+        message["usage"],
+        json!({"input_tokens": 472, "cache_read_input_tokens": 2048, "cache_creation_input_tokens": 100, "output_tokens": 91})
+    );
+    let back = anthropic::response(true, message.to_string().as_bytes());
+    assert_eq!(
+        back.map(|b| without_clock(json_of(&b))),
+        Some(json_of(openai))
+    );
+}
+
+#[test]
+fn a_chat_stream_survives_the_trip_to_message_events_and_back() {
+    // OpenAI chunks → Anthropic events (what a /v1/messages client reads
+    // from an OpenAI channel) → OpenAI chunks again: the same text, tool
+    // call, finish reason and usage.
+    let mut writer = super::messages::EventWriter::default();
+    let mut events = Vec::new();
+    for chunk in golden("stream.openai.sse").split_inclusive("\n\n") {
+        writer.translate(chunk.as_bytes(), &mut events);
+    }
+    let names: Vec<String> = events
+        .iter()
+        .filter_map(|e| {
+            std::str::from_utf8(e)
+                .ok()?
+                .lines()
+                .next()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("event: message_start")
+    );
+    assert_eq!(names.get(1).map(String::as_str), Some("event: ping"));
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("event: message_stop")
+    );
+    let sse: String = events
+        .iter()
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect();
+    let (chunks, _) = translate_stream(&sse, 13);
+    let text: String = chunks
+        .iter()
+        .map(|c| json_of(&data_of(c)))
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(text, "Okay, let's check the weather.");
+    let arguments: String = chunks
+        .iter()
+        .map(|c| json_of(&data_of(c)))
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(arguments, "{\"location\": \"San Francisco, CA\"}");
+    let usage = chunks
+        .iter()
+        .find_map(|e| crate::relay::sse::inspect(e).usage);
+    assert_eq!(
+        usage.map(|u| (u.prompt, u.completion, u.cached)),
+        Some((1496, 89, 1024))
+    );
+    assert!(
+        chunks
+            .iter()
+            .any(|c| json_of(&data_of(c))["choices"][0]["finish_reason"] == "tool_calls")
+    );
+}
+
+#[test]
+fn a_messages_request_becomes_the_equivalent_chat_request() -> Result<(), ApiError> {
+    let chat = json_of(&super::messages::request(
+        golden("request.anthropic.json").as_bytes(),
+    )?);
+    let roles: Vec<&str> = chat["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["role"].as_str())
+        .collect();
+    assert_eq!(
+        roles,
+        ["system", "user", "assistant", "tool", "tool", "user"]
+    );
+    let messages = &chat["messages"];
+    assert_eq!(
+        messages[0]["content"],
+        "You are a weather assistant.\nAnswer in one sentence."
+    );
+    assert_eq!(
+        messages[1]["content"][1]["image_url"]["url"],
+        "data:image/jpeg;base64,/9j/4AAQSkZJRgABAQ=="
+    );
+    assert_eq!(
+        messages[2]["tool_calls"][1]["id"],
+        "toolu_01B7dp3Xz2Vb8c9sPqR4mN5k"
+    );
+    assert_eq!(
+        json_of(
+            messages[2]["tool_calls"][1]["function"]["arguments"]
+                .as_str()
+                .unwrap_or("")
+                .as_bytes()
+        ),
+        json!({"location": "Paris, France"})
+    );
+    assert_eq!(messages[3]["tool_call_id"], "toolu_01A09q90qw90lq917835lq9");
+    assert_eq!(
+        messages[4]["content"],
+        json!([{"type": "text", "text": "18 degrees"}])
+    );
+    assert_eq!(chat["tool_choice"], "auto");
+    assert_eq!(chat["parallel_tool_calls"], false);
+    assert_eq!(chat["stop"], json!(["\n\nHuman:"]));
+    assert_eq!(chat["stream_options"], json!({"include_usage": true}));
+    assert_eq!(
+        (chat["max_tokens"].as_u64(), chat["user"].as_str()),
+        (Some(512), Some("user-42"))
+    );
+    // And back: the same turns, tool uses and results, ids and all.
+    let again = json_of(&anthropic::request(chat.to_string().as_bytes(), 1)?);
+    let original = json_of(golden("request.anthropic.json").as_bytes());
+    assert_eq!(again["messages"], original["messages"]);
+    assert_eq!(again["tools"], original["tools"]);
+    assert_eq!(again["tool_choice"], original["tool_choice"]);
+    Ok(())
+}

@@ -27,6 +27,7 @@ use crate::error::ApiError;
 use crate::facts::{X_API_KEY, X_REQUEST_ID};
 use crate::metrics::UpstreamErrorLabels;
 use crate::plugins::Offer;
+use crate::protocol::Protocol;
 use crate::server::body::{ResponseBody, boxed};
 use crate::state::AppState;
 use channels::Channel;
@@ -233,7 +234,7 @@ async fn plan(
     let serving: Vec<&Arc<Channel>> = state
         .channels
         .serving(model)
-        .filter(|c| c.config.serves_endpoint(endpoint))
+        .filter(|c| c.config.serves_endpoint(ctx.endpoint.served_as()))
         .collect();
     if serving.is_empty() {
         let message = if state.channels.serves(model) {
@@ -331,12 +332,16 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// headers, the gateway's own, the channel's credentials and fixed headers.
 fn build_request(
     channel: &Channel,
-    endpoint_path: &str,
+    ctx: &RequestContext,
     upstream_model: &str,
     body: Bytes,
     headers: &HeaderMap,
-    request_id: &str,
 ) -> Result<Request<Full<Bytes>>, ApiError> {
+    let endpoint_path = ctx
+        .endpoint
+        .upstream_path()
+        .ok_or_else(|| ApiError::Internal(format!("{} is not relayed", ctx.endpoint.name())))?;
+    let protocol = ctx.endpoint.protocol();
     let uri = channel
         .wire
         .uri(endpoint_path, upstream_model)
@@ -368,11 +373,16 @@ fn build_request(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
-    if let Ok(id) = HeaderValue::from_str(request_id) {
+    if let Ok(id) = HeaderValue::from_str(ctx.request_id()) {
         out.insert(X_REQUEST_ID, id);
     }
     for (name, value) in channel.wire.credentials() {
         out.insert(name, value.clone());
+    }
+    for (name, value) in headers {
+        if channel.wire.passes_header(protocol, name) {
+            out.insert(name, value.clone());
+        }
     }
     for (name, value) in &channel.config.headers {
         out.insert(name, value.clone());
@@ -438,10 +448,7 @@ pub async fn relay(
     let routed = Instant::now();
     let steps = plan(state, ctx).await?;
     ctx.time("route", routed);
-    let endpoint_path = ctx
-        .endpoint
-        .upstream_path()
-        .ok_or_else(|| ApiError::Internal(format!("{} is not relayed", ctx.endpoint.name())))?;
+    let protocol = ctx.endpoint.protocol();
     let cfg = &state.config.upstream;
     // The error of the last attempt; with nothing to try, no channel could serve.
     let mut last = ApiError::Upstream {
@@ -467,9 +474,11 @@ pub async fn relay(
             .error;
             continue;
         }
-        let body = match upstream_body(parsed, &upstream_model)
-            .and_then(|body| channel.wire.request_body(body, ctx.meter.max_tokens))
-        {
+        let body = match upstream_body(parsed, &upstream_model).and_then(|body| {
+            channel
+                .wire
+                .request_body(protocol, body, ctx.meter.max_tokens)
+        }) {
             Ok(body) => body,
             // What one provider cannot express, another channel may serve.
             Err(error) => {
@@ -477,14 +486,7 @@ pub async fn relay(
                 continue;
             }
         };
-        let request = build_request(
-            &channel,
-            endpoint_path,
-            &upstream_model,
-            body,
-            headers,
-            ctx.request_id(),
-        )?;
+        let request = build_request(&channel, ctx, &upstream_model, body, headers)?;
         let in_flight = channel.enter();
         let sent = Instant::now();
         let failure = match tokio::time::timeout(
@@ -538,7 +540,7 @@ pub async fn relay(
                 return Ok(respond(
                     state,
                     parsed,
-                    ctx.meter.encoding,
+                    ctx,
                     response,
                     Answer {
                         channel: &channel,
@@ -581,11 +583,13 @@ struct Answer<'a> {
 async fn respond(
     state: &AppState,
     parsed: &Parsed,
-    encoding: sluice_meter::Encoding,
+    ctx: &RequestContext,
     response: Response<hyper::body::Incoming>,
     answer: Answer<'_>,
 ) -> Relayed {
     let Answer { channel, in_flight } = answer;
+    let encoding = ctx.meter.encoding;
+    let protocol = ctx.endpoint.protocol();
     let (mut head, body) = response.into_parts();
     let status = head.status;
     // Upstream cookies are not the client's business either.
@@ -602,13 +606,14 @@ async fn respond(
             head,
             body,
             in_flight,
-            events: channel.wire.events(),
+            events: channel.wire.events(protocol),
             settings: stream::StreamSettings {
                 cut_off: state.cut_off.clone(),
                 idle_timeout: state.config.upstream.idle_timeout,
                 show_usage: parsed.include_usage,
                 max_event_bytes: state.config.upstream.max_event_bytes,
                 capture: state.config.log.content,
+                protocol,
                 encoding,
                 count_budget: state.config.metering.max_counted_bytes,
             },
@@ -624,7 +629,7 @@ async fn respond(
     let bytes = match collected {
         Ok(c) => channel
             .wire
-            .response_body(status.is_success(), c.to_bytes()),
+            .response_body(protocol, status.as_u16(), c.to_bytes()),
         Err(e) => {
             let error = if e.is::<http_body_util::LengthLimitError>() {
                 tracing::warn!(limit, "upstream body over upstream.max_response_bytes");
@@ -652,13 +657,7 @@ async fn respond(
             return Relayed::Complete { response, outcome };
         }
     };
-    #[derive(serde::Deserialize)]
-    struct Body {
-        usage: Option<crate::metering::Tokens>,
-    }
-    outcome.usage = serde_json::from_slice::<Body>(&bytes)
-        .ok()
-        .and_then(|b| b.usage);
+    outcome.usage = usage_of(protocol, &bytes);
     if outcome.usage.is_none() && status.is_success() {
         outcome.counted_completion =
             transcript::count_body(&bytes, encoding, state.config.metering.max_counted_bytes);
@@ -666,7 +665,7 @@ async fn respond(
     if !status.is_success() {
         outcome.error_kind = Some(format!("upstream_status_{}", status.as_u16()));
     }
-    if state.config.log.content {
+    if state.config.log.content && protocol == Protocol::OpenAi {
         outcome.completion = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| {
@@ -678,6 +677,23 @@ async fn respond(
     }
     let response = Response::from_parts(head, boxed(Full::new(bytes)));
     Relayed::Complete { response, outcome }
+}
+
+/// The usage a whole response body reports, in its protocol's shape.
+fn usage_of(protocol: Protocol, body: &[u8]) -> Option<crate::metering::Tokens> {
+    #[derive(serde::Deserialize)]
+    struct OpenAiBody {
+        usage: Option<crate::metering::Tokens>,
+    }
+    match protocol {
+        Protocol::OpenAi => serde_json::from_slice::<OpenAiBody>(body)
+            .ok()
+            .and_then(|b| b.usage),
+        Protocol::Anthropic => {
+            let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+            crate::provider::anthropic::tokens(&body["usage"])
+        }
+    }
 }
 
 #[cfg(test)]

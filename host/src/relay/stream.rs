@@ -23,7 +23,9 @@ use super::channels::InFlight;
 use super::sse::{self, SseFramer};
 use super::transcript::Transcript;
 use crate::accounting::{Accounting, Outcome};
+use crate::protocol::Protocol;
 use crate::provider::Events;
+use crate::provider::anthropic_stream::UsageTap;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// What a stream needs from the configuration and the request.
@@ -43,6 +45,8 @@ pub struct StreamSettings {
     pub encoding: sluice_meter::Encoding,
     /// Bytes of events kept for that count (`metering.max_counted_kib`).
     pub count_budget: usize,
+    /// The client's protocol: where the usage is and how an error reads.
+    pub protocol: Protocol,
 }
 
 /// What a stream that the shutdown cut off tells its client, last.
@@ -79,6 +83,8 @@ pub struct RelayStream {
     cut_off: Pin<Box<WaitForCancellationFutureOwned>>,
     last_data: tokio::time::Instant,
     show_usage: bool,
+    /// `Some` for an Anthropic client: its usage is read from its events.
+    messages_tap: Option<UsageTap>,
     capture: Option<String>,
     transcript: Transcript,
     encoding: sluice_meter::Encoding,
@@ -109,6 +115,7 @@ impl RelayStream {
             capture,
             encoding,
             count_budget,
+            protocol,
         } = settings;
         Self {
             upstream,
@@ -122,6 +129,7 @@ impl RelayStream {
             cut_off: Box::pin(cut_off.cancelled_owned()),
             last_data: tokio::time::Instant::now(),
             show_usage,
+            messages_tap: (protocol == Protocol::Anthropic).then(UsageTap::default),
             capture: capture.then(String::new),
             transcript: Transcript::new(count_budget),
             encoding,
@@ -143,6 +151,18 @@ impl RelayStream {
     fn take_events(&mut self) {
         for event in self.framed.drain(..) {
             self.events.push(event, &mut self.scratch);
+        }
+        if let Some(tap) = &mut self.messages_tap {
+            for event in self.scratch.drain(..) {
+                let seen = tap.inspect(&event);
+                if seen.usage.is_some() {
+                    self.outcome.usage = seen.usage;
+                }
+                if seen.content && self.outcome.ttft.is_none() {
+                    self.outcome.ttft = Some(self.started.elapsed());
+                }
+                self.ready.push_back(event);
+            }
         }
         for event in self.scratch.drain(..) {
             let info = sse::inspect(&event);
@@ -175,9 +195,14 @@ impl RelayStream {
     fn fail(&mut self, kind: &str, message: &str) {
         self.outcome.partial = true;
         self.outcome.error_kind = Some(kind.into());
-        let body = serde_json::json!({"error": {"message": message, "type": "api_error", "param": null, "code": kind}});
-        self.ready
-            .push_back(Bytes::from(format!("data: {body}\n\n")));
+        let event = if self.messages_tap.is_some() {
+            let body = crate::protocol::anthropic_error(500, message);
+            format!("event: error\ndata: {body}\n\n")
+        } else {
+            let body = serde_json::json!({"error": {"message": message, "type": "api_error", "param": null, "code": kind}});
+            format!("data: {body}\n\n")
+        };
+        self.ready.push_back(Bytes::from(event));
         self.ended = true;
     }
 

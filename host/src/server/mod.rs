@@ -3,7 +3,9 @@
 //! ([`crate::admin`]), and a panic inside a request turned into a 500.
 
 pub mod body;
+pub mod caller;
 pub mod client_ip;
+pub mod count_tokens;
 pub mod intake;
 pub mod listener;
 pub mod proxy;

@@ -14,13 +14,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body::Body;
 
 use super::body::{ResponseBody, boxed, json};
+use super::caller;
 use super::intake::{self, BodyLimits};
 use crate::accounting::{Accounting, Outcome};
 use crate::context::RequestContext;
 use crate::endpoint::Endpoint;
 use crate::error::ApiError;
-use crate::facts::{self, RequestFacts, X_REQUEST_ID};
-use crate::keys::LiveKey;
+use crate::facts::{RequestFacts, X_REQUEST_ID};
 use crate::metrics::{EndpointLabels, ShedLabels};
 use crate::relay::{self, Parsed, Relayed};
 use crate::state::AppState;
@@ -40,9 +40,12 @@ where
 {
     let started = Instant::now();
     let endpoint = Endpoint::of_path(req.uri().path());
-    let ctx = door(state, started, peer, endpoint, req.headers());
+    let mut ctx = door(state, started, peer, endpoint, req.headers());
     let response = if endpoint.upstream_path().is_some() {
         relayed(state, ctx, req).await
+    } else if endpoint == Endpoint::CountTokens {
+        let answer = super::count_tokens::answer(state, &mut ctx, req).await;
+        finished(&ctx, answer)
     } else {
         let answer = answered(state, &ctx, &req).await;
         finished(&ctx, answer)
@@ -93,7 +96,7 @@ async fn answered<B>(
     match ctx.endpoint {
         Endpoint::Health => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         Endpoint::Models => {
-            require(method, &Method::GET)?;
+            caller::require(method, &Method::GET)?;
             let id = req
                 .uri()
                 .path()
@@ -124,14 +127,14 @@ where
         max_bytes: state.config.server.max_body_bytes,
         timeout: state.config.server.body_timeout,
     };
-    let admitted = require(req.method(), &Method::POST)
+    let admitted = caller::require(req.method(), &Method::POST)
         .and_then(|()| intake::check_declared(req.headers(), &limits));
     if let Err(error) = admitted {
         return finished(&ctx, Err(error));
     }
     let (parts, body) = req.into_parts();
     let auth_started = Instant::now();
-    ctx.key = match lookup_key(state, &parts.headers).await {
+    ctx.key = match caller::lookup_key(state, &parts.headers).await {
         Ok(key) => key,
         Err(error) => return finished(&ctx, Err(error)),
     };
@@ -204,8 +207,10 @@ fn body_facts(
         .log
         .content
         .then(|| String::from_utf8_lossy(&bytes).into_owned());
-    let parsed = relay::parse(bytes);
-    if let Ok(p) = &parsed {
+    let mut parsed = relay::parse(bytes);
+    if let Ok(p) = &mut parsed {
+        // Anthropic's streams always carry their usage: nothing to ask for.
+        p.include_usage |= ctx.endpoint.protocol() == crate::protocol::Protocol::Anthropic;
         ctx.set_body_facts(&p.model, p.stream);
         ctx.meter = state.config.metering.model(&p.model);
     }
@@ -277,7 +282,7 @@ fn finished(
         ) {
             tracing::error!(request_id = %ctx.request_id(), error = %error, "request failed");
         }
-        error.into_response().map(boxed)
+        error.into_response_for(ctx.endpoint.protocol()).map(boxed)
     });
     stamp(response.headers_mut(), ctx);
     response
@@ -318,33 +323,6 @@ fn push_millis(out: &mut String, d: Duration) {
     let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
 }
 
-fn require(method: &Method, expected: &Method) -> Result<(), ApiError> {
-    if method == expected {
-        Ok(())
-    } else {
-        Err(ApiError::Client {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            code: "method_not_allowed",
-            param: None,
-            message: format!("Method {method} is not allowed here; use {expected}."),
-        })
-    }
-}
-
-async fn lookup_key(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> Result<Option<Arc<LiveKey>>, ApiError> {
-    let Some(secret) = facts::credential(headers) else {
-        return Ok(None);
-    };
-    state
-        .keys
-        .lookup(secret)
-        .await
-        .map_err(|e| ApiError::Internal(format!("key lookup: {e}")))
-}
-
 /// `GET /v1/models[/{id}]`: the models this key may use on healthy channels.
 async fn models(
     state: &AppState,
@@ -352,7 +330,7 @@ async fn models(
     headers: &HeaderMap,
     id: Option<&str>,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let key = lookup_key(state, headers).await?;
+    let key = caller::lookup_key(state, headers).await?;
     state
         .policies
         .authorize(&ctx.policies, &ctx.facts, key.as_ref())
