@@ -40,6 +40,7 @@ fn plugins_config(mode: InstanceMode) -> PluginsConfig {
         overrun_lanes: 1,
         on_failure: Default::default(),
         required: Vec::new(),
+        headers: sluice::facts::DEFAULT_POLICY_HEADERS.to_vec(),
     }
 }
 
@@ -74,7 +75,7 @@ fn inputs() -> Inputs {
             client_ip: "10.1.2.3".into(),
             headers: headers
                 .iter()
-                .map(|h| (*h, format!("value of {h}")))
+                .map(|h| (http::HeaderName::from_static(h), format!("value of {h}")))
                 .collect(),
         }),
         key: Arc::new(LiveKey::new(

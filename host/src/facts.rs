@@ -12,8 +12,8 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The alternative credential header (Anthropic style); never forwarded.
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
-/// Request headers policies may see.
-pub static POLICY_HEADERS: [HeaderName; 12] = [
+/// Request headers policies see unless `[plugins] headers` names others.
+pub static DEFAULT_POLICY_HEADERS: [HeaderName; 12] = [
     header::USER_AGENT,
     header::CONTENT_TYPE,
     HeaderName::from_static("openai-organization"),
@@ -26,6 +26,15 @@ pub static POLICY_HEADERS: [HeaderName; 12] = [
     HeaderName::from_static("x-team"),
     HeaderName::from_static("x-session-id"),
     HeaderName::from_static("x-sluice-tag"),
+];
+
+/// Credential headers: never shown to a policy, whatever the config says.
+pub const CREDENTIAL_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
 ];
 
 /// The most bytes of a client-chosen string (a model name) that go on to
@@ -54,8 +63,9 @@ pub struct RequestFacts {
     pub stream: bool,
     /// The client IP (see [`crate::server::client_ip`]).
     pub client_ip: String,
-    /// The [`POLICY_HEADERS`] the request carried, in that order.
-    pub headers: Vec<(&'static str, String)>,
+    /// The policy-visible headers (`[plugins] headers`) the request
+    /// carried, in the configured order.
+    pub headers: Vec<(HeaderName, String)>,
 }
 
 impl RequestFacts {
@@ -65,6 +75,7 @@ impl RequestFacts {
         endpoint: &'static str,
         client_ip: IpAddr,
         headers: &HeaderMap,
+        visible: &[HeaderName],
     ) -> Self {
         Self {
             request_id,
@@ -72,11 +83,11 @@ impl RequestFacts {
             model: String::new(),
             stream: false,
             client_ip: client_ip.to_string(),
-            headers: POLICY_HEADERS
+            headers: visible
                 .iter()
                 .filter_map(|name| {
                     let value = headers.get(name)?.to_str().ok()?;
-                    Some((name.as_str(), value.to_string()))
+                    Some((name.clone(), value.to_string()))
                 })
                 .collect(),
         }
@@ -86,7 +97,7 @@ impl RequestFacts {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 }
@@ -119,14 +130,29 @@ mod tests {
     fn keeps_only_policy_headers() {
         let mut headers = HeaderMap::new();
         headers.insert("x-team", HeaderValue::from_static("blue"));
+        headers.insert("x-tenant", HeaderValue::from_static("acme"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer sk"));
         let facts = RequestFacts::from_head(
             "id".into(),
             "chat.completions",
             IpAddr::from([127, 0, 0, 1]),
             &headers,
+            &DEFAULT_POLICY_HEADERS,
         );
-        assert_eq!(facts.headers, vec![("x-team", "blue".to_string())]);
+        assert_eq!(
+            facts.headers,
+            vec![(HeaderName::from_static("x-team"), "blue".to_string())]
+        );
+        let tenant = [HeaderName::from_static("x-tenant")];
+        let configured = RequestFacts::from_head(
+            "id".into(),
+            "chat.completions",
+            IpAddr::from([127, 0, 0, 1]),
+            &headers,
+            &tenant,
+        );
+        assert_eq!(configured.header("x-tenant"), Some("acme"));
+        assert_eq!(configured.header("x-team"), None);
         assert_eq!(facts.header("X-Team"), Some("blue"));
         assert_eq!(facts.header("authorization"), None);
         assert_eq!(facts.client_ip, "127.0.0.1");

@@ -359,6 +359,24 @@ async fn the_default_router_and_redactor_work_through_handles() {
 }
 
 #[tokio::test]
+async fn policies_see_the_configured_headers_only() {
+    // The tagger labels a request with its `x-team` header when it sees
+    // one; `x-team` is on the default list, not on this one.
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .plugin("tagger", fixtures::TAGGER, None)
+        .policy_headers(&["x-tenant", "user-agent"])
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
+        .start()
+        .await;
+    let (key, key_id) = gw.create_key(json!({"name": "k"})).await;
+    let reply = gw.chat_with_headers(&key, &[("x-team", "blue")]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let record = gw.only_usage_record(&key_id).await.expect("usage record");
+    assert_eq!(record["labels"], json!({"tagged-by": "tagger"}), "{record}");
+}
+
+#[tokio::test]
 async fn the_default_router_skips_unhealthy_channels_and_splits_by_weight() {
     // Three channels of one priority: weights 1 and 3, and a heavier one an
     // operator disabled. Draws are seeded by the (random) request ids, so the

@@ -658,6 +658,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// `[plugins] headers`: the request headers policies see.
+    pub fn policy_headers(self, names: &[&str]) -> Self {
+        let list: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+        self.set("plugins", "headers", format!("[{}]", list.join(", ")))
+    }
+
     /// `[metering] enforce_cap`.
     pub fn enforce_cap(self, on: bool) -> Self {
         self.set("metering", "enforce_cap", on.to_string())

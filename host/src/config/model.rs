@@ -214,6 +214,8 @@ pub struct PluginsConfig {
     /// Folder plugins that must be loaded: without one of them, requests get
     /// 503 rather than being served without it.
     pub required: Vec<String>,
+    /// The request headers policies see (never a credential).
+    pub headers: Vec<http::HeaderName>,
 }
 
 /// Upstream transport and health settings.

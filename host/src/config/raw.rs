@@ -106,6 +106,7 @@ pub(super) struct RawPlugins {
     pub(super) on_failure: BTreeMap<String, Text>,
     #[serde(default)]
     pub(super) required: Vec<String>,
+    pub(super) headers: Option<Vec<Text>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -16,6 +16,10 @@ use super::raw::*;
 /// The shortest admin token accepted.
 const MIN_ADMIN_TOKEN: usize = 16;
 
+/// The most request headers `[plugins] headers` may show policies (each is
+/// copied per request).
+const MAX_POLICY_HEADERS: usize = 32;
+
 /// Azure OpenAI's `api-version` when a channel sets none (the latest GA
 /// version of the data-plane inference API).
 const AZURE_API_VERSION: &str = "2024-10-21";
@@ -405,8 +409,35 @@ impl<'a> Validator<'a> {
                 })
                 .collect::<Result<_, _>>()?,
             required: p.required.clone(),
+            headers: self.policy_headers(p.headers.as_deref())?,
         };
         Ok(plugins)
+    }
+
+    /// `[plugins] headers`: valid names, at most [`MAX_POLICY_HEADERS`],
+    /// never a credential; the default list when unset.
+    fn policy_headers(&self, raw: Option<&[Text]>) -> Result<Vec<http::HeaderName>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(crate::facts::DEFAULT_POLICY_HEADERS.to_vec());
+        };
+        if raw.len() > MAX_POLICY_HEADERS {
+            return Err(self.error(
+                "plugins.headers",
+                raw.get(MAX_POLICY_HEADERS),
+                format!("at most {MAX_POLICY_HEADERS} headers"),
+            ));
+        }
+        raw.iter()
+            .map(|name| {
+                let bad = |why: &str| self.error("plugins.headers", Some(name), why);
+                let parsed = http::HeaderName::try_from(name.get_ref().as_str())
+                    .map_err(|_| bad("not a valid header name"))?;
+                if crate::facts::CREDENTIAL_HEADERS.contains(&parsed.as_str()) {
+                    return Err(bad("a credential header: policies never see credentials"));
+                }
+                Ok(parsed)
+            })
+            .collect()
     }
 
     /// Validates the `[upstream]` table.

@@ -423,8 +423,10 @@ fn classify(e: wasmtime::Error) -> PluginError {
     let cause = e.root_cause().to_string();
     if full.contains("memory") && (full.contains("grow") || full.contains("limit")) {
         PluginError::Memory(cause)
-    } else {
+    } else if e.downcast_ref::<wasmtime::Trap>().is_some() {
         PluginError::Trap(cause)
+    } else {
+        PluginError::Call(cause)
     }
 }
 
@@ -445,6 +447,20 @@ mod tests {
             latency_ewma_ms: 0,
             error_permille: 0,
         }
+    }
+
+    #[test]
+    fn only_a_trap_is_reported_as_one() {
+        let trap = wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached)
+            .context("error while executing at wasm backtrace");
+        assert!(matches!(classify(trap), PluginError::Trap(_)));
+        let mismatch = wasmtime::Error::msg("type mismatch with parameters");
+        let failed = classify(mismatch);
+        assert!(matches!(failed, PluginError::Call(_)), "{failed:?}");
+        assert_eq!(
+            failed.to_string(),
+            "call failed: type mismatch with parameters"
+        );
     }
 
     #[test]

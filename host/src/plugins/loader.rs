@@ -508,6 +508,20 @@ fn stamp_of(path: &Path) -> std::io::Result<(u64, SystemTime)> {
     Ok((meta.len(), meta.modified()?))
 }
 
+/// A plugin's config file beside its component: `NAME.toml`, else the same
+/// name with `_` and `-` swapped (Cargo writes `team_header.wasm` for the
+/// package `team-header`, whose config an author names `team-header.toml`).
+fn config_path(wasm: &Path, name: &str) -> Option<PathBuf> {
+    [
+        name.to_string(),
+        name.replace('_', "-"),
+        name.replace('-', "_"),
+    ]
+    .into_iter()
+    .map(|stem| wasm.with_file_name(format!("{stem}.toml")))
+    .find(|candidate| candidate.is_file())
+}
+
 /// The folder's `NAME.wasm` files with their optional `NAME.toml`, by name,
 /// and the `.wasm` entries that are not files.
 ///
@@ -534,16 +548,48 @@ fn scan_folder(dir: &Path) -> std::io::Result<Scan> {
                 continue;
             }
         };
-        let toml_path = path.with_extension("toml");
-        let toml = stamp_of(&toml_path).ok();
+        let toml_path = config_path(&path, &name);
+        let toml = toml_path.as_deref().and_then(|p| stamp_of(p).ok());
         scan.plugins.insert(
             name,
             Entry {
                 wasm: path,
-                toml: toml.is_some().then_some(toml_path),
+                toml: toml_path.filter(|_| toml.is_some()),
                 stamp: Stamp { wasm, toml },
             },
         );
     }
     Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_is_found_whether_its_name_uses_dashes_or_underscores() -> Result<(), std::io::Error>
+    {
+        let dir = tempfile::tempdir()?;
+        let wasm = dir.path().join("team_header.wasm");
+        std::fs::write(&wasm, b"")?;
+        assert_eq!(config_path(&wasm, "team_header"), None);
+        std::fs::write(dir.path().join("team-header.toml"), b"")?;
+        assert_eq!(
+            config_path(&wasm, "team_header"),
+            Some(dir.path().join("team-header.toml"))
+        );
+        // The exact name wins when both exist.
+        std::fs::write(dir.path().join("team_header.toml"), b"")?;
+        assert_eq!(
+            config_path(&wasm, "team_header"),
+            Some(dir.path().join("team_header.toml"))
+        );
+        let dashed = dir.path().join("rate-cap.wasm");
+        std::fs::write(dir.path().join("rate_cap.toml"), b"")?;
+        assert_eq!(
+            config_path(&dashed, "rate-cap"),
+            Some(dir.path().join("rate_cap.toml"))
+        );
+        Ok(())
+    }
 }

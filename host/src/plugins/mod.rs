@@ -145,6 +145,10 @@ pub enum PluginError {
     /// The guest trapped.
     #[error("trapped: {0}")]
     Trap(String),
+    /// The call failed without a trap: an export missing or of another
+    /// type than its world declares.
+    #[error("call failed: {0}")]
+    Call(String),
     /// The call outlived its deadline.
     #[error("exceeded its call deadline")]
     Deadline,
@@ -387,7 +391,7 @@ fn request_info(facts: &RequestFacts) -> types::RequestInfo {
             .headers
             .iter()
             .map(|(name, value)| types::Label {
-                name: (*name).into(),
+                name: name.as_str().into(),
                 value: value.clone(),
             })
             .collect(),

@@ -152,7 +152,7 @@ impl context::HostRequest for HostState {
         headers: Vec<Label> = |v| v
             .headers
             .iter()
-            .map(|(name, value)| Label { name: (*name).into(), value: value.clone() })
+            .map(|(name, value)| Label { name: name.as_str().into(), value: value.clone() })
             .collect();
     );
     fn header(

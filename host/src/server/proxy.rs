@@ -75,7 +75,13 @@ fn door(
         .map_or_else(super::request_id::new, String::from);
     let client_ip =
         super::client_ip::resolve(peer.ip(), headers, &state.config.server.trusted_proxies);
-    let facts = RequestFacts::from_head(request_id, endpoint.name(), client_ip, headers);
+    let facts = RequestFacts::from_head(
+        request_id,
+        endpoint.name(),
+        client_ip,
+        headers,
+        &state.config.plugins.headers,
+    );
     RequestContext::new(
         started,
         peer,
