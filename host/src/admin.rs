@@ -266,7 +266,7 @@ where
         }
         (Method::GET, ["admin", "plugins"]) => Ok(json(
             StatusCode::OK,
-            &serde_json::json!({"data": state.loader.list()}),
+            &serde_json::json!({"data": state.loader.list(), "rejected": state.loader.rejected()}),
         )),
         (Method::POST, ["admin", "plugins", "reload"]) => {
             let report = state.loader.reload().await;

@@ -221,10 +221,10 @@ async fn cli_works_against_a_running_and_a_stopped_gateway() {
         "a key created while stopped works after restart"
     );
 
-    assert!(stdout(&gw.cli(&["config", "check", &config])).contains("ok"));
+    assert!(stdout(&gw.cli_with_upstream_secrets(&["config", "check", &config])).contains("ok"));
     let broken = gw.dir.path().join("broken.toml");
     std::fs::write(&broken, "[store]\nbackend = \"mongo\"\n").unwrap();
-    let out = gw.cli(&["config", "check", broken.to_str().unwrap()]);
+    let out = gw.cli_with_upstream_secrets(&["config", "check", broken.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr)

@@ -359,6 +359,40 @@ async fn the_default_router_and_redactor_work_through_handles() {
 }
 
 #[tokio::test]
+async fn plugin_list_shows_the_active_router_and_rejected_files() {
+    // `Gateway::cli` runs without the upstream secrets, as on an admin box.
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let gw = Gateway::builder()
+        .plugin("wrong-world", fixtures::WRONG_WORLD, None)
+        .plugin("bad-router", fixtures::BAD_ROUTER, None)
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
+        .start()
+        .await;
+    let config = gw.config_path().display().to_string();
+    let out = gw.cli(&["plugin", "list", "--config", &config]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(line("bad-router").get(3), Some(&"yes"), "{text}");
+    assert_eq!(line("builtin-router").get(3), Some(&"no"), "{text}");
+    assert_eq!(line("builtin-key-auth").get(3), Some(&"yes"), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("rejected: wrong-world")
+            && l.contains("exports no sluice:policy interface")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn policies_see_the_configured_headers_only() {
     // The tagger labels a request with its `x-team` header when it sees
     // one; `x-team` is on the default list, not on this one.

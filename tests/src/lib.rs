@@ -263,8 +263,19 @@ impl Gateway {
         self.dir.path().join("plugins")
     }
 
-    /// Runs a CLI subcommand against this gateway's config.
+    /// Runs a CLI subcommand against this gateway's config as an operator's
+    /// tool would: with the admin token, without the upstream secrets.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(sluice_bin());
+        cmd.args(args)
+            .env_remove("UPSTREAM_KEY")
+            .env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN);
+        cmd.output().expect("run sluice cli")
+    }
+
+    /// Runs a CLI subcommand with the upstream secrets too (`config check`
+    /// resolves them).
+    pub fn cli_with_upstream_secrets(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new(sluice_bin());
         cmd.args(args)
             .env("UPSTREAM_KEY", UPSTREAM_KEY)

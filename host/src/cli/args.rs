@@ -57,6 +57,12 @@ pub(super) fn load(path: &Path) -> anyhow::Result<Config> {
     config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// Loads a config for a tool that never calls an upstream: channel secrets
+/// are not needed (see [`config::load_for_tools`]).
+pub(super) fn load_for_tools(path: &Path) -> anyhow::Result<Config> {
+    config::load_for_tools(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 /// An age such as `7d` or `30m`, in milliseconds.
 pub(super) fn parse_age(text: &str) -> anyhow::Result<u64> {
     let d =

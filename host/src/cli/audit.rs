@@ -5,12 +5,12 @@
 use anyhow::bail;
 
 use super::admin_client::admin_call;
-use super::args::{Target, load, out};
+use super::args::{Target, load_for_tools, out};
 use crate::store::ledger::AuditReport;
 
 /// Runs the audit and prints its report; an error when anything mismatches.
 pub(super) async fn audit(target: &Target) -> anyhow::Result<()> {
-    let config = load(&target.config)?;
+    let config = load_for_tools(&target.config)?;
     let report: AuditReport =
         match admin_call(&config, http::Method::GET, "/admin/audit", None).await? {
             Some(v) => serde_json::from_value(v)?,

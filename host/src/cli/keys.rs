@@ -5,7 +5,7 @@ use anyhow::bail;
 use clap::Subcommand;
 
 use super::admin_client::admin_call;
-use super::args::{Target, load, out, parse_age};
+use super::args::{Target, load_for_tools, out, parse_age};
 use crate::keys::NewKey;
 use crate::store::{KeyPatch, KeyStatus};
 
@@ -91,7 +91,7 @@ pub(super) async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             rpm,
             tpm,
         } => {
-            let config = load(&target.config)?;
+            let config = load_for_tools(&target.config)?;
             let expires_at_ms = expires
                 .as_deref()
                 .map(parse_age)
@@ -119,7 +119,7 @@ pub(super) async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             out(&secret)
         }
         KeysCommand::List { target } => {
-            let config = load(&target.config)?;
+            let config = load_for_tools(&target.config)?;
             let keys = match admin_call(&config, http::Method::GET, "/admin/keys", None).await? {
                 Some(v) => serde_json::from_value(v["data"].clone())?,
                 None => {
@@ -202,7 +202,7 @@ pub(super) async fn keys(command: KeysCommand) -> anyhow::Result<()> {
 }
 
 async fn change_key(target: &Target, id: &str, patch: KeyPatch) -> anyhow::Result<()> {
-    let config = load(&target.config)?;
+    let config = load_for_tools(&target.config)?;
     let mut body = serde_json::Map::new();
     if let Some(s) = patch.status {
         body.insert("status".into(), serde_json::to_value(s)?);

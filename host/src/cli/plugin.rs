@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 
 use super::admin_client::admin_call;
-use super::args::{Target, init_logging, load, out};
+use super::args::{Target, init_logging, load_for_tools, out};
 use crate::config::LogFormat;
 use crate::plugins::engine::PolicyEngine;
 use crate::plugins::host_state::PluginShared;
@@ -81,29 +81,38 @@ pub(super) async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             out("init:     ok (instantiated and initialised)")
         }
         PluginCommand::List { target } => {
-            let config = load(&target.config)?;
+            let config = load_for_tools(&target.config)?;
             let list = admin_call(&config, http::Method::GET, "/admin/plugins", None)
                 .await?
                 .context("the gateway is not running (nothing listens on admin.listen)")?;
             out(&format!(
-                "{:<24} {:<7} {:<8} {:>10} {:>9}  HASH",
-                "NAME", "KIND", "VERSION", "CALLS", "FAILURES"
+                "{:<24} {:<7} {:<8} {:<7} {:>10} {:>9}  HASH",
+                "NAME", "KIND", "VERSION", "ACTIVE", "CALLS", "FAILURES"
             ))?;
             for p in list["data"].as_array().into_iter().flatten() {
                 out(&format!(
-                    "{:<24} {:<7} {:<8} {:>10} {:>9}  {}",
+                    "{:<24} {:<7} {:<8} {:<7} {:>10} {:>9}  {}",
                     p["name"].as_str().unwrap_or(""),
                     p["kind"].as_str().unwrap_or(""),
                     p["version"].as_str().unwrap_or(""),
+                    if p["active"] == true { "yes" } else { "no" },
                     p["calls"].as_u64().unwrap_or(0),
                     p["failures"].as_u64().unwrap_or(0),
                     p["hash"].as_str().unwrap_or("").get(..12).unwrap_or(""),
                 ))?;
             }
+            for r in list["rejected"].as_array().into_iter().flatten() {
+                out(&format!(
+                    "rejected: {} ({}): {}",
+                    r["name"].as_str().unwrap_or(""),
+                    r["file"].as_str().unwrap_or(""),
+                    r["reason"].as_str().unwrap_or("")
+                ))?;
+            }
             Ok(())
         }
         PluginCommand::Reload { target } => {
-            let config = load(&target.config)?;
+            let config = load_for_tools(&target.config)?;
             let report = admin_call(&config, http::Method::POST, "/admin/plugins/reload", None)
                 .await?
                 .context("the gateway is not running (nothing listens on admin.listen)")?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use super::admin_client::admin_call;
-use super::args::{Target, load, out, parse_age};
+use super::args::{Target, load_for_tools, out, parse_age};
 use crate::store::UsageQuery;
 
 /// Shows recent usage records as a table.
@@ -17,7 +17,7 @@ pub(super) async fn usage(
     key: Option<String>,
     limit: usize,
 ) -> anyhow::Result<()> {
-    let config = load(&target.config)?;
+    let config = load_for_tools(&target.config)?;
     let since_ms = crate::keys::now_ms().saturating_sub(parse_age(since)?);
     let mut path = format!("/admin/usage?since_ms={since_ms}&limit={limit}");
     if let Some(k) = &key {
@@ -94,7 +94,7 @@ pub(super) async fn export(
     output: &Path,
     since: Option<&str>,
 ) -> anyhow::Result<()> {
-    let config = load(&target.config)?;
+    let config = load_for_tools(&target.config)?;
     let since_ms = since
         .map(parse_age)
         .transpose()?
@@ -152,7 +152,7 @@ pub(super) async fn export(
 
 /// Purges usage records older than an age.
 pub(super) async fn purge(target: &Target, older_than: &str) -> anyhow::Result<()> {
-    let config = load(&target.config)?;
+    let config = load_for_tools(&target.config)?;
     if admin_call(&config, http::Method::GET, "/admin/usage?limit=1", None)
         .await?
         .is_some()

@@ -71,14 +71,32 @@ impl Env for BTreeMap<String, String> {
 /// # Errors
 /// A [`ConfigError`] naming the file, line and key of the first problem.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    parse(&read(path)?, path, &ProcessEnv)
+}
+
+/// Reads a config for the operator's tools (`keys`, `usage`, `plugin list`,
+/// …): as [`load`], but channel secrets are left unresolved (`api_key` is
+/// `None`): the tools never call an upstream, so they work where the
+/// upstream keys are not in the environment.
+///
+/// # Errors
+/// A [`ConfigError`] naming the file, line and key of the first problem.
+pub fn load_for_tools(path: &Path) -> Result<Config, ConfigError> {
+    let text = read(path)?;
+    let v = Validator::new(&text, path).without_upstream_secrets();
+    let mut raw: RawConfig = toml::from_str(&text).map_err(|e| v.toml_error(&e))?;
+    apply_overrides(&mut raw, &ProcessEnv);
+    v.validate(raw, &ProcessEnv)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.display().to_string(),
         line: 0,
         column: 0,
         key: String::new(),
         message: format!("cannot read: {e}"),
-    })?;
-    parse(&text, path, &ProcessEnv)
+    })
 }
 
 /// Parses and validates config text; `path` names the file in errors and anchors

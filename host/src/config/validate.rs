@@ -38,6 +38,8 @@ pub(super) struct Validator<'a> {
     text: &'a str,
     file: String,
     base: &'a Path,
+    /// Whether channel `api_key` references are resolved.
+    upstream_secrets: bool,
 }
 
 impl<'a> Validator<'a> {
@@ -47,7 +49,14 @@ impl<'a> Validator<'a> {
             text,
             file: path.display().to_string(),
             base: path.parent().unwrap_or(Path::new(".")),
+            upstream_secrets: true,
         }
+    }
+
+    /// Leaves channel secrets unresolved (see [`super::load_for_tools`]).
+    pub(super) fn without_upstream_secrets(mut self) -> Self {
+        self.upstream_secrets = false;
+        self
     }
 
     fn position(&self, offset: usize) -> (usize, usize) {
@@ -577,6 +586,7 @@ impl<'a> Validator<'a> {
                 api_key: c
                     .api_key
                     .as_ref()
+                    .filter(|_| self.upstream_secrets)
                     .map(|k| {
                         let secret = self.secret(&key("api_key"), k, env)?;
                         if http::HeaderValue::from_str(&secret).is_err() {

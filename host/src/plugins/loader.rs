@@ -67,6 +67,28 @@ pub struct PluginStatus {
     pub calls: u64,
     /// Calls failed.
     pub failures: u64,
+    /// Whether requests use it: every auth plugin and shaper; of the
+    /// routers, only the one that wins.
+    pub active: bool,
+}
+
+/// A plugin file in the folder that the loader refused, and why (its
+/// previous version, if any, keeps serving).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RejectedFile {
+    /// The plugin's name.
+    pub name: String,
+    /// The component's path.
+    pub file: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// The rejected version of a plugin's files.
+struct Rejected {
+    stamp: Stamp,
+    file: PathBuf,
+    reason: String,
 }
 
 /// Size and modification time of a plugin's files: a version's identity,
@@ -107,7 +129,7 @@ pub struct Loader {
     builtins: BTreeMap<&'static str, Arc<Plugin>>,
     folder: Mutex<BTreeMap<String, Loaded>>,
     /// The rejected version of each name, so it is compiled and logged once.
-    rejected: Mutex<HashMap<String, Stamp>>,
+    rejected: Mutex<HashMap<String, Rejected>>,
     /// Odd folder entries already reported.
     reported: Mutex<BTreeSet<PathBuf>>,
     shared: Mutex<HashMap<String, Arc<PluginShared>>>,
@@ -251,7 +273,12 @@ impl Loader {
                 Err(e) => {
                     self.keep_previous(name, &mut next);
                     if let Ok(mut rejected) = self.rejected.lock() {
-                        rejected.insert(name.clone(), entry.stamp.clone());
+                        let version = Rejected {
+                            stamp: entry.stamp.clone(),
+                            file: entry.wasm.clone(),
+                            reason: e.to_string(),
+                        };
+                        rejected.insert(name.clone(), version);
                     }
                     reject(&mut report, name, &entry.wasm, &e);
                 }
@@ -281,7 +308,7 @@ impl Loader {
             || self
                 .rejected
                 .lock()
-                .is_ok_and(|r| r.get(name) == Some(stamp))
+                .is_ok_and(|r| r.get(name).is_some_and(|v| v.stamp == *stamp))
     }
 
     /// Reads and loads a changed entry; `None` when its contents turn out to
@@ -418,12 +445,15 @@ impl Loader {
 
     /// Every loaded plugin (builtins first) with its counters.
     pub fn list(&self) -> Vec<PluginStatus> {
+        let installed = self.policies.snapshot();
         let status = |p: &Arc<Plugin>| {
             let (calls, failures) = self.policies.counts(p);
             PluginStatus {
                 info: p.info.clone(),
                 calls,
                 failures,
+                active: p.info.kind != PolicyKind::Router
+                    || installed.router.as_ref().is_some_and(|r| Arc::ptr_eq(r, p)),
             }
         };
         let mut all: Vec<_> = self.builtins.values().map(status).collect();
@@ -431,6 +461,23 @@ impl Loader {
             all.extend(folder.values().map(|l| status(&l.plugin)));
         }
         all
+    }
+
+    /// The folder's plugin files the last scan refused, by name.
+    pub fn rejected(&self) -> Vec<RejectedFile> {
+        let Ok(rejected) = self.rejected.lock() else {
+            return Vec::new();
+        };
+        let mut files: Vec<RejectedFile> = rejected
+            .iter()
+            .map(|(name, v)| RejectedFile {
+                name: name.clone(),
+                file: v.file.display().to_string(),
+                reason: v.reason.clone(),
+            })
+            .collect();
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        files
     }
 
     /// Watches the folder and reloads on change until `shutdown`.
