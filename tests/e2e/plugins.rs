@@ -93,7 +93,8 @@ async fn failing_auth_plugins_fail_closed_and_are_named() {
         (
             "trap",
             fixtures::TRAP,
-            "trapped",
+            // The export that failed and the panic's message, from its stderr.
+            "trapped: wasm trap: wasm `unreachable` instruction executed in `authorize`; the plugin wrote:",
             Duration::from_millis(200),
             None,
         ),
@@ -149,6 +150,9 @@ async fn failing_auth_plugins_fail_closed_and_are_named() {
         })
         .await;
         assert!(logged, "{name}: log should say {reason}:\n{}", gw.logs());
+        if name == "trap" {
+            assert!(gw.logs().contains("fixture trap"), "{}", gw.logs());
+        }
         let metrics = gw.metrics().await;
         assert_eq!(
             metric(

@@ -13,6 +13,8 @@ use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::stderr::GuestStderr;
+
 use super::bindings::host::{self, CounterState};
 use super::bindings::types::{self, Level};
 use super::call_clock::CallClock;
@@ -142,6 +144,8 @@ impl PluginShared {
 /// The data of one plugin `Store`.
 pub struct HostState {
     wasi: WasiCtx,
+    /// The guest's stderr, kept for the message of a failing call.
+    pub stderr: GuestStderr,
     table: ResourceTable,
     limits: StoreLimits,
     /// The plugin's shared state.
@@ -158,8 +162,12 @@ impl HostState {
     /// State with nothing granted (no files, sockets, env, args), a memory
     /// limit, and calls that share `lanes` once they overrun their first slice.
     pub fn new(shared: Arc<PluginShared>, memory_limit: usize, lanes: Arc<Semaphore>) -> Self {
+        let stderr = GuestStderr::default();
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(stderr.clone());
         Self {
-            wasi: WasiCtx::builder().build(),
+            wasi: wasi.build(),
+            stderr,
             table: ResourceTable::new(),
             limits: wasmtime::StoreLimitsBuilder::new()
                 .memory_size(memory_limit)

@@ -184,13 +184,14 @@ impl Plugin {
         let bindings = per_world!(&self.pre, Pre => Bindings, |pre| pre
             .instantiate_async(&mut store)
             .await
-            .map_err(classify)?);
+            .map_err(|e| classify(e).during("instantiate", store.data().stderr.take()))?);
         let config = self.config_json.as_str();
         let init = per_world!(&bindings, Bindings, |b| b
             .sluice_policy_lifecycle()
             .call_init(&mut store, config)
             .await);
-        init.map_err(classify)?.map_err(PluginError::Init)?;
+        init.map_err(|e| classify(e).during("init", store.data().stderr.take()))?
+            .map_err(PluginError::Init)?;
         store.data_mut().clock.finish();
         Ok(Warm {
             store,
@@ -226,13 +227,22 @@ impl Plugin {
         }
     }
 
-    fn finish<R>(&self, warm: Warm, result: wasmtime::Result<R>) -> Result<R, PluginError> {
+    /// Returns a called instance to the pool, or reports how its call of
+    /// `export` failed (with what it wrote to stderr) and drops it.
+    fn finish<R>(
+        &self,
+        warm: Warm,
+        export: &str,
+        result: wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let stderr = &warm.store.data().stderr;
         match result {
             Ok(value) => {
+                stderr.clear();
                 self.checkin(warm);
                 Ok(value)
             }
-            Err(e) => Err(classify(e)),
+            Err(e) => Err(classify(e).during(export, stderr.take())),
         }
     }
 
@@ -272,7 +282,7 @@ impl Plugin {
             }
             _ => return Err(PluginError::WrongKind),
         };
-        self.finish(warm, result)
+        self.finish(warm, "authorize", result)
     }
 
     /// Asks a router plugin for a plan over `offers`: `route` with channel
@@ -290,6 +300,11 @@ impl Plugin {
         let Warm {
             store, bindings, ..
         } = &mut warm;
+        let export = if matches!(bindings, Bindings::Planner(_)) {
+            "plan"
+        } else {
+            "route"
+        };
         let result = match bindings {
             Bindings::Router(b) => {
                 let channels: Vec<Channel> = offers.iter().map(channel).collect();
@@ -310,7 +325,7 @@ impl Plugin {
             }
             _ => return Err(PluginError::WrongKind),
         };
-        self.finish(warm, result)
+        self.finish(warm, export, result)
     }
 
     /// Lets a shaper plugin rewrite the usage record in place; `false` drops the
@@ -327,6 +342,11 @@ impl Plugin {
         let Warm {
             store, bindings, ..
         } = &mut warm;
+        let export = if matches!(bindings, Bindings::Editor(_)) {
+            "edit"
+        } else {
+            "shape"
+        };
         let result = match bindings {
             Bindings::Shaper(b) => {
                 let shaped = b
@@ -351,7 +371,7 @@ impl Plugin {
             }
             _ => return Err(PluginError::WrongKind),
         };
-        self.finish(warm, result)
+        self.finish(warm, export, result)
     }
 }
 

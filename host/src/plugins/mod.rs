@@ -15,6 +15,7 @@ pub mod engine;
 pub mod host_state;
 pub mod instance;
 pub mod loader;
+pub mod stderr;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -161,6 +162,23 @@ pub enum PluginError {
     /// Reading the plugin's files failed.
     #[error("{0}")]
     Io(String),
+}
+
+impl PluginError {
+    /// Names the export that failed and adds what the guest wrote to stderr
+    /// during the call (a panic's message, a traceback).
+    pub fn during(self, export: &str, stderr: Option<String>) -> Self {
+        let detail = |cause: String| match &stderr {
+            Some(output) => format!("{cause} in `{export}`; the plugin wrote: {output}"),
+            None => format!("{cause} in `{export}`"),
+        };
+        match self {
+            Self::Trap(cause) => Self::Trap(detail(cause)),
+            Self::Call(cause) => Self::Call(detail(cause)),
+            Self::Memory(cause) => Self::Memory(detail(cause)),
+            other => other,
+        }
+    }
 }
 
 /// A channel offered to the router for one request, borrowed from the host's
