@@ -626,11 +626,20 @@ fn plugin_check_reports_kind_version_and_init() {
             "1.1.0",
         ),
     ] {
+        let cache = dir.path().join("cache");
         let out = std::process::Command::new(sluice_bin())
-            .args(["plugin", "check", wasm])
+            .args([
+                "plugin",
+                "check",
+                wasm,
+                "--cache-dir",
+                cache.to_str().unwrap(),
+            ])
             .args(extra)
             .output()
             .unwrap();
+        // The compiled component is cached for the next check.
+        assert!(std::fs::read_dir(&cache).is_ok_and(|mut d| d.next().is_some()));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -642,9 +651,23 @@ fn plugin_check_reports_kind_version_and_init() {
                 && text.contains(&format!("world:    {world}\n"))
                 && text.contains(&format!("sluice:policy@{version}"))
                 && text.contains(&format!("sluice:policy/types@{version}"))
-                && text.contains("init:     ok"),
+                && text.contains("init:     ok")
+                && text.contains("call:     ok: "),
             "{text}"
         );
+        if wasm == fixtures::TAGGER {
+            assert!(
+                text.contains("allowed the sample request (labels: tagged-by=tagger)"),
+                "{text}"
+            );
+        } else {
+            // The template's `init` logs its config; the check shows it.
+            let logs = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                logs.contains("team-header: 1 teams allowed via x-team"),
+                "{logs}"
+            );
+        }
     }
     for bad in [fixtures::V2, fixtures::WRONG_WORLD, fixtures::INIT_FAILS] {
         let out = std::process::Command::new(sluice_bin())
@@ -654,6 +677,24 @@ fn plugin_check_reports_kind_version_and_init() {
         assert!(!out.status.success(), "{bad} must fail the check");
         assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
     }
+    // A router whose every call traps loads and initialises, and fails the
+    // check on its sample call, naming the export and the panic.
+    let out = std::process::Command::new(sluice_bin())
+        .args(["plugin", "check", fixtures::BAD_ROUTER])
+        .output()
+        .unwrap();
+    let (text, errors) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("init:     ok"), "{text}");
+    assert!(
+        errors.contains("failed its sample call")
+            && errors.contains("in `route`")
+            && errors.contains("fixture router trap"),
+        "{errors}"
+    );
 }
 
 #[tokio::test]

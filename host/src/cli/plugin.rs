@@ -16,13 +16,18 @@ use crate::plugins::host_state::PluginShared;
 /// `sluice plugin …`.
 #[derive(Debug, Subcommand)]
 pub(super) enum PluginCommand {
-    /// Load a component and report its kind, version, imports and whether it initialises.
+    /// Load a component, report its kind, version and imports, initialise
+    /// it (printing its log lines) and call its policy export once with
+    /// sample inputs; non-zero when any step fails.
     Check {
         /// The `.wasm` file.
         file: PathBuf,
         /// Its config (TOML), as the gateway would pass it to `init`.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Where compiled components are cached between checks.
+        #[arg(long, default_value_os_t = std::env::temp_dir().join("sluice-plugin-cache"))]
+        cache_dir: PathBuf,
     },
     /// List the plugins loaded by a running gateway.
     List {
@@ -39,8 +44,13 @@ pub(super) enum PluginCommand {
 /// Runs a `plugin` command.
 pub(super) async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
     match command {
-        PluginCommand::Check { file, config } => {
-            let _logging = init_logging(LogFormat::Text, "warn")?;
+        PluginCommand::Check {
+            file,
+            config,
+            cache_dir,
+        } => {
+            // The plugin's own log lines (`init`'s among them) are shown.
+            let _logging = init_logging(LogFormat::Text, "warn,sluice::plugins::host_state=trace")?;
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let toml_text = config.as_deref().map(std::fs::read_to_string).transpose()?;
@@ -52,7 +62,7 @@ pub(super) async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             let engine = Arc::new(PolicyEngine::new(
                 crate::plugins::engine::InstanceSettings::from_config(&defaults.plugins),
-                None,
+                Some(cache_dir),
             )?);
             let name = file
                 .file_stem()
@@ -78,7 +88,11 @@ pub(super) async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             out(&format!("package:  sluice:policy@{}", plugin.info.version))?;
             out(&format!("sha256:   {}", plugin.info.hash))?;
             out(&format!("imports:  {}", imports.join(", ")))?;
-            out("init:     ok (instantiated and initialised)")
+            out("init:     ok (instantiated and initialised)")?;
+            let answer = crate::plugins::exercise::exercise(&plugin)
+                .await
+                .with_context(|| format!("{} failed its sample call", file.display()))?;
+            out(&format!("call:     ok: {answer}"))
         }
         PluginCommand::List { target } => {
             let config = load_for_tools(&target.config)?;

@@ -12,6 +12,7 @@
 pub mod bindings;
 pub mod call_clock;
 pub mod engine;
+pub mod exercise;
 pub mod host_state;
 pub mod instance;
 pub mod loader;
