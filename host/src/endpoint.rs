@@ -67,6 +67,22 @@ impl Endpoint {
         }
     }
 
+    /// The name of an endpoint, as [`Self::name`] gives it, with a static
+    /// lifetime; `None` for a name no endpoint has.
+    pub fn named(name: &str) -> Option<&'static str> {
+        [
+            Self::Chat,
+            Self::Completions,
+            Self::Embeddings,
+            Self::Messages,
+            Self::CountTokens,
+            Self::Models,
+        ]
+        .into_iter()
+        .map(Self::name)
+        .find(|n| *n == name)
+    }
+
     /// The API whose wire format the client speaks on this endpoint.
     pub fn protocol(self) -> Protocol {
         match self {

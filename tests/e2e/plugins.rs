@@ -657,7 +657,7 @@ fn plugin_check_reports_kind_version_and_init() {
         );
         if wasm == fixtures::TAGGER {
             assert!(
-                text.contains("allowed the sample request (labels: tagged-by=tagger)"),
+                text.contains("call:     ok: allow (labels: {\"tagged-by\": \"tagger\"})"),
                 "{text}"
             );
         } else {
@@ -695,6 +695,88 @@ fn plugin_check_reports_kind_version_and_init() {
             && errors.contains("fixture router trap"),
         "{errors}"
     );
+}
+
+/// `sluice plugin test` of the team-header template with `config` and `cases`.
+fn plugin_test(config: &std::path::Path, cases: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(sluice_bin())
+        .args(["plugin", "test", fixtures::TEAM_HEADER])
+        .arg("--config")
+        .arg(config)
+        .arg("--cases")
+        .arg(cases)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn plugin_test_runs_cases_and_fails_on_an_unmet_expectation() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("team-header.toml");
+    std::fs::write(
+        &config,
+        "header = \"x-team\"\nteams = [\"blue\"]\nrpm_per_team = 2\n",
+    )
+    .unwrap();
+    // The counters live in memory across cases, as in a gateway: the third
+    // blue request of the minute is over the team's budget.
+    let cases = dir.path().join("cases.toml");
+    std::fs::write(
+        &cases,
+        r#"
+[[case]]
+name = "blue is allowed"
+headers = { x-team = "blue" }
+expect = { outcome = "allow", labels = { team = "blue" } }
+
+[[case]]
+name = "blue again"
+headers = { x-team = "blue" }
+expect = { outcome = "allow" }
+
+[[case]]
+name = "blue over its budget"
+headers = { x-team = "blue" }
+expect = { outcome = "deny", status = 429, code = "rate_limit_exceeded" }
+
+[[case]]
+name = "no team"
+keyed = false
+expect = { outcome = "deny", status = 403, code = "team_not_allowed" }
+"#,
+    )
+    .unwrap();
+    let out = plugin_test(&config, &cases);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("4 of 4 cases passed"), "{text}");
+    assert!(
+        text.contains("ok       blue over its budget: deny 429 rate_limit_exceeded"),
+        "{text}"
+    );
+    // The plugin's log lines (its `init`'s) go to stderr.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("team-header: 1 teams allowed"));
+    let wrong = dir.path().join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        "[[case]]\nname = \"red is allowed\"\nheaders = { x-team = \"red\" }\nexpect = { outcome = \"allow\" }\n",
+    )
+    .unwrap();
+    let out = plugin_test(&config, &wrong);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "an unmet expectation must fail: {text}"
+    );
+    assert!(
+        text.contains("FAILED   red is allowed: expected allow, got deny 403 team_not_allowed"),
+        "{text}"
+    );
+    assert!(text.contains("0 of 1 cases passed"), "{text}");
 }
 
 #[tokio::test]

@@ -11,7 +11,12 @@ use super::admin_client::admin_call;
 use super::args::{Target, init_logging, load_for_tools, out};
 use crate::config::LogFormat;
 use crate::plugins::engine::PolicyEngine;
+use crate::plugins::exercise::{Inputs, exercise};
 use crate::plugins::host_state::PluginShared;
+
+/// The log filter of `check` and `test`: the plugin's own lines, and the
+/// gateway's warnings.
+const PLUGIN_LOGS: &str = "warn,sluice::plugins::host_state=trace";
 
 /// `sluice plugin …`.
 #[derive(Debug, Subcommand)]
@@ -26,6 +31,21 @@ pub(super) enum PluginCommand {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Where compiled components are cached between checks.
+        #[arg(long, default_value_os_t = std::env::temp_dir().join("sluice-plugin-cache"))]
+        cache_dir: PathBuf,
+    },
+    /// Run a plugin against the cases of a TOML file, without a gateway;
+    /// non-zero when a call fails or a case's expectation is not met.
+    Test {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// Its config (TOML), as the gateway would pass it to `init`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The cases (`[[case]]` tables; see `sluice plugin test --help`).
+        #[arg(long)]
+        cases: PathBuf,
+        /// Where compiled components are cached between runs.
         #[arg(long, default_value_os_t = std::env::temp_dir().join("sluice-plugin-cache"))]
         cache_dir: PathBuf,
     },
@@ -50,49 +70,30 @@ pub(super) async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             cache_dir,
         } => {
             // The plugin's own log lines (`init`'s among them) are shown.
-            let _logging = init_logging(LogFormat::Text, "warn,sluice::plugins::host_state=trace")?;
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let toml_text = config.as_deref().map(std::fs::read_to_string).transpose()?;
-            let defaults = crate::config::parse(
-                "",
-                Path::new("defaults.toml"),
-                &std::collections::BTreeMap::new(),
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let engine = Arc::new(PolicyEngine::new(
-                crate::plugins::engine::InstanceSettings::from_config(&defaults.plugins),
-                Some(cache_dir),
-            )?);
-            let name = file
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("plugin")
-                .to_string();
-            let compiling = engine.clone();
-            let component = compiling.compile(&bytes)?;
-            let imports = engine.imports(&component);
-            let plugin = crate::plugins::loader::load_component(
-                &engine,
-                &name,
-                bytes,
-                toml_text.as_deref(),
-                file.display().to_string(),
-                PluginShared::new(&name),
-            )
-            .await
-            .with_context(|| format!("{} is not a usable Sluice plugin", file.display()))?;
-            out(&format!("file:     {}", file.display()))?;
-            out(&format!("kind:     {}", plugin.info.kind.as_str()))?;
-            out(&format!("world:    {}", plugin.info.world.as_str()))?;
-            out(&format!("package:  sluice:policy@{}", plugin.info.version))?;
-            out(&format!("sha256:   {}", plugin.info.hash))?;
-            out(&format!("imports:  {}", imports.join(", ")))?;
-            out("init:     ok (instantiated and initialised)")?;
-            let answer = crate::plugins::exercise::exercise(&plugin)
+            let _logging = init_logging(LogFormat::Text, PLUGIN_LOGS)?;
+            let plugin = load_and_describe(&file, config.as_deref(), cache_dir).await?;
+            let answer = exercise(&plugin, &Inputs::sample())
                 .await
                 .with_context(|| format!("{} failed its sample call", file.display()))?;
             out(&format!("call:     ok: {answer}"))
+        }
+        PluginCommand::Test {
+            file,
+            config,
+            cases,
+            cache_dir,
+        } => {
+            let _logging = init_logging(LogFormat::Text, PLUGIN_LOGS)?;
+            let text = std::fs::read_to_string(&cases)
+                .with_context(|| format!("cannot read {}", cases.display()))?;
+            let cases: super::plugin_test::Cases = toml::from_str(&text)
+                .with_context(|| format!("{} is not a cases file", cases.display()))?;
+            let plugin = load_and_describe(&file, config.as_deref(), cache_dir).await?;
+            if super::plugin_test::run(&plugin, &cases, out).await? {
+                Ok(())
+            } else {
+                anyhow::bail!("some cases failed")
+            }
         }
         PluginCommand::List { target } => {
             let config = load_for_tools(&target.config)?;
@@ -133,4 +134,50 @@ pub(super) async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             out(&serde_json::to_string_pretty(&report)?)
         }
     }
+}
+
+/// Loads a component with the gateway's default limits, prints its kind,
+/// world, version and imports, and initialises it.
+async fn load_and_describe(
+    file: &Path,
+    config: Option<&Path>,
+    cache_dir: PathBuf,
+) -> anyhow::Result<crate::plugins::instance::Plugin> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let toml_text = config.map(std::fs::read_to_string).transpose()?;
+    let defaults = crate::config::parse(
+        "",
+        Path::new("defaults.toml"),
+        &std::collections::BTreeMap::new(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let engine = Arc::new(PolicyEngine::new(
+        crate::plugins::engine::InstanceSettings::from_config(&defaults.plugins),
+        Some(cache_dir),
+    )?);
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin")
+        .to_string();
+    let component = engine.compile(&bytes)?;
+    let imports = engine.imports(&component);
+    let plugin = crate::plugins::loader::load_component(
+        &engine,
+        &name,
+        bytes,
+        toml_text.as_deref(),
+        file.display().to_string(),
+        PluginShared::new(&name),
+    )
+    .await
+    .with_context(|| format!("{} is not a usable Sluice plugin", file.display()))?;
+    out(&format!("file:     {}", file.display()))?;
+    out(&format!("kind:     {}", plugin.info.kind.as_str()))?;
+    out(&format!("world:    {}", plugin.info.world.as_str()))?;
+    out(&format!("package:  sluice:policy@{}", plugin.info.version))?;
+    out(&format!("sha256:   {}", plugin.info.hash))?;
+    out(&format!("imports:  {}", imports.join(", ")))?;
+    out("init:     ok (instantiated and initialised)")?;
+    Ok(plugin)
 }

@@ -1,10 +1,11 @@
-//! One call of a plugin's policy export with sample inputs, for `plugin
-//! check`: an auth plugin authorizes a sample request and key, a router
-//! plans over two sample channels, a log shaper edits a sample usage record.
-//! What came back is described in one line; a call that fails fails the
-//! check, so a plugin whose `plan` always traps is caught before it is
-//! dropped into a gateway.
+//! Calling a plugin's policy export outside a gateway, with the same host
+//! interface (counters, key/value, clock and log held in memory): `plugin
+//! check` calls it once with [`Inputs::sample`], `plugin test` once per case
+//! of a cases file. An auth plugin authorizes a request and key, a router
+//! plans over channels, a log shaper edits a usage record; the [`Outcome`]
+//! says what came back and compares with what a case expects.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::bindings::auth::exports::sluice::policy::auth::Decision;
@@ -14,122 +15,224 @@ use crate::facts::RequestFacts;
 use crate::keys::{Balance, LiveKey};
 use crate::store::{KeyRecord, KeyStatus, UsageRecord};
 
-/// The sample channels a router is offered.
-const CHANNELS: [&str; 2] = ["primary", "backup"];
-
-fn sample_request() -> Arc<RequestFacts> {
-    Arc::new(RequestFacts {
-        request_id: "req_plugin_check".into(),
-        endpoint: "chat.completions",
-        model: "gpt-4o-mini".into(),
-        stream: false,
-        client_ip: "10.0.0.1".into(),
-        headers: vec![(http::header::USER_AGENT, "sluice-plugin-check".into())],
-    })
+/// A channel offered to a router.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelInput {
+    /// Its id.
+    pub id: String,
+    /// Its priority (higher first).
+    #[serde(default)]
+    pub priority: i32,
+    /// Its weight within its priority.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Whether it is healthy.
+    #[serde(default = "yes")]
+    pub healthy: bool,
+    /// Requests in flight.
+    #[serde(default)]
+    pub in_flight: u32,
+    /// Its latency EWMA, ms.
+    #[serde(default)]
+    pub latency_ewma_ms: u32,
+    /// Its error rate, ‰.
+    #[serde(default)]
+    pub error_permille: u32,
 }
 
-fn sample_key() -> Arc<LiveKey> {
-    let record = KeyRecord {
-        id: "key_plugin_check".into(),
-        digest: "0".repeat(64),
-        prefix: "sk-sl-check0".into(),
-        name: "plugin-check".into(),
-        owner: "check".into(),
-        status: KeyStatus::Active,
-        created_ms: 0,
-        expires_at_ms: None,
-        models: Vec::new(),
-        networks: Vec::new(),
-        quota_total: Some(1_000_000),
-        quota_remaining: Some(1_000_000),
-        rpm_limit: None,
-        tpm_limit: None,
-    };
-    Arc::new(LiveKey::new(
-        record,
-        Arc::new(Balance::new(Some(1_000_000))),
-    ))
+fn one() -> u32 {
+    1
 }
 
-fn sample_offers() -> Vec<Offer<'static>> {
-    CHANNELS
-        .iter()
-        .enumerate()
-        .map(|(i, id)| Offer {
-            id,
-            provider: "openai",
-            priority: i32::from(i == 0),
-            weight: 1,
-            upstream_model: "gpt-4o-mini",
-            healthy: true,
-            in_flight: 0,
-            max_in_flight: 0,
-            latency_ewma_ms: 100,
-            error_permille: 0,
-        })
-        .collect()
+fn yes() -> bool {
+    true
 }
 
-/// Calls the plugin's export once; describes what it returned.
-///
-/// # Errors
-/// The call's failure (trap, deadline, memory limit), naming the export.
-pub async fn exercise(plugin: &Plugin) -> Result<String, PluginError> {
-    let req = sample_request();
-    match plugin.info.kind {
-        PolicyKind::Auth => {
-            let decision = plugin.authorize(&req, Some(&sample_key())).await?;
-            Ok(match decision {
-                Decision::Allow(labels) => {
-                    let labels: Vec<String> = labels
-                        .iter()
-                        .map(|l| format!("{}={}", l.name, l.value))
-                        .collect();
-                    format!("allowed the sample request (labels: {})", labels.join(", "))
-                }
-                Decision::Deny(d) => format!(
-                    "denied the sample request: {} {} ({})",
-                    d.status, d.code, d.message
-                ),
-            })
-        }
-        PolicyKind::Router => {
-            let offers = sample_offers();
-            Ok(match plugin.route(&req, &offers).await? {
-                Ok(picks) => {
-                    let steps: Vec<String> = picks
-                        .iter()
-                        .map(|p| {
-                            let id = offers[p.offer].id;
-                            p.model
-                                .as_ref()
-                                .map_or_else(|| id.to_string(), |m| format!("{id} ({m})"))
-                        })
-                        .collect();
-                    format!(
-                        "planned over the sample channels {CHANNELS:?}: [{}]",
-                        steps.join(", ")
-                    )
-                }
-                Err(d) => format!("refused the sample request: {} {}", d.status, d.code),
-            })
-        }
-        PolicyKind::Shaper => {
-            let mut record = UsageRecord {
+/// What one call is given.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// The request.
+    pub request: Arc<RequestFacts>,
+    /// The caller's key, if any.
+    pub key: Option<Arc<LiveKey>>,
+    /// The channels offered to a router.
+    pub channels: Vec<ChannelInput>,
+    /// The record a shaper edits.
+    pub record: UsageRecord,
+}
+
+impl Inputs {
+    /// A chat request with a user agent, a key with quota, two channels and
+    /// a record with its prompt and completion.
+    pub fn sample() -> Self {
+        Self {
+            request: Arc::new(RequestFacts {
+                request_id: "req_plugin_check".into(),
+                endpoint: "chat.completions",
+                model: "gpt-4o-mini".into(),
+                stream: false,
+                client_ip: "10.0.0.1".into(),
+                headers: vec![(http::header::USER_AGENT, "sluice-plugin-check".into())],
+            }),
+            key: Some(key(KeyRecord {
+                id: "key_plugin_check".into(),
+                digest: "0".repeat(64),
+                prefix: "sk-sl-check0".into(),
+                name: "plugin-check".into(),
+                owner: "check".into(),
+                status: KeyStatus::Active,
+                created_ms: 0,
+                expires_at_ms: None,
+                models: Vec::new(),
+                networks: Vec::new(),
+                quota_total: Some(1_000_000),
+                quota_remaining: Some(1_000_000),
+                rpm_limit: None,
+                tpm_limit: None,
+            })),
+            channels: ["primary", "backup"]
+                .iter()
+                .enumerate()
+                .map(|(i, id)| ChannelInput {
+                    id: (*id).into(),
+                    priority: i32::from(i == 0),
+                    weight: 1,
+                    healthy: true,
+                    in_flight: 0,
+                    latency_ewma_ms: 100,
+                    error_permille: 0,
+                })
+                .collect(),
+            record: UsageRecord {
                 request_id: "req_plugin_check".into(),
                 key_id: "key_plugin_check".into(),
                 model: "gpt-4o-mini".into(),
                 prompt: Some("sample prompt".into()),
                 completion: Some("sample completion".into()),
                 ..UsageRecord::default()
-            };
+            },
+        }
+    }
+}
+
+/// A key as the gateway holds it, its balance from its remaining quota.
+pub fn key(record: KeyRecord) -> Arc<LiveKey> {
+    let balance = Arc::new(Balance::new(record.quota_remaining));
+    Arc::new(LiveKey::new(record, balance))
+}
+
+/// What a call returned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// An auth plugin allowed the request, with these labels.
+    Allow(BTreeMap<String, String>),
+    /// An auth plugin or a router refused it.
+    Deny {
+        /// The status.
+        status: u16,
+        /// The error code.
+        code: String,
+        /// The message.
+        message: String,
+    },
+    /// A router's plan: channel ids, each with its model override.
+    Plan(Vec<(String, Option<String>)>),
+    /// A shaper kept the record, edited as shown.
+    Keep(Box<UsageRecord>),
+    /// A shaper dropped the record.
+    Drop,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Allow(labels) => write!(f, "allow (labels: {labels:?})"),
+            Self::Deny {
+                status,
+                code,
+                message,
+            } => write!(f, "deny {status} {code} ({message})"),
+            Self::Plan(steps) => {
+                let steps: Vec<String> = steps
+                    .iter()
+                    .map(|(id, model)| {
+                        model
+                            .as_ref()
+                            .map_or_else(|| id.clone(), |m| format!("{id} ({m})"))
+                    })
+                    .collect();
+                write!(f, "plan [{}]", steps.join(", "))
+            }
+            Self::Keep(record) => write!(
+                f,
+                "keep (labels: {:?}, prompt: {:?}, completion: {:?})",
+                record.labels, record.prompt, record.completion
+            ),
+            Self::Drop => write!(f, "drop"),
+        }
+    }
+}
+
+/// Calls the plugin's policy export once with `inputs`.
+///
+/// # Errors
+/// The call's failure (trap, deadline, memory limit), naming the export.
+pub async fn exercise(plugin: &Plugin, inputs: &Inputs) -> Result<Outcome, PluginError> {
+    match plugin.info.kind {
+        PolicyKind::Auth => Ok(
+            match plugin
+                .authorize(&inputs.request, inputs.key.as_ref())
+                .await?
+            {
+                Decision::Allow(labels) => {
+                    Outcome::Allow(labels.into_iter().map(|l| (l.name, l.value)).collect())
+                }
+                Decision::Deny(d) => Outcome::Deny {
+                    status: d.status,
+                    code: d.code,
+                    message: d.message,
+                },
+            },
+        ),
+        PolicyKind::Router => {
+            let model = inputs.request.model.as_str();
+            let offers: Vec<Offer<'_>> = inputs
+                .channels
+                .iter()
+                .map(|c| Offer {
+                    id: &c.id,
+                    provider: "openai",
+                    priority: c.priority,
+                    weight: c.weight,
+                    upstream_model: model,
+                    healthy: c.healthy,
+                    in_flight: c.in_flight,
+                    max_in_flight: 0,
+                    latency_ewma_ms: c.latency_ewma_ms,
+                    error_permille: c.error_permille,
+                })
+                .collect();
+            Ok(match plugin.route(&inputs.request, &offers).await? {
+                Ok(picks) => Outcome::Plan(
+                    picks
+                        .into_iter()
+                        .map(|p| (offers[p.offer].id.to_string(), p.model))
+                        .collect(),
+                ),
+                Err(d) => Outcome::Deny {
+                    status: d.status,
+                    code: d.code,
+                    message: d.message,
+                },
+            })
+        }
+        PolicyKind::Shaper => {
+            let mut record = inputs.record.clone();
             Ok(if plugin.shape(&mut record).await? {
-                format!(
-                    "kept the sample record (prompt: {:?}, labels: {:?})",
-                    record.prompt, record.labels
-                )
+                Outcome::Keep(Box::new(record))
             } else {
-                "dropped the sample record".into()
+                Outcome::Drop
             })
         }
     }
