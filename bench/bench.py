@@ -232,23 +232,63 @@ cache_dir = "plugin-cache"
         sluice_cpu, nginx_cpu = (statistics.median(cpu_per_request[k]) for k in ("sluice", "nginx"))
         self.notes.append(f"{title}: CPU time per request: Sluice {sluice_cpu:.0f} µs, nginx {nginx_cpu:.0f} µs ({sluice_cpu / nginx_cpu:.2f}×; proxy processes only, median of rounds)")
 
+    def cpu_per_request(self, model, stream):
+        """Sluice's CPU per answered request over one closed-loop run at the fast upstream."""
+        url, headers = self.targets("fast")[2][1:3]
+        pid = self.sluice.pid
+        before = cpu_seconds(pid)
+        report = self.oha(url, headers, body(model, stream), "-z", DURATION, "-c", "64")
+        ok = report["statusCodeDistribution"].get("200", 0)
+        assert set(report["statusCodeDistribution"]) <= {"200"}, (model, report["statusCodeDistribution"])
+        return (cpu_seconds(pid) - before) / max(ok, 1) * 1e6, ok
+
     def translation(self):
         """CPU per request through an Anthropic channel against the pass-through
         OpenAI channel, same upstream, alternating, stream and not."""
-        url, headers = self.targets("fast")[2][1:3]
-        pid = self.sluice.pid
         for stream in (False, True):
             cpu = {"fast-model": [], "fast-claude": []}
             for _ in range(ROUNDS):
                 for model in cpu:
-                    before = cpu_seconds(pid)
-                    report = self.oha(url, headers, body(model, stream), "-z", DURATION, "-c", "64")
-                    ok = report["statusCodeDistribution"].get("200", 0)
-                    assert set(report["statusCodeDistribution"]) <= {"200"}, (model, report["statusCodeDistribution"])
-                    cpu[model].append((cpu_seconds(pid) - before) / max(ok, 1) * 1e6)
+                    cpu[model].append(self.cpu_per_request(model, stream)[0])
             plain, translated = (statistics.median(cpu[m]) for m in cpu)
             kind = "stream" if stream else "non-stream"
             self.notes.append(f"Anthropic translation, {kind}: CPU time per request {translated:.0f} µs against {plain:.0f} µs pass-through ({translated / plain:.2f}×, +{translated - plain:.0f} µs; median of rounds)")
+
+    def shadow_decisions(self):
+        """The shadow router's decisions so far, from /metrics."""
+        text = urllib.request.urlopen(f"http://{HOST}:{ADMIN}/metrics", timeout=10).read().decode()
+        return sum(int(float(line.rpartition(" ")[2])) for line in text.splitlines()
+                   if line.startswith('sluice_policy_shadow_decisions_total{plugin="shadow-router"'))
+
+    def shadow(self):
+        """CPU per request with the default router running a second time, in
+        shadow mode (one more policy call after each response), against
+        without it, alternating; the plugin is hot-loaded and removed."""
+        source = ROOT / "plugins" / "target" / "wasm32-wasip2" / "release" / "sluice_router.wasm"
+        if not source.exists():
+            self.notes.append("shadow mode scenario skipped: plugins/target/…/sluice_router.wasm is missing")
+            return
+        folder = self.dir / "plugins"
+        wasm, config = folder / "shadow-router.wasm", folder / "shadow-router.toml"
+        cpu = {"without": [], "with": []}
+        for _ in range(ROUNDS):
+            for mode in cpu:
+                if mode == "with":
+                    config.write_text('mode = "shadow"\n')
+                    shutil.copy(source, wasm)
+                else:
+                    wasm.unlink(missing_ok=True)
+                    config.unlink(missing_ok=True)
+                time.sleep(2)  # the folder watcher reloads (100 ms debounce)
+                decided = self.shadow_decisions()
+                cost, ok = self.cpu_per_request("fast-model", False)
+                decided = self.shadow_decisions() - decided
+                assert decided >= ok * 0.95 if mode == "with" else decided == 0, (mode, ok, decided)
+                cpu[mode].append(cost)
+        wasm.unlink(missing_ok=True)
+        config.unlink(missing_ok=True)
+        without, with_ = (statistics.median(cpu[m]) for m in cpu)
+        self.notes.append(f"shadow mode (the default router as a second, shadow plugin): CPU time per request {with_:.0f} µs against {without:.0f} µs without (+{with_ - without:.0f} µs, {with_ / without:.2f}×; non-stream, median of rounds); every other figure is measured without shadow plugins")
 
     def profile(self):
         """Where Sluice's CPU goes, by phase: perf samples of a frame-pointer build under closed-loop load."""
@@ -417,6 +457,7 @@ def main():
         b.concurrent_streams()
         b.idle_after()
         b.translation()
+        b.shadow()
         b.profile()
     finally:
         b.stop()

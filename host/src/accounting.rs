@@ -21,6 +21,7 @@ use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::metering::{Tokens, affordable_cap, bill, worst_case};
 use crate::metrics::{ChannelLabels, EndpointLabels, RequestLabels};
+use crate::plugins::exercise::{ChannelInput, Inputs};
 use crate::state::AppState;
 use crate::store::writer::{Entry, Slot};
 use crate::store::{Charge, UsageRecord};
@@ -390,7 +391,21 @@ impl Accounting {
         let state = state.clone();
         let policies = ctx.policies.clone();
         let slot = self.slot.take();
+        // Plugins in shadow mode see what the live policies saw.
+        let shadowed = (!policies.shadows.is_empty()).then(|| Inputs {
+            request: ctx.facts.clone(),
+            key: ctx.key.clone(),
+            channels: state
+                .channels
+                .serving(&record.model)
+                .map(|c| ChannelInput::from(&c.offer(&record.model)))
+                .collect(),
+            record: record.clone(),
+        });
         state.tracker.clone().spawn(async move {
+            if let Some(inputs) = shadowed {
+                crate::plugins::shadow::run(&policies.shadows, &inputs, &state.metrics).await;
+            }
             let entry = Entry {
                 record: state.policies.shape(&policies, record).await,
                 charge,

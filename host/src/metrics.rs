@@ -62,6 +62,15 @@ pub struct PluginLabels {
     pub kind: String,
 }
 
+/// Labels of a shadow plugin's decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// `allow`, `deny`, `plan`, `keep`, `drop` or `failed`.
+    pub outcome: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
 }
@@ -91,6 +100,8 @@ pub struct Metrics {
     pub policy_calls: Family<PluginLabels, Counter>,
     /// Policy failures (trap, deadline, memory, bad output).
     pub policy_failures: Family<PluginLabels, Counter>,
+    /// Decisions of plugins in shadow mode (logged and counted, never enforced).
+    pub policy_shadow_decisions: Family<ShadowLabels, Counter>,
     /// Key lookups answered by the cache.
     pub key_cache_hits: Counter,
     /// Key lookups that went to the store.
@@ -139,6 +150,7 @@ impl Default for Metrics {
             policy_seconds: Family::new_with_constructor(latency_histogram),
             policy_calls: Family::default(),
             policy_failures: Family::default(),
+            policy_shadow_decisions: Family::default(),
             key_cache_hits: Counter::default(),
             key_cache_misses: Counter::default(),
             writer_queue_depth: Gauge::default(),
@@ -205,6 +217,11 @@ impl Default for Metrics {
             "policy_failures",
             "Policy plugin failures",
             m.policy_failures.clone(),
+        );
+        registry.register(
+            "policy_shadow_decisions",
+            "Decisions of plugins in shadow mode, never enforced",
+            m.policy_shadow_decisions.clone(),
         );
         registry.register(
             "key_cache_hits",

@@ -397,6 +397,64 @@ async fn plugin_list_shows_the_active_router_and_rejected_files() {
 }
 
 #[tokio::test]
+async fn shadow_plugins_decide_after_the_response_and_change_nothing() {
+    // A deny-all auth plugin and a router that always traps, both in shadow
+    // mode: requests are served as if they were absent, and what they would
+    // have done is logged and counted.
+    let upstream = keyed_mock(MockConfig::default()).await;
+    let shadow = Some("mode = \"shadow\"\n");
+    let gw = Gateway::builder()
+        .plugin("deny-all", fixtures::DENY_ALL, shadow)
+        .plugin("bad-router", fixtures::BAD_ROUTER, shadow)
+        .plugin("bad-mode", fixtures::TAGGER, Some("mode = \"dry-run\"\n"))
+        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
+        .start()
+        .await;
+    let (key, _) = gw.create_key(json!({"name": "k"})).await;
+    for _ in 0..3 {
+        let reply = gw.chat(&key, chat_body()).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let counted = eventually(Duration::from_secs(5), async || {
+        let metrics = gw.metrics().await;
+        metric(
+            &metrics,
+            "sluice_policy_shadow_decisions_total{plugin=\"deny-all\",outcome=\"deny\"}",
+        ) == 3.0
+            && metric(
+                &metrics,
+                "sluice_policy_shadow_decisions_total{plugin=\"bad-router\",outcome=\"failed\"}",
+            ) == 3.0
+    })
+    .await;
+    assert!(counted, "{}", gw.metrics().await);
+    let logged = eventually(Duration::from_secs(3), async || {
+        gw.logs().lines().any(|l| {
+            l.contains("shadow decision") && l.contains("deny-all") && l.contains("deny 403")
+        })
+    })
+    .await;
+    assert!(logged, "{}", gw.logs());
+    // Shadow plugins are listed as such; the router in use is the built-in.
+    let (_, list) = gw.admin_json("GET", "/admin/plugins", None).await;
+    let entry = |name: &str| {
+        list["data"]
+            .as_array()
+            .and_then(|d| d.iter().find(|p| p["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    assert_eq!(entry("deny-all")["shadow"], true, "{list}");
+    assert_eq!(entry("builtin-router")["active"], true, "{list}");
+    // A mode other than enforce or shadow is refused.
+    assert!(
+        list["rejected"]
+            .to_string()
+            .contains("mode = \\\"dry-run\\\""),
+        "{list}"
+    );
+}
+
+#[tokio::test]
 async fn policies_see_the_configured_headers_only() {
     // The tagger labels a request with its `x-team` header when it sees
     // one; `x-team` is on the default list, not on this one.

@@ -21,6 +21,9 @@ use crate::store::{KeyRecord, KeyStatus, UsageRecord};
 pub struct ChannelInput {
     /// Its id.
     pub id: String,
+    /// Its provider.
+    #[serde(default = "openai")]
+    pub provider: String,
     /// Its priority (higher first).
     #[serde(default)]
     pub priority: i32,
@@ -43,6 +46,25 @@ pub struct ChannelInput {
 
 fn one() -> u32 {
     1
+}
+
+fn openai() -> String {
+    "openai".into()
+}
+
+impl From<&Offer<'_>> for ChannelInput {
+    fn from(offer: &Offer<'_>) -> Self {
+        Self {
+            id: offer.id.into(),
+            provider: offer.provider.into(),
+            priority: offer.priority,
+            weight: offer.weight,
+            healthy: offer.healthy,
+            in_flight: offer.in_flight,
+            latency_ewma_ms: offer.latency_ewma_ms,
+            error_permille: offer.error_permille,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -96,6 +118,7 @@ impl Inputs {
                 .enumerate()
                 .map(|(i, id)| ChannelInput {
                     id: (*id).into(),
+                    provider: openai(),
                     priority: i32::from(i == 0),
                     weight: 1,
                     healthy: true,
@@ -202,7 +225,7 @@ pub async fn exercise(plugin: &Plugin, inputs: &Inputs) -> Result<Outcome, Plugi
                 .iter()
                 .map(|c| Offer {
                     id: &c.id,
-                    provider: "openai",
+                    provider: &c.provider,
                     priority: c.priority,
                     weight: c.weight,
                     upstream_model: model,

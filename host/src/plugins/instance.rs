@@ -41,6 +41,10 @@ pub struct PluginInfo {
     pub loaded_at_ms: u64,
     /// Where it came from (a path, or `embedded`).
     pub source: String,
+    /// Shadow mode (`mode = "shadow"` in its config): it runs on live
+    /// traffic after the response, and its decisions are only logged and
+    /// counted.
+    pub shadow: bool,
 }
 
 enum Pre {

@@ -138,13 +138,28 @@ pub struct Loader {
 }
 
 /// TOML plugin config → the JSON text handed to `init`.
-fn config_json(toml_text: Option<&str>) -> Result<String, PluginError> {
+/// A plugin's config as the JSON its `init` gets, and whether the host's
+/// own key `mode` asks for shadow mode (`mode` is the host's: the plugin
+/// never sees it).
+fn config_json(toml_text: Option<&str>) -> Result<(String, bool), PluginError> {
     let Some(text) = toml_text else {
-        return Ok("{}".into());
+        return Ok(("{}".into(), false));
     };
-    let value: toml::Table = toml::from_str(text)
+    let mut value: toml::Table = toml::from_str(text)
         .map_err(|e| PluginError::Init(format!("invalid plugin config: {e}")))?;
-    serde_json::to_string(&value).map_err(|e| PluginError::Init(format!("plugin config: {e}")))
+    let shadow = match value.remove("mode") {
+        None => false,
+        Some(toml::Value::String(mode)) if mode == "enforce" => false,
+        Some(toml::Value::String(mode)) if mode == "shadow" => true,
+        Some(other) => {
+            return Err(PluginError::Init(format!(
+                "invalid plugin config: mode = {other} (\"enforce\" or \"shadow\")"
+            )));
+        }
+    };
+    let json = serde_json::to_string(&value)
+        .map_err(|e| PluginError::Init(format!("plugin config: {e}")))?;
+    Ok((json, shadow))
 }
 
 /// Compiles, inspects, links and initialises one component.
@@ -159,7 +174,7 @@ pub async fn load_component(
     source: String,
     shared: Arc<PluginShared>,
 ) -> Result<Plugin, PluginError> {
-    let config = config_json(toml_text)?;
+    let (config, shadow) = config_json(toml_text)?;
     let mut hasher = Sha256::new();
     hasher.update(&bytes);
     hasher.update(config.as_bytes());
@@ -177,6 +192,7 @@ pub async fn load_component(
         hash,
         loaded_at_ms: crate::keys::now_ms(),
         source,
+        shadow,
     };
     Plugin::load(engine, &component, info, config, shared).await
 }
@@ -409,7 +425,7 @@ impl Loader {
         let of_kind = |kind: PolicyKind| {
             folder
                 .values()
-                .filter(move |l| l.plugin.info.kind == kind)
+                .filter(move |l| l.plugin.info.kind == kind && !l.plugin.info.shadow)
                 .map(|l| l.plugin.clone())
         };
         let mut set = PolicySet {
@@ -438,6 +454,11 @@ impl Loader {
             .cloned()
             .or_else(|| self.builtins.get("builtin-router").cloned());
         set.shapers.extend(of_kind(PolicyKind::Shaper));
+        set.shadows = folder
+            .values()
+            .filter(|l| l.plugin.info.shadow)
+            .map(|l| l.plugin.clone())
+            .collect();
         set.shapers
             .extend(self.builtins.get("builtin-redactor").cloned());
         self.policies.install(set);

@@ -16,6 +16,7 @@ pub mod exercise;
 pub mod host_state;
 pub mod instance;
 pub mod loader;
+pub mod shadow;
 pub mod stderr;
 pub mod views;
 
@@ -231,6 +232,9 @@ pub struct PolicySet {
     /// Required plugins (`[plugins] required`) that are not loaded: while
     /// any is missing, the auth chain refuses every request.
     pub missing: Vec<String>,
+    /// Plugins in shadow mode, of any kind: run after the response, never
+    /// enforced (see [`shadow`]).
+    pub shadows: Vec<Arc<Plugin>>,
 }
 
 /// What the host does after a plugin failure, resolved per plugin.
