@@ -70,6 +70,7 @@ async fn the_openai_sdk_reaches_anthropic_and_azure_channels_and_each_answer_is_
             "claude-mock",
             "{ input = 3.0, cached_input = 0.5, cache_write = 4.0, output = 15.0 }",
         )
+        .price("gpt-azure", "{ input = 2.0, output = 4.0 }")
         .start()
         .await;
     let (key, key_id) = gw
@@ -102,7 +103,18 @@ async fn the_openai_sdk_reaches_anthropic_and_azure_channels_and_each_answer_is_
             "{model}: no record of {plain:?}: {answered:?}"
         );
         for record in &answered {
-            assert!(count(record, "prompt_tokens") > 0 && count(record, "completion_tokens") > 0);
+            let (prompt, completion) = (
+                count(record, "prompt_tokens"),
+                count(record, "completion_tokens"),
+            );
+            assert!(prompt > 0 && completion > 0, "{record}");
+            if model == "gpt-azure" {
+                assert_eq!(
+                    count(record, "cost"),
+                    prompt * 2 + completion * 4,
+                    "{record}"
+                );
+            }
             assert_eq!(
                 record["upstream_model"],
                 if model == "gpt-azure" {
