@@ -735,6 +735,24 @@ fn plugin_check_reports_kind_version_and_init() {
         assert!(!out.status.success(), "{bad} must fail the check");
         assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
     }
+    // A config the plugin refuses: the error points into the TOML file.
+    let bad_config = dir.path().join("team-header-bad.toml");
+    std::fs::write(
+        &bad_config,
+        "header = \"x-team\"\nteams = [\"blue\"]\nrpm_per_team = \"ten\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(sluice_bin())
+        .args(["plugin", "check", fixtures::TEAM_HEADER, "--config"])
+        .arg(&bad_config)
+        .output()
+        .unwrap();
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        errors.contains("team-header-bad.toml:3: `rpm_per_team`: team-header config: invalid type"),
+        "{errors}"
+    );
     // A router whose every call traps loads and initialises, and fails the
     // check on its sample call, naming the export and the panic.
     let out = std::process::Command::new(sluice_bin())

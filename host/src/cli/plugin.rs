@@ -166,7 +166,7 @@ async fn load_and_describe(
         &engine,
         &name,
         bytes,
-        toml_text.as_deref(),
+        toml_text.as_deref().zip(config),
         file.display().to_string(),
         PluginShared::new(&name),
     )

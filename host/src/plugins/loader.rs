@@ -157,12 +157,48 @@ fn config_json(toml_text: Option<&str>) -> Result<(String, bool), PluginError> {
             )));
         }
     };
-    let json = serde_json::to_string(&value)
+    // One top-level key per line, so a JSON position in a plugin's error
+    // names the key (see `in_toml`).
+    let json = serde_json::to_string_pretty(&value)
         .map_err(|e| PluginError::Init(format!("plugin config: {e}")))?;
     Ok((json, shadow))
 }
 
-/// Compiles, inspects, links and initialises one component.
+/// An `init` error that points into the JSON the plugin was given (`… at
+/// line L column C`, as serde reports it) restated against the TOML file:
+/// the top-level key whose value holds that line, and the key's line in
+/// the file. Other errors are returned as they are.
+fn in_toml(message: &str, json: &str, toml_text: &str, file: &str) -> String {
+    let Some(line) = message
+        .rsplit_once(" at line ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
+        return message.to_string();
+    };
+    // The last top-level key (indented by two spaces) starting at or before the line.
+    let key = json
+        .lines()
+        .take(line)
+        .filter_map(|l| l.strip_prefix("  \""))
+        .filter_map(|l| l.split_once("\":").map(|(key, _)| key))
+        .last();
+    let Some(key) = key else {
+        return message.to_string();
+    };
+    let toml_line = toml_text.lines().position(|l| {
+        l.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    });
+    match toml_line {
+        Some(n) => format!("{file}:{}: `{key}`: {message}", n + 1),
+        None => format!("{file}: `{key}`: {message}"),
+    }
+}
+
+/// Compiles, inspects, links and initialises one component; `toml_text` is
+/// its config's text and file, which an `init` error is restated against.
 ///
 /// # Errors
 /// Any load failure, with its reason.
@@ -170,11 +206,11 @@ pub async fn load_component(
     engine: &Arc<PolicyEngine>,
     name: &str,
     bytes: Vec<u8>,
-    toml_text: Option<&str>,
+    toml_text: Option<(&str, &Path)>,
     source: String,
     shared: Arc<PluginShared>,
 ) -> Result<Plugin, PluginError> {
-    let (config, shadow) = config_json(toml_text)?;
+    let (config, shadow) = config_json(toml_text.map(|(text, _)| text))?;
     let mut hasher = Sha256::new();
     hasher.update(&bytes);
     hasher.update(config.as_bytes());
@@ -194,7 +230,15 @@ pub async fn load_component(
         source,
         shadow,
     };
-    Plugin::load(engine, &component, info, config, shared).await
+    Plugin::load(engine, &component, info, config.clone(), shared)
+        .await
+        .map_err(|e| match (e, toml_text) {
+            (PluginError::Init(message), Some((text, path))) => {
+                let file = path.display().to_string();
+                PluginError::Init(in_toml(&message, &config, text, &file))
+            }
+            (other, _) => other,
+        })
 }
 
 impl Loader {
@@ -349,7 +393,7 @@ impl Loader {
             &self.engine,
             name,
             bytes,
-            toml_text.as_deref(),
+            toml_text.as_deref().zip(entry.toml.as_deref()),
             entry.wasm.display().to_string(),
             self.shared_state(name),
         )
@@ -633,6 +677,41 @@ fn scan_folder(dir: &Path) -> std::io::Result<Scan> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code, reason = "only its deserialization errors are used")]
+    struct TeamConfig {
+        header: String,
+        teams: Vec<String>,
+        rpm_per_team: Option<u32>,
+    }
+
+    #[test]
+    fn an_init_error_in_the_json_is_restated_against_the_toml() -> Result<(), PluginError> {
+        let bad_teams = "header = \"x-team\"\nteams = [\"blue\", 7]\nrpm_per_team = 10\n";
+        let bad_rpm = "header = \"x-team\"\nteams = [\"blue\"]\nrpm_per_team = \"ten\"\n";
+        let (json, shadow) = config_json(Some(bad_rpm))?;
+        assert!(!shadow);
+        for (text, key, line) in [(bad_teams, "teams", 2), (bad_rpm, "rpm_per_team", 3)] {
+            let (json, _) = config_json(Some(text))?;
+            let error = serde_json::from_str::<TeamConfig>(&json)
+                .err()
+                .map(|e| format!("team-header config: {e}"))
+                .unwrap_or_default();
+            let restated = in_toml(&error, &json, text, "team-header.toml");
+            assert!(
+                restated.starts_with(&format!(
+                    "team-header.toml:{line}: `{key}`: team-header config: "
+                )),
+                "{restated}"
+            );
+        }
+        assert_eq!(
+            in_toml("no position here", &json, bad_rpm, "f"),
+            "no position here"
+        );
+        Ok(())
+    }
 
     #[test]
     fn a_config_is_found_whether_its_name_uses_dashes_or_underscores() -> Result<(), std::io::Error>
