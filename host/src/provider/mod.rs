@@ -17,7 +17,7 @@ pub mod anthropic_stream;
 pub mod messages;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use crate::config::{ChannelConfig, Provider};
 use crate::error::ApiError;
@@ -103,14 +103,11 @@ impl Wire {
                 }
             }
         }
-        let models: Vec<&str> = match config.provider {
-            Provider::Azure => config
-                .models
-                .iter()
-                .map(|m| config.upstream_model(m))
-                .collect(),
-            _ => vec![""],
-        };
+        let deployments: Vec<&str> = config
+            .models
+            .iter()
+            .map(|m| config.upstream_model(m))
+            .collect();
         for path in [
             CHAT_PATH,
             COMPLETIONS_PATH,
@@ -118,18 +115,18 @@ impl Wire {
             MODELS_PATH,
             COUNT_TOKENS_PATH,
         ] {
-            for model in &models {
+            let models = if wire.by_deployment(path) {
+                deployments.as_slice()
+            } else {
+                &[""]
+            };
+            for model in models {
                 if let Some(uri) = wire.build_uri(path, model) {
                     wire.uris.push((path, (*model).to_string(), uri));
                 }
             }
         }
         wire
-    }
-
-    /// The provider.
-    pub fn provider(&self) -> Provider {
-        self.provider
     }
 
     fn build_uri(&self, path: &'static str, model: &str) -> Option<Uri> {
@@ -165,23 +162,26 @@ impl Wire {
     /// The URI of an upstream path for an upstream model (an Azure
     /// deployment is part of the path); `None` when the provider has none.
     pub fn uri(&self, path: &str, upstream_model: &str) -> Option<Uri> {
-        let model = if self.provider == Provider::Azure {
+        let model = if self.by_deployment(path) {
             upstream_model
         } else {
             ""
         };
-        if let Some((_, _, uri)) = self
-            .uris
-            .iter()
-            .find(|(p, m, _)| *p == path && (m == model || path == MODELS_PATH))
-        {
+        if let Some((_, _, uri)) = self.uris.iter().find(|(p, m, _)| *p == path && m == model) {
             return Some(uri.clone());
         }
         // A deployment a router chose that the config does not list.
         let path = [CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH]
             .into_iter()
-            .find(|p| *p == path)?;
+            .find(|p| *p == path)
+            .filter(|p| self.by_deployment(p))?;
         self.build_uri(path, model)
+    }
+
+    /// Whether the URI of `path` names the upstream model (an Azure
+    /// deployment) rather than being the channel's one.
+    fn by_deployment(&self, path: &str) -> bool {
+        self.provider == Provider::Azure && ![MODELS_PATH, COUNT_TOKENS_PATH].contains(&path)
     }
 
     /// The URI health probes call (the provider's model list).
@@ -250,13 +250,21 @@ impl Wire {
         }
     }
 
-    /// The client headers of `protocol` this channel takes as they are:
+    /// Sets the headers that authenticate the gateway to the provider, and
+    /// the client headers of `protocol` the channel takes as they are:
     /// Anthropic's version and beta flags, from an Anthropic client to an
-    /// Anthropic channel.
-    pub fn passes_header(&self, protocol: Protocol, name: &HeaderName) -> bool {
-        protocol == Protocol::Anthropic
-            && self.provider == Provider::Anthropic
-            && matches!(name.as_str(), "anthropic-version" | "anthropic-beta")
+    /// Anthropic channel (they replace the channel's default version).
+    pub fn authenticate(&self, protocol: Protocol, client: &HeaderMap, out: &mut HeaderMap) {
+        for (name, value) in &self.credentials {
+            out.insert(name, value.clone());
+        }
+        if protocol == Protocol::Anthropic && self.provider == Provider::Anthropic {
+            for name in ["anthropic-version", "anthropic-beta"] {
+                for value in client.get_all(name) {
+                    out.insert(name, value.clone());
+                }
+            }
+        }
     }
 }
 

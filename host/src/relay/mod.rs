@@ -376,14 +376,7 @@ fn build_request(
     if let Ok(id) = HeaderValue::from_str(ctx.request_id()) {
         out.insert(X_REQUEST_ID, id);
     }
-    for (name, value) in channel.wire.credentials() {
-        out.insert(name, value.clone());
-    }
-    for (name, value) in headers {
-        if channel.wire.passes_header(protocol, name) {
-            out.insert(name, value.clone());
-        }
-    }
+    channel.wire.authenticate(protocol, headers, out);
     for (name, value) in &channel.config.headers {
         out.insert(name, value.clone());
     }

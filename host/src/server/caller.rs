@@ -27,6 +27,23 @@ pub fn require(method: &Method, expected: &Method) -> Result<(), ApiError> {
     }
 }
 
+/// Refuses a request without a known key when the built-in key auth is on
+/// (it would refuse whatever else the request says).
+///
+/// # Errors
+/// 401 `invalid_api_key`.
+pub fn require_key(state: &AppState, key: Option<&Arc<LiveKey>>) -> Result<(), ApiError> {
+    if key.is_none() && state.config.plugins.builtin_auth {
+        return Err(ApiError::Denied {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_api_key".into(),
+            message: "Incorrect API key provided.".into(),
+            retry_after_s: None,
+        });
+    }
+    Ok(())
+}
+
 /// The key a request's credential names, if any.
 ///
 /// # Errors

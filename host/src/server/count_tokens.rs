@@ -14,6 +14,7 @@ use super::intake::{self, BodyLimits};
 use crate::config::Provider;
 use crate::context::RequestContext;
 use crate::error::ApiError;
+use crate::protocol::Protocol;
 use crate::provider::{COUNT_TOKENS_PATH, messages};
 use crate::state::AppState;
 
@@ -34,18 +35,8 @@ where
     super::caller::require(req.method(), &http::Method::POST)?;
     let (parts, body) = req.into_parts();
     let key = super::caller::lookup_key(state, &parts.headers).await?;
-    if key.is_none() && state.config.plugins.builtin_auth {
-        return Err(ApiError::Denied {
-            status: StatusCode::UNAUTHORIZED,
-            code: "invalid_api_key".into(),
-            message: "Incorrect API key provided.".into(),
-            retry_after_s: None,
-        });
-    }
-    let limits = BodyLimits {
-        max_bytes: state.config.server.max_body_bytes,
-        timeout: state.config.server.body_timeout,
-    };
+    super::caller::require_key(state, key.as_ref())?;
+    let limits = BodyLimits::of(&state.config.server);
     let (bytes, _hold) = intake::read_body(body, &limits, &state.body_budget).await?;
     let parsed = crate::relay::parse(bytes.clone())?;
     ctx.set_body_facts(&parsed.model, false);
@@ -53,17 +44,6 @@ where
         .policies
         .authorize(&ctx.policies, &ctx.facts, key.as_ref())
         .await?;
-    if let Some(key) = &key
-        && !key.record.models.is_empty()
-        && !key.record.models.contains(&parsed.model)
-    {
-        return Err(ApiError::Denied {
-            status: StatusCode::FORBIDDEN,
-            code: "model_not_allowed".into(),
-            message: format!("This key may not use the model `{}`.", parsed.model),
-            retry_after_s: None,
-        });
-    }
     if !state.channels.serves(&parsed.model) {
         return Err(ApiError::Client {
             status: StatusCode::NOT_FOUND,
@@ -108,19 +88,12 @@ async fn ask_anthropic(
         Bytes::from(serde_json::to_vec(&value).ok()?)
     };
     let mut request = Request::post(channel.wire.uri(COUNT_TOKENS_PATH, upstream_model)?)
-        .header(http::header::CONTENT_TYPE, "application/json");
-    for (name, value) in channel.wire.credentials() {
-        request = request.header(name, value.clone());
-    }
-    for (name, value) in headers {
-        if channel
-            .wire
-            .passes_header(crate::protocol::Protocol::Anthropic, name)
-        {
-            request = request.header(name, value.clone());
-        }
-    }
-    let request = request.body(Full::new(body)).ok()?;
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .ok()?;
+    channel
+        .wire
+        .authenticate(Protocol::Anthropic, headers, request.headers_mut());
     let timeout = state.config.upstream.first_byte_timeout;
     let response = tokio::time::timeout(timeout, state.upstream.request(request))
         .await

@@ -26,6 +26,16 @@ pub struct BodyLimits {
     pub timeout: Duration,
 }
 
+impl BodyLimits {
+    /// The limits `[server]` sets (`max_body_bytes`, `body_timeout`).
+    pub fn of(server: &crate::config::ServerConfig) -> Self {
+        Self {
+            max_bytes: server.max_body_bytes,
+            timeout: server.body_timeout,
+        }
+    }
+}
+
 /// Bodies up to this size may draw on the budget's reserve.
 pub const SMALL_BODY: usize = 64 << 10;
 

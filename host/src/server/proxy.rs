@@ -129,10 +129,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let limits = BodyLimits {
-        max_bytes: state.config.server.max_body_bytes,
-        timeout: state.config.server.body_timeout,
-    };
+    let limits = BodyLimits::of(&state.config.server);
     let admitted = caller::require(req.method(), &Method::POST)
         .and_then(|()| intake::check_declared(req.headers(), &limits));
     if let Err(error) = admitted {
@@ -189,15 +186,7 @@ fn admission(state: &AppState, accounting: &Accounting) -> Result<(), ApiError> 
             what: "usage queue",
         });
     }
-    if accounting.ctx().key.is_none() && state.config.plugins.builtin_auth {
-        return Err(ApiError::Denied {
-            status: StatusCode::UNAUTHORIZED,
-            code: "invalid_api_key".into(),
-            message: "Incorrect API key provided.".into(),
-            retry_after_s: None,
-        });
-    }
-    Ok(())
+    caller::require_key(state, accounting.ctx().key.as_ref())
 }
 
 /// Records the body in the context (content when logged, model and stream
