@@ -60,11 +60,11 @@ struct Pending {
 }
 
 /// The upstream side of a stream: its body, the translator of its events
-/// into OpenAI chunks, and the hold on its channel.
+/// into the client's protocol, and the hold on its channel.
 pub struct Upstream {
     /// The upstream response body.
     pub body: Incoming,
-    /// The provider's event translator.
+    /// The translator of its events into the client's protocol.
     pub events: Events,
     /// The channel's in-flight count, held until the stream ends.
     pub in_flight: InFlight,
