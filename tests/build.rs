@@ -19,6 +19,8 @@ const FIXTURES: &[&str] = &[
     "bad-editor",
     "wrong-world",
     "v2",
+    "stamp",
+    "tag-router",
 ];
 
 fn main() {

@@ -18,11 +18,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::config::{InstanceMode, PluginsConfig};
+use sluice::endpoint::Endpoint;
 use sluice::facts::RequestFacts;
 use sluice::keys::{Balance, LiveKey};
 use sluice::plugins::engine::{InstanceSettings, PolicyEngine};
 use sluice::plugins::loader::Loader;
-use sluice::plugins::{Offer, Policies, PolicySet};
+use sluice::plugins::{ChannelFacts, Offer, Policies, PolicySet};
 use sluice::store::{KeyRecord, KeyStatus, UsageRecord};
 
 fn plugins_config(mode: InstanceMode) -> PluginsConfig {
@@ -66,10 +67,17 @@ fn inputs() -> Inputs {
         "x-session-id",
     ];
     let models: Vec<String> = (0..20).map(|i| format!("model-{i}")).collect();
+    // Offers borrow their channel's facts, which live as long as the bench.
+    let facts: &'static Arc<ChannelFacts> = Box::leak(Box::new(Arc::new(ChannelFacts {
+        provider: "openai".into(),
+        tags: vec!["eu".into()],
+        models: models.clone(),
+    })));
     Inputs {
         req: Arc::new(RequestFacts {
             request_id: "01J0000000000000000000000".into(),
-            endpoint: "chat.completions",
+            endpoint: Endpoint::Chat.name(),
+            protocol: Endpoint::Chat.protocol(),
             model: "model-17".into(),
             stream: true,
             client_ip: "10.1.2.3".into(),
@@ -100,7 +108,7 @@ fn inputs() -> Inputs {
         offers: (0..4)
             .map(|i| Offer {
                 id: CHANNEL_IDS[i],
-                provider: "openai",
+                facts,
                 priority: i32::try_from(i % 2).unwrap(),
                 weight: 1 + u32::try_from(i).unwrap(),
                 upstream_model: "model-17",

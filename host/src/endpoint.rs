@@ -67,9 +67,9 @@ impl Endpoint {
         }
     }
 
-    /// The name of an endpoint, as [`Self::name`] gives it, with a static
-    /// lifetime; `None` for a name no endpoint has.
-    pub fn named(name: &str) -> Option<&'static str> {
+    /// The endpoint [`Self::name`] calls `name`; `None` for a name no
+    /// endpoint has.
+    pub fn of_name(name: &str) -> Option<Self> {
         [
             Self::Chat,
             Self::Completions,
@@ -79,8 +79,7 @@ impl Endpoint {
             Self::Models,
         ]
         .into_iter()
-        .map(Self::name)
-        .find(|n| *n == name)
+        .find(|e| e.name() == name)
     }
 
     /// The API whose wire format the client speaks on this endpoint.

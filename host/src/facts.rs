@@ -6,6 +6,9 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, header};
 
+use crate::endpoint::Endpoint;
+use crate::protocol::Protocol;
+
 /// The request id header, sent upstream and returned to clients.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -57,6 +60,8 @@ pub struct RequestFacts {
     pub request_id: String,
     /// The endpoint's name (see [`crate::endpoint::Endpoint::name`]).
     pub endpoint: &'static str,
+    /// The API the client speaks on that endpoint.
+    pub protocol: Protocol,
     /// The model asked for (empty until the body is parsed, or when it is malformed).
     pub model: String,
     /// Whether a streamed response was asked for.
@@ -72,14 +77,15 @@ impl RequestFacts {
     /// The facts a request's head gives; the body's come later.
     pub fn from_head(
         request_id: String,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         client_ip: IpAddr,
         headers: &HeaderMap,
         visible: &[HeaderName],
     ) -> Self {
         Self {
             request_id,
-            endpoint,
+            endpoint: endpoint.name(),
+            protocol: endpoint.protocol(),
             model: String::new(),
             stream: false,
             client_ip: client_ip.to_string(),
@@ -134,7 +140,7 @@ mod tests {
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer sk"));
         let facts = RequestFacts::from_head(
             "id".into(),
-            "chat.completions",
+            Endpoint::Chat,
             IpAddr::from([127, 0, 0, 1]),
             &headers,
             &DEFAULT_POLICY_HEADERS,
@@ -146,7 +152,7 @@ mod tests {
         let tenant = [HeaderName::from_static("x-tenant")];
         let configured = RequestFacts::from_head(
             "id".into(),
-            "chat.completions",
+            Endpoint::Chat,
             IpAddr::from([127, 0, 0, 1]),
             &headers,
             &tenant,

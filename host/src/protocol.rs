@@ -11,6 +11,16 @@ pub enum Protocol {
     Anthropic,
 }
 
+impl Protocol {
+    /// The name policies read (`request.protocol`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+        }
+    }
+}
+
 /// Anthropic's error `type` for an HTTP status.
 pub fn anthropic_error_type(status: u16) -> &'static str {
     match status {

@@ -14,3 +14,4 @@ mod plugins;
 mod providers;
 mod relay;
 mod storage;
+mod versions;

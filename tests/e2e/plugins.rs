@@ -228,7 +228,7 @@ async fn broken_components_are_rejected_at_load_and_the_gateway_serves_on() {
     );
     let v2 = rejected("v2");
     assert!(
-        v2.contains("sluice:policy@2.0.0") && v2.contains("sluice:policy@1.1.0"),
+        v2.contains("sluice:policy@2.0.0") && v2.contains("sluice:policy@1.2.0"),
         "{v2}"
     );
     assert!(
@@ -670,7 +670,7 @@ async fn hot_reload_under_load_changes_behaviour_without_failures() {
 
 #[test]
 fn plugin_check_reports_kind_version_and_init() {
-    // A 1.0 component (built against the frozen 1.0.0 WIT) and a 1.1 one.
+    // A 1.0 component (built against the frozen 1.0.0 WIT) and a 1.2 one.
     let dir = tempfile::tempdir().unwrap();
     let team_config = dir.path().join("team-header.toml");
     std::fs::write(&team_config, "header = \"x-team\"\nteams = [\"blue\"]\n").unwrap();
@@ -681,7 +681,7 @@ fn plugin_check_reports_kind_version_and_init() {
             fixtures::TEAM_HEADER,
             vec!["--config", team_config],
             "authorizer-policy",
-            "1.1.0",
+            "1.2.0",
         ),
     ] {
         let cache = dir.path().join("cache");

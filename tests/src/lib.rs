@@ -127,6 +127,7 @@ pub struct ChannelSpec {
     weight: u32,
     renames: Vec<(String, String)>,
     provider: &'static str,
+    tags: Vec<String>,
 }
 
 impl ChannelSpec {
@@ -141,6 +142,7 @@ impl ChannelSpec {
             weight: 1,
             renames: Vec::new(),
             provider: "openai",
+            tags: Vec::new(),
         }
     }
 
@@ -174,6 +176,12 @@ impl ChannelSpec {
         self
     }
 
+    /// Its tags, which 1.2 routers read.
+    pub fn tags(mut self, tags: &[&str]) -> Self {
+        self.tags = tags.iter().map(|t| (*t).to_string()).collect();
+        self
+    }
+
     /// Asks the upstream for `upstream` when a client asks for `model`.
     pub fn rename(mut self, model: &str, upstream: &str) -> Self {
         self.renames.push((model.into(), upstream.into()));
@@ -188,7 +196,7 @@ impl ChannelSpec {
             .map(|(from, to)| format!("{from:?} = {to:?}"))
             .collect();
         format!(
-            "[[channels]]\nid = {:?}\nprovider = {:?}\nbase_url = {:?}\napi_key = \"env::UPSTREAM_KEY\"\nmodels = [{}]\npriority = {}\nweight = {}\nmodel_map = {{ {} }}\nforward_headers = [\"x-mock-*\"]\n",
+            "[[channels]]\nid = {:?}\nprovider = {:?}\nbase_url = {:?}\napi_key = \"env::UPSTREAM_KEY\"\nmodels = [{}]\npriority = {}\nweight = {}\nmodel_map = {{ {} }}\nforward_headers = [\"x-mock-*\"]\ntags = {:?}\n",
             self.id,
             self.provider,
             self.base_url,
@@ -196,6 +204,7 @@ impl ChannelSpec {
             self.priority,
             self.weight,
             renames.join(", "),
+            self.tags,
         )
     }
 }
@@ -214,7 +223,7 @@ pub async fn failing_mock(fail: FailMode, status: u16, chunks: u32) -> Mock {
 /// What the host does when a plugin fails (`[plugins] on_failure`).
 #[derive(Debug, Clone, Copy)]
 pub enum OnFailure {
-    /// Refuse the request (auth) or fall back (router, shaper).
+    /// Refuse the request (auth, router) or fall back (shaper).
     Deny,
     /// Carry on as if the plugin were absent.
     Skip,

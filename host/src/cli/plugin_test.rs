@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::endpoint::Endpoint;
 use crate::facts::RequestFacts;
 use crate::plugins::exercise::{ChannelInput, Inputs, Outcome, exercise, key};
 use crate::plugins::instance::Plugin;
@@ -78,6 +79,8 @@ struct Expect {
     outcome: String,
     status: Option<u16>,
     code: Option<String>,
+    /// Text a refusal's message must contain.
+    message: Option<String>,
     /// Labels that must be present with these values.
     #[serde(default)]
     labels: BTreeMap<String, String>,
@@ -98,12 +101,22 @@ impl Expect {
         if kind != self.outcome {
             return Err(format!("expected {}, got {outcome}", self.outcome));
         }
-        if let Outcome::Deny { status, code, .. } = outcome {
+        if let Outcome::Deny {
+            status,
+            code,
+            message,
+        } = outcome
+        {
             if self.status.is_some_and(|s| s != *status) {
                 return Err(format!("expected status {:?}, got {status}", self.status));
             }
             if self.code.as_ref().is_some_and(|c| c != code) {
                 return Err(format!("expected code {:?}, got {code}", self.code));
+            }
+            if let Some(text) = self.message.as_ref().filter(|t| !message.contains(*t)) {
+                return Err(format!(
+                    "expected a message containing {text:?}, got {message:?}"
+                ));
             }
         }
         for (name, value) in &self.labels {
@@ -134,17 +147,19 @@ impl Case {
                 .map_err(|_| anyhow::anyhow!("case {:?}: bad header name {name:?}", self.name))?;
             headers.push((name, value.clone()));
         }
+        let endpoint = match self.endpoint.as_deref() {
+            None => Endpoint::Chat,
+            Some(name) => Endpoint::of_name(name).ok_or_else(|| {
+                anyhow::anyhow!("case {:?}: unknown endpoint {name:?}", self.name)
+            })?,
+        };
         let request = RequestFacts {
             model: self
                 .model
                 .clone()
                 .unwrap_or_else(|| sample.request.model.clone()),
-            endpoint: match self.endpoint.as_deref() {
-                None => sample.request.endpoint,
-                Some(name) => crate::endpoint::Endpoint::named(name).ok_or_else(|| {
-                    anyhow::anyhow!("case {:?}: unknown endpoint {name:?}", self.name)
-                })?,
-            },
+            endpoint: endpoint.name(),
+            protocol: endpoint.protocol(),
             client_ip: self
                 .client_ip
                 .clone()

@@ -178,7 +178,7 @@ pub enum InstanceMode {
 pub enum FailureMode {
     /// The kind's default: auth refuses (503), router and shaper fall back.
     Default,
-    /// Auth refuses; router and shaper fall back.
+    /// Auth and router refuse (503); a shaper falls back.
     Deny,
     /// Ignore the failed plugin: auth allows, router and shaper fall back.
     Skip,
@@ -296,6 +296,9 @@ pub struct ChannelConfig {
     /// The endpoints served (`chat.completions`, `completions`,
     /// `embeddings`): by default every one the provider can serve.
     pub endpoints: Vec<String>,
+    /// Labels a 1.2 router reads (`candidates.tags`), such as a region or a
+    /// tenant; the gateway itself gives them no meaning.
+    pub tags: Vec<String>,
     /// Azure's `api-version` query parameter.
     pub api_version: String,
     /// Anthropic's `anthropic-version` header.

@@ -146,6 +146,8 @@ pub(super) struct RawChannel {
     #[serde(default)]
     pub(super) forward_headers: Vec<Text>,
     #[serde(default)]
+    pub(super) tags: Vec<Text>,
+    #[serde(default)]
     pub(super) endpoints: Option<Vec<Text>>,
     #[serde(default)]
     pub(super) deployments: BTreeMap<String, String>,

@@ -20,6 +20,9 @@ const MIN_ADMIN_TOKEN: usize = 16;
 /// copied per request).
 const MAX_POLICY_HEADERS: usize = 32;
 
+/// Most tags one channel may carry.
+const MAX_TAGS: usize = 32;
+
 /// Azure OpenAI's `api-version` when a channel sets none (the latest GA
 /// version of the data-plane inference API).
 const AZURE_API_VERSION: &str = "2024-10-21";
@@ -611,6 +614,7 @@ impl<'a> Validator<'a> {
                     .map(|h| h.get_ref().to_ascii_lowercase())
                     .collect(),
                 endpoints,
+                tags: self.channel_tags(&key("tags"), &c.tags)?,
                 api_version: c
                     .api_version
                     .as_ref()
@@ -624,6 +628,34 @@ impl<'a> Validator<'a> {
             });
         }
         Ok(channels)
+    }
+
+    /// A channel's `tags`: at most [`MAX_TAGS`] distinct words of printable
+    /// ASCII, each at most 64 bytes.
+    fn channel_tags(&self, key: &str, tags: &[Text]) -> Result<Vec<String>, ConfigError> {
+        if tags.len() > MAX_TAGS {
+            return Err(self.error(
+                key,
+                tags.get(MAX_TAGS),
+                format!("a channel may carry at most {MAX_TAGS} tags"),
+            ));
+        }
+        let mut valid: Vec<String> = Vec::with_capacity(tags.len());
+        for tag in tags {
+            let text = tag.get_ref();
+            let problem = if text.is_empty() || text.len() > 64 {
+                "a tag must be 1 to 64 bytes long"
+            } else if !text.bytes().all(|b| b.is_ascii_graphic()) {
+                "a tag must be printable ASCII without spaces"
+            } else if valid.contains(text) {
+                "duplicate tag"
+            } else {
+                valid.push(text.clone());
+                continue;
+            };
+            return Err(self.error(key, Some(tag), format!("{problem}: '{text}'")));
+        }
+        Ok(valid)
     }
 
     /// A channel's `endpoints`: those its provider can serve, all by default.

@@ -31,7 +31,8 @@ pub mod authorizer {
 }
 
 /// Generates the bindings of a world that reuses the shared interfaces: `types`
-/// and `host`, plus `context` for the 1.1 worlds.
+/// and `host`, plus `context` for the 1.1 worlds. Interfaces of its own (the
+/// planner's `candidates`) are trappable: a bad argument traps the guest.
 macro_rules! sharing_world {
     ($(#[$doc:meta])* $module:ident, $world:tt $(, $interface:tt => $path:path)*) => {
         $(#[$doc])*
@@ -40,6 +41,7 @@ macro_rules! sharing_world {
                 world: $world,
                 path: "../wit",
                 exports: { default: async },
+                imports: { default: trappable },
                 with: {
                     "sluice:policy/types": super::auth::sluice::policy::types,
                     "sluice:policy/host": super::auth::sluice::policy::host,
@@ -59,7 +61,7 @@ sharing_world!(
     shaper, "shaper-policy"
 );
 sharing_world!(
-    /// The `planner-policy` world (1.1: handles).
+    /// The `planner-policy` world (1.1: handles; `candidates` since 1.2).
     planner, "planner-policy",
     "sluice:policy/context" => super::authorizer::sluice::policy::context
 );
@@ -72,3 +74,4 @@ sharing_world!(
 pub use auth::sluice::policy::host;
 pub use auth::sluice::policy::types;
 pub use authorizer::sluice::policy::context;
+pub use planner::sluice::policy::candidates;

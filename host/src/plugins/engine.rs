@@ -19,7 +19,7 @@ use super::host_state::HostState;
 use super::{PluginError, World};
 
 /// The WIT package version this host implements.
-pub const WIT_VERSION: &str = "1.1.0";
+pub const WIT_VERSION: &str = "1.2.0";
 /// How often the epoch advances; also the granularity of call deadlines and yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
@@ -113,6 +113,8 @@ impl PolicyEngine {
         bindings::host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         bindings::context::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        bindings::candidates::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let (ticking, stop) = (engine.clone(), stop_ticker.clone());

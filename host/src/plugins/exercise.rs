@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use super::bindings::auth::exports::sluice::policy::auth::Decision;
 use super::instance::Plugin;
-use super::{Offer, PluginError, PolicyKind};
+use super::{ChannelFacts, Offer, PluginError, PolicyKind};
+use crate::endpoint::Endpoint;
 use crate::facts::RequestFacts;
 use crate::keys::{Balance, LiveKey};
 use crate::store::{KeyRecord, KeyStatus, UsageRecord};
@@ -24,6 +25,12 @@ pub struct ChannelInput {
     /// Its provider.
     #[serde(default = "openai")]
     pub provider: String,
+    /// Its tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The models it serves; empty: the request's model.
+    #[serde(default)]
+    pub models: Vec<String>,
     /// Its priority (higher first).
     #[serde(default)]
     pub priority: i32,
@@ -56,7 +63,9 @@ impl From<&Offer<'_>> for ChannelInput {
     fn from(offer: &Offer<'_>) -> Self {
         Self {
             id: offer.id.into(),
-            provider: offer.provider.into(),
+            provider: offer.facts.provider.clone(),
+            tags: offer.facts.tags.clone(),
+            models: offer.facts.models.clone(),
             priority: offer.priority,
             weight: offer.weight,
             healthy: offer.healthy,
@@ -91,7 +100,8 @@ impl Inputs {
         Self {
             request: Arc::new(RequestFacts {
                 request_id: "req_plugin_check".into(),
-                endpoint: "chat.completions",
+                endpoint: Endpoint::Chat.name(),
+                protocol: Endpoint::Chat.protocol(),
                 model: "gpt-4o-mini".into(),
                 stream: false,
                 client_ip: "10.0.0.1".into(),
@@ -119,6 +129,8 @@ impl Inputs {
                 .map(|(i, id)| ChannelInput {
                     id: (*id).into(),
                     provider: openai(),
+                    tags: Vec::new(),
+                    models: Vec::new(),
                     priority: i32::from(i == 0),
                     weight: 1,
                     healthy: true,
@@ -220,12 +232,28 @@ pub async fn exercise(plugin: &Plugin, inputs: &Inputs) -> Result<Outcome, Plugi
         ),
         PolicyKind::Router => {
             let model = inputs.request.model.as_str();
+            let facts: Vec<Arc<ChannelFacts>> = inputs
+                .channels
+                .iter()
+                .map(|c| {
+                    Arc::new(ChannelFacts {
+                        provider: c.provider.clone(),
+                        tags: c.tags.clone(),
+                        models: if c.models.is_empty() {
+                            vec![model.to_string()]
+                        } else {
+                            c.models.clone()
+                        },
+                    })
+                })
+                .collect();
             let offers: Vec<Offer<'_>> = inputs
                 .channels
                 .iter()
-                .map(|c| Offer {
+                .zip(&facts)
+                .map(|(c, facts)| Offer {
                     id: &c.id,
-                    provider: &c.provider,
+                    facts,
                     priority: c.priority,
                     weight: c.weight,
                     upstream_model: model,

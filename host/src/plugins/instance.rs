@@ -2,7 +2,7 @@
 //! fresh instance per call), and the typed calls into it under a deadline and a
 //! memory limit. An instance that failed in any way is dropped, never reused.
 //! Both generations of the interface are called here: 1.0 plugins receive
-//! records, 1.1 plugins handles to views the host lends for the call.
+//! records, 1.1 and 1.2 plugins handles to views the host lends for the call.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -10,6 +10,8 @@ use tokio::sync::Semaphore;
 use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre};
 
+#[cfg(test)]
+use super::ChannelFacts;
 use super::bindings::planner::exports::sluice::policy::planner::{Candidate, Step};
 use super::bindings::types::{Channel, Denial, RouteStep};
 use super::bindings::{auth, authorizer, editor, planner, router, shaper};
@@ -108,6 +110,9 @@ pub struct Plugin {
     /// Its metric series, looked up on the first call and kept.
     pub series: OnceLock<PluginSeries>,
     pre: Pre,
+    /// Whether it imports `candidates` (1.2): only then are a plan's
+    /// candidates lent to the call.
+    reads_candidates: bool,
     config_json: String,
     engine: wasmtime::Engine,
     settings: super::engine::InstanceSettings,
@@ -133,6 +138,10 @@ impl Plugin {
             .instantiate_pre(component)
             .map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let link = |e: wasmtime::Error| PluginError::Link(format!("{e:#}"));
+        let reads_candidates = engine
+            .imports(component)
+            .iter()
+            .any(|name| name.starts_with("sluice:policy/candidates@"));
         let pre = match info.world {
             World::AuthPolicy => Pre::Auth(auth::AuthPolicyPre::new(instance_pre).map_err(link)?),
             World::RouterPolicy => {
@@ -161,6 +170,7 @@ impl Plugin {
             info,
             shared,
             pre,
+            reads_candidates,
             config_json,
             engine: engine.engine().clone(),
             settings: engine.settings,
@@ -319,7 +329,11 @@ impl Plugin {
             }
             Bindings::Planner(b) => {
                 let candidates: Vec<Candidate> = offers.iter().map(candidate).collect();
-                let req = store.data_mut().lent.request(req);
+                let lent = &mut store.data_mut().lent;
+                if self.reads_candidates {
+                    lent.candidates(offers);
+                }
+                let req = lent.request(req);
                 let plan = b
                     .sluice_policy_planner()
                     .call_plan(&mut *store, req, &candidates)
@@ -412,7 +426,7 @@ fn picks_by_id(offers: &[Offer<'_>], steps: Vec<RouteStep>) -> Vec<Pick> {
 fn channel(o: &Offer<'_>) -> Channel {
     Channel {
         id: o.id.into(),
-        provider: o.provider.into(),
+        provider: o.facts.provider.clone(),
         priority: o.priority,
         weight: o.weight,
         upstream_model: o.upstream_model.into(),
@@ -461,7 +475,7 @@ mod tests {
     fn offer(id: &'static str) -> Offer<'static> {
         Offer {
             id,
-            provider: "openai",
+            facts: Box::leak(Box::new(Arc::new(ChannelFacts::default()))),
             priority: 0,
             weight: 1,
             upstream_model: "model",

@@ -183,14 +183,27 @@ impl PluginError {
     }
 }
 
+/// What a router may read about a channel beyond its candidate record (the
+/// 1.2 `candidates` interface): built once per channel and lent, not copied,
+/// to the calls of routers that read it.
+#[derive(Debug, Default)]
+pub struct ChannelFacts {
+    /// Provider name (`openai`, `azure`, `anthropic`).
+    pub provider: String,
+    /// The channel's configured tags.
+    pub tags: Vec<String>,
+    /// The client-facing models it serves.
+    pub models: Vec<String>,
+}
+
 /// A channel offered to the router for one request, borrowed from the host's
 /// channel table (converted to the interface's records only for the call).
 #[derive(Debug, Clone, Copy)]
 pub struct Offer<'a> {
     /// Channel id.
     pub id: &'a str,
-    /// Provider name (`openai`, `azure`, ...).
-    pub provider: &'a str,
+    /// Its provider, tags and models.
+    pub facts: &'a Arc<ChannelFacts>,
     /// Priority: higher is tried first.
     pub priority: i32,
     /// Weight within its priority group.
@@ -332,10 +345,12 @@ impl Policies {
     }
 
     /// Asks the router for a plan over `offers`; `None` means "use the native
-    /// router" (no router plugin, or it failed).
+    /// router" (no router plugin, or it failed and its failure mode is not
+    /// `deny`).
     ///
     /// # Errors
-    /// The router's own refusal.
+    /// The router's own refusal, or a policy failure when a failing router
+    /// fails closed (`on_failure = "deny"`).
     pub async fn route(
         &self,
         set: &PolicySet,
@@ -351,6 +366,11 @@ impl Policies {
         match outcome {
             Ok(Ok(plan)) => Ok(Some(plan)),
             Ok(Err(d)) => Err(denial(d)),
+            Err(_) if failure_mode(&self.on_failure, &plugin.info.name) == FailureMode::Deny => {
+                Err(ApiError::PolicyFailure {
+                    plugin: plugin.info.name.clone(),
+                })
+            }
             Err(_) => Ok(None),
         }
     }

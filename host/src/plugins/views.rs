@@ -1,7 +1,8 @@
 //! The host side of the 1.1 `context` interface: the request, key and usage
-//! record a policy reads through handles instead of receiving them as records.
-//! A call lends its views to the guest and takes them back afterwards (the
-//! usage record with the editor's changes).
+//! record a policy reads through handles instead of receiving them as records;
+//! and of the 1.2 `candidates` interface: what a router reads about the
+//! channels it was offered. A call lends its views to the guest and takes them
+//! back afterwards (the usage record with the editor's changes).
 //! Accounting fields of the usage record have no setters, so an editor cannot
 //! touch them.
 
@@ -9,10 +10,12 @@ use std::sync::Arc;
 
 use wasmtime::component::Resource;
 
+use super::bindings::candidates;
 use super::bindings::context::{self, Standing};
 use super::bindings::host::CounterState;
 use super::bindings::types::{KeyStatus, Label};
 use super::host_state::HostState;
+use super::{ChannelFacts, Offer};
 use crate::facts::RequestFacts;
 use crate::keys::LiveKey;
 use crate::store::UsageRecord;
@@ -38,6 +41,7 @@ pub struct LentViews {
     request: Option<Arc<RequestFacts>>,
     key: Option<Arc<LiveKey>>,
     usage: Option<UsageRecord>,
+    candidates: Vec<Arc<ChannelFacts>>,
 }
 
 impl LentViews {
@@ -59,11 +63,18 @@ impl LentViews {
         Resource::new_borrow(LENT)
     }
 
+    /// Lends the facts of the channels offered to a plan, by position.
+    pub fn candidates(&mut self, offers: &[Offer<'_>]) {
+        self.candidates
+            .extend(offers.iter().map(|offer| offer.facts.clone()));
+    }
+
     /// Ends the call's loans, returning the usage record (with an editor's
     /// changes) if one was lent.
     pub fn take_back(&mut self) -> Option<UsageRecord> {
         self.request = None;
         self.key = None;
+        self.candidates.clear();
         self.usage.take()
     }
 
@@ -149,6 +160,7 @@ impl context::HostRequest for HostState {
         model: String = |v| v.model.clone();
         stream: bool = |v| v.stream;
         client_ip: String = |v| v.client_ip.clone();
+        protocol: String = |v| v.protocol.name().into();
         headers: Vec<Label> = |v| v
             .headers
             .iter()
@@ -262,6 +274,85 @@ impl context::HostUsage for HostState {
     }
     fn drop(&mut self, _: Resource<UsageView>) -> wasmtime::Result<()> {
         // Views are only ever lent as borrow handles: nothing to free.
+        Ok(())
+    }
+}
+
+impl HostState {
+    /// The lent facts of the candidate at `position`.
+    fn candidate(&self, position: u32) -> wasmtime::Result<&ChannelFacts> {
+        let offered = &self.lent.candidates;
+        usize::try_from(position)
+            .ok()
+            .and_then(|p| offered.get(p))
+            .map(|facts| &**facts)
+            .ok_or_else(|| {
+                wasmtime::format_err!(
+                    "no candidate at position {position} ({} offered to this call)",
+                    offered.len()
+                )
+            })
+    }
+}
+
+impl candidates::Host for HostState {
+    fn provider(&mut self, position: u32) -> wasmtime::Result<String> {
+        Ok(self.candidate(position)?.provider.clone())
+    }
+    fn tags(&mut self, position: u32) -> wasmtime::Result<Vec<String>> {
+        Ok(self.candidate(position)?.tags.clone())
+    }
+    fn has_tag(&mut self, position: u32, tag: String) -> wasmtime::Result<bool> {
+        Ok(self.candidate(position)?.tags.contains(&tag))
+    }
+    fn models(&mut self, position: u32) -> wasmtime::Result<Vec<String>> {
+        Ok(self.candidate(position)?.models.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::host_state::PluginShared;
+    use candidates::Host as _;
+
+    #[test]
+    fn candidates_are_read_by_position_only_during_a_plan() -> wasmtime::Result<()> {
+        let mut state = HostState::new(
+            PluginShared::new("test"),
+            1 << 20,
+            Arc::new(tokio::sync::Semaphore::new(1)),
+        );
+        let facts = Arc::new(ChannelFacts {
+            provider: "anthropic".into(),
+            tags: vec!["eu".into(), "blue".into()],
+            models: vec!["claude".into()],
+        });
+        let offer = |id| Offer {
+            id,
+            facts: &facts,
+            priority: 0,
+            weight: 1,
+            upstream_model: "claude",
+            healthy: true,
+            in_flight: 0,
+            max_in_flight: 0,
+            latency_ewma_ms: 0,
+            error_permille: 0,
+        };
+        state.lent.candidates(&[offer("a"), offer("b")]);
+        assert_eq!(state.provider(1)?, "anthropic");
+        assert_eq!(state.tags(0)?, ["eu", "blue"]);
+        assert!(state.has_tag(0, "blue".into())?);
+        assert!(!state.has_tag(0, "red".into())?);
+        assert_eq!(state.models(1)?, ["claude"]);
+        let beyond = state.provider(2).err().map(|e| e.to_string());
+        assert_eq!(
+            beyond.as_deref(),
+            Some("no candidate at position 2 (2 offered to this call)")
+        );
+        state.lent.take_back();
+        assert!(state.tags(0).is_err(), "no candidates outside a plan");
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::ChannelConfig;
 use crate::metrics::{ChannelLabels, Metrics};
+use crate::plugins::ChannelFacts;
 use crate::provider::Wire;
 
 /// Live state of one channel.
@@ -34,6 +35,8 @@ pub struct Channel {
     pub health: Health,
     /// How the channel's provider is reached and spoken to.
     pub wire: Wire,
+    /// Its provider, tags and models, as routers read them.
+    pub facts: Arc<ChannelFacts>,
     /// This channel's `sluice_channel_in_flight` gauge.
     in_flight_gauge: Gauge,
 }
@@ -92,10 +95,16 @@ impl Channel {
                 channel: config.id.clone(),
             })
             .clone();
+        let facts = Arc::new(ChannelFacts {
+            provider: config.provider.as_str().to_string(),
+            tags: config.tags.clone(),
+            models: config.models.clone(),
+        });
         Self {
             config,
             health: Health::default(),
             wire,
+            facts,
             in_flight_gauge,
         }
     }
@@ -197,7 +206,7 @@ impl Channel {
         let h = &self.health;
         crate::plugins::Offer {
             id: &self.config.id,
-            provider: self.config.provider.as_str(),
+            facts: &self.facts,
             priority: self.config.priority,
             weight: self.config.weight,
             upstream_model: self.config.upstream_model(model),

@@ -255,6 +255,16 @@ async fn plan(
         .route(&ctx.policies, &ctx.facts, &offers)
         .await?
     {
+        Some(picks) if picks.is_empty() => {
+            let router = ctx.policies.router.as_ref().map_or("", |r| &r.info.name);
+            return Err(ApiError::Upstream {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "no_healthy_channel",
+                message: format!(
+                    "The routing policy `{router}` chose no channel for model `{model}`."
+                ),
+            });
+        }
         Some(picks) => picks
             .into_iter()
             .map(|pick| {

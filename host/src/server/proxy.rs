@@ -77,7 +77,7 @@ fn door(
         super::client_ip::resolve(peer.ip(), headers, &state.config.server.trusted_proxies);
     let facts = RequestFacts::from_head(
         request_id,
-        endpoint.name(),
+        endpoint,
         client_ip,
         headers,
         &state.config.plugins.headers,

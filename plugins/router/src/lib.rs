@@ -28,7 +28,9 @@ impl Planner for PriorityWeight {
         plan.extend(
             (0u32..)
                 .zip(&candidates)
-                .filter(|(_, c)| c.healthy && (c.max_in_flight == 0 || c.in_flight < c.max_in_flight))
+                .filter(|(_, c)| {
+                    c.healthy && (c.max_in_flight == 0 || c.in_flight < c.max_in_flight)
+                })
                 .map(|(candidate, _)| Step {
                     candidate,
                     model: None,

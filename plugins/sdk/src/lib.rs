@@ -5,6 +5,8 @@
 //! `planner`, `editor`) pass handles to the host's views of the request, key and
 //! usage record, so a policy pays only for the fields it reads: prefer them. The
 //! 1.0 worlds (`auth`, `router`, `shaper`) pass whole records and stay supported.
+//! 1.2 added functions, not worlds: `request.protocol()` and, for planners, the
+//! `candidates` interface (a candidate's provider, tags and models by position).
 //!
 //! ```ignore
 //! use sluice_policy_sdk::authorizer::exports::sluice::policy::{authorizer, lifecycle};
@@ -73,7 +75,8 @@ pub mod authorizer {
     });
 }
 
-/// Bindings for the `planner-policy` world (1.1: handles).
+/// Bindings for the `planner-policy` world (1.1: handles; since 1.2 also the
+/// `candidates` interface: a candidate's provider, tags and models).
 #[cfg(feature = "planner")]
 pub mod planner {
     wit_bindgen::generate!({
