@@ -6,7 +6,6 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, header};
 
-use crate::endpoint::Endpoint;
 use crate::protocol::Protocol;
 
 /// The request id header, sent upstream and returned to clients.
@@ -74,18 +73,19 @@ pub struct RequestFacts {
 }
 
 impl RequestFacts {
-    /// The facts a request's head gives; the body's come later.
+    /// The facts a request's head gives (among them its endpoint's name and
+    /// protocol); the body's come later.
     pub fn from_head(
         request_id: String,
-        endpoint: Endpoint,
+        (endpoint, protocol): (&'static str, Protocol),
         client_ip: IpAddr,
         headers: &HeaderMap,
         visible: &[HeaderName],
     ) -> Self {
         Self {
             request_id,
-            endpoint: endpoint.name(),
-            protocol: endpoint.protocol(),
+            endpoint,
+            protocol,
             model: String::new(),
             stream: false,
             client_ip: client_ip.to_string(),
@@ -140,7 +140,7 @@ mod tests {
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer sk"));
         let facts = RequestFacts::from_head(
             "id".into(),
-            Endpoint::Chat,
+            ("chat.completions", Protocol::OpenAi),
             IpAddr::from([127, 0, 0, 1]),
             &headers,
             &DEFAULT_POLICY_HEADERS,
@@ -152,7 +152,7 @@ mod tests {
         let tenant = [HeaderName::from_static("x-tenant")];
         let configured = RequestFacts::from_head(
             "id".into(),
-            Endpoint::Chat,
+            ("chat.completions", Protocol::OpenAi),
             IpAddr::from([127, 0, 0, 1]),
             &headers,
             &tenant,

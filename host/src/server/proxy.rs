@@ -77,7 +77,7 @@ fn door(
         super::client_ip::resolve(peer.ip(), headers, &state.config.server.trusted_proxies);
     let facts = RequestFacts::from_head(
         request_id,
-        endpoint,
+        (endpoint.name(), endpoint.protocol()),
         client_ip,
         headers,
         &state.config.plugins.headers,
