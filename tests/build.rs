@@ -27,7 +27,7 @@ fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
     let mut dirs: Vec<String> = FIXTURES.iter().map(|f| format!("testing/{f}")).collect();
-    dirs.push("template".into());
+    dirs.push("templates/auth".into());
     let dirs: Vec<&str> = dirs.iter().map(String::as_str).collect();
     sluice_build_support::watch(&manifest, &dirs);
     let mut packages: Vec<String> = FIXTURES.iter().map(|f| format!("fixture-{f}")).collect();

@@ -8,6 +8,7 @@
     missing_docs
 )]
 
+mod authors;
 mod billing;
 mod operators;
 mod plugins;

@@ -8,6 +8,7 @@ mod args;
 mod audit;
 mod keys;
 mod plugin;
+mod plugin_new;
 mod plugin_test;
 mod usage;
 

@@ -31,7 +31,7 @@ pub(super) enum PluginCommand {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Where compiled components are cached between checks.
-        #[arg(long, default_value_os_t = std::env::temp_dir().join("sluice-plugin-cache"))]
+        #[arg(long, env = "SLUICE_PLUGIN_CACHE", default_value_os_t = std::env::temp_dir().join("sluice-plugin-cache"))]
         cache_dir: PathBuf,
     },
     /// Run a plugin against the cases of a TOML file, without a gateway;
@@ -46,8 +46,41 @@ pub(super) enum PluginCommand {
         #[arg(long)]
         cases: PathBuf,
         /// Where compiled components are cached between runs.
-        #[arg(long, default_value_os_t = std::env::temp_dir().join("sluice-plugin-cache"))]
+        #[arg(long, env = "SLUICE_PLUGIN_CACHE", default_value_os_t = std::env::temp_dir().join("sluice-plugin-cache"))]
         cache_dir: PathBuf,
+    },
+    /// Time a plugin's calls on the cases of a TOML file: each case's call
+    /// repeated, its mean, median and 99th percentile printed.
+    Bench {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// Its config (TOML), as the gateway would pass it to `init`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The cases (as for `plugin test`; expectations are not checked).
+        #[arg(long)]
+        cases: PathBuf,
+        /// Calls per case.
+        #[arg(long, default_value_t = 2000)]
+        calls: u32,
+        /// Where compiled components are cached between runs.
+        #[arg(long, env = "SLUICE_PLUGIN_CACHE", default_value_os_t = std::env::temp_dir().join("sluice-plugin-cache"))]
+        cache_dir: PathBuf,
+    },
+    /// Write a new plugin project that builds with one command: the policy,
+    /// its config and cases, the WIT (and, for Rust, the SDK) it builds on.
+    New {
+        /// The plugin's name (lower case, dashes allowed).
+        name: String,
+        /// Its policy kind.
+        #[arg(long, value_enum)]
+        kind: super::plugin_new::Kind,
+        /// Its language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: super::plugin_new::Lang,
+        /// The folder to create the project in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// List the plugins loaded by a running gateway.
     List {
@@ -84,16 +117,38 @@ pub(super) async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             cache_dir,
         } => {
             let _logging = init_logging(LogFormat::Text, PLUGIN_LOGS)?;
-            let text = std::fs::read_to_string(&cases)
-                .with_context(|| format!("cannot read {}", cases.display()))?;
-            let cases: super::plugin_test::Cases = toml::from_str(&text)
-                .with_context(|| format!("{} is not a cases file", cases.display()))?;
+            let cases = super::plugin_test::Cases::read(&cases)?;
             let plugin = load_and_describe(&file, config.as_deref(), cache_dir).await?;
             if super::plugin_test::run(&plugin, &cases, out).await? {
                 Ok(())
             } else {
                 anyhow::bail!("some cases failed")
             }
+        }
+        PluginCommand::Bench {
+            file,
+            config,
+            cases,
+            calls,
+            cache_dir,
+        } => {
+            let _logging = init_logging(LogFormat::Text, PLUGIN_LOGS)?;
+            let cases = super::plugin_test::Cases::read(&cases)?;
+            let plugin = load_and_describe(&file, config.as_deref(), cache_dir).await?;
+            super::plugin_test::bench(&plugin, &cases, calls.max(1), out).await
+        }
+        PluginCommand::New {
+            name,
+            kind,
+            lang,
+            dir,
+        } => {
+            let root = super::plugin_new::create(&dir, &name, kind, lang)?;
+            let (build, wasm) = super::plugin_new::build_command(&name, kind, lang);
+            out(&format!(
+                "created {}; build it with `{build}` there, then `sluice plugin test {wasm} --config {name}.toml --cases cases.toml` (see its README.md)",
+                root.display()
+            ))
         }
         PluginCommand::List { target } => {
             let config = load_for_tools(&target.config)?;

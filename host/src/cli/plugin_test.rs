@@ -21,6 +21,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::Context as _;
+
 use crate::endpoint::Endpoint;
 use crate::facts::RequestFacts;
 use crate::plugins::exercise::{ChannelInput, Inputs, Outcome, exercise, key};
@@ -86,6 +88,8 @@ struct Expect {
     labels: BTreeMap<String, String>,
     /// The plan's channel ids, in order.
     plan: Option<Vec<String>>,
+    /// Whether a kept record still holds prompt or completion text.
+    content: Option<bool>,
 }
 
 impl Expect {
@@ -123,6 +127,11 @@ impl Expect {
             if labels.and_then(|l| l.get(name)) != Some(value) {
                 return Err(format!("expected label {name}={value}, got {outcome}"));
             }
+        }
+        if let (Some(want), Outcome::Keep(record)) = (self.content, outcome)
+            && want != (record.prompt.is_some() || record.completion.is_some())
+        {
+            return Err(format!("expected content {want}, got {outcome}"));
         }
         if let (Some(want), Outcome::Plan(steps)) = (&self.plan, outcome) {
             let ids: Vec<&String> = steps.iter().map(|(id, _)| id).collect();
@@ -195,6 +204,65 @@ impl Case {
             record,
         })
     }
+}
+
+impl Cases {
+    /// Reads a cases file.
+    ///
+    /// # Errors
+    /// An unreadable file or one that is not a cases file.
+    pub(super) fn read(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{} is not a cases file", path.display()))
+    }
+}
+
+/// Calls the plugin `calls` times per case and prints each case's mean,
+/// median and 99th-percentile call time, then the mean over all calls.
+///
+/// # Errors
+/// A case whose inputs are invalid, or a failed call.
+pub(super) async fn bench(
+    plugin: &Plugin,
+    cases: &Cases,
+    calls: u32,
+    out: impl Fn(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut all = Vec::new();
+    for case in &cases.cases {
+        let inputs = case.inputs()?;
+        let mut times = Vec::with_capacity(calls as usize);
+        for _ in 0..calls {
+            let started = Instant::now();
+            exercise(plugin, &inputs)
+                .await
+                .with_context(|| format!("case {:?}", case.name))?;
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        out(&format!("{}: {}", case.name, summary(&mut times)))?;
+        all.extend(times);
+    }
+    out(&format!("all cases: {}", summary(&mut all)))
+}
+
+/// `mean M µs, p50 P µs, p99 Q µs (N calls)` of call times in µs.
+fn summary(times: &mut [f64]) -> String {
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let last = times.len().saturating_sub(1) as f64;
+        times
+            .get((last * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    format!(
+        "mean {mean:.1} µs, p50 {:.1} µs, p99 {:.1} µs ({} calls)",
+        at(0.5),
+        at(0.99),
+        times.len()
+    )
 }
 
 /// Runs every case; `Ok(false)` when any failed or missed its expectation.

@@ -1,7 +1,26 @@
 //! Rust guest SDK for Sluice policy plugins.
 //!
-//! Enable the feature of the world you implement, implement the generated
-//! `Guest` traits, and register your type. The 1.1 worlds (`authorizer`,
+//! **The policy API** ([`api`]): write a policy against plain Rust types and
+//! traits — [`api::Authorizer`], [`api::Planner`] or [`api::Editor`] over
+//! [`api::Request`], [`api::Key`], [`api::Usage`] and [`api::Candidate`], with
+//! the host's services in [`host`] — and export it with
+//! [`export_policy!`]`(authorizer: MyPolicy)` (the SDK feature of the same
+//! name enabled). The same code then runs natively under `cargo test` with
+//! the `testing` feature, whose [`testing`] module builds requests, keys,
+//! records and candidates and keeps the host's state in memory per test.
+//!
+//! ```ignore
+//! use sluice_policy_sdk::api::{Authorizer, Key, Request, Verdict};
+//! struct MyPolicy;
+//! impl Authorizer for MyPolicy {
+//!     fn authorize(req: &dyn Request, key: Option<&dyn Key>) -> Verdict { Verdict::Allow(vec![]) }
+//! }
+//! sluice_policy_sdk::export_policy!(authorizer: MyPolicy);
+//! ```
+//!
+//! **The generated bindings**, for full control: enable the feature of the
+//! world you implement, implement the generated `Guest` traits, and register
+//! your type. The 1.1 worlds (`authorizer`,
 //! `planner`, `editor`) pass handles to the host's views of the request, key and
 //! usage record, so a policy pays only for the fields it reads: prefer them. The
 //! 1.0 worlds (`auth`, `router`, `shaper`) pass whole records and stay supported.
@@ -22,6 +41,13 @@
 extern crate self as sluice_policy_sdk;
 
 pub use wit_bindgen;
+
+pub mod api;
+#[doc(hidden)]
+pub mod glue;
+pub mod host;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// Bindings for the `auth-policy` world.
 #[cfg(feature = "auth")]
