@@ -20,6 +20,7 @@ use crate::relay::upstream;
 use crate::runtime::{self, Bound, Runtime};
 use crate::server::Role;
 use crate::server::listener::{Connections, ListenerShare, serve};
+use crate::server::tls::Certificate;
 use crate::server::workers::{Workers, bind_shared_port};
 use crate::state::AppState;
 use crate::store;
@@ -47,6 +48,9 @@ pub enum StartError {
     /// The instance secret could not be drawn.
     #[error("instance secret: {0}")]
     Instance(getrandom::Error),
+    /// The TLS listener's certificate could not be loaded.
+    #[error("tls: {0}")]
+    Tls(String),
     /// Listener problem.
     #[error("listen {addr}: {error}")]
     Listen {
@@ -151,6 +155,22 @@ pub async fn run(
     let admin = tokio::net::TcpListener::bind(state.config.admin.listen)
         .await
         .map_err(listen_error(state.config.admin.listen))?;
+    let tls = match &server.tls {
+        Some(tls) => {
+            let listener = tokio::net::TcpListener::bind(tls.listen)
+                .await
+                .map_err(listen_error(tls.listen))?;
+            let certificate = Certificate::load(tls).map_err(StartError::Tls)?;
+            let acceptor = certificate.acceptor().map_err(StartError::Tls)?;
+            certificate.watch(
+                &state.tracker,
+                state.shutdown.clone(),
+                state.metrics.clone(),
+            );
+            Some((listener, acceptor))
+        }
+        None => None,
+    };
     let bound = Bound {
         proxy: sockets[0]
             .local_addr()
@@ -158,6 +178,13 @@ pub async fn run(
         admin: admin
             .local_addr()
             .map_err(listen_error(state.config.admin.listen))?,
+        tls: tls
+            .as_ref()
+            .map(|(listener, _)| listener.local_addr())
+            .transpose()
+            .map_err(listen_error(
+                server.tls.as_ref().map_or(server.listen, |t| t.listen),
+            ))?,
     };
     let connections = Connections::default();
     let listeners = TaskTracker::new();
@@ -167,7 +194,7 @@ pub async fn run(
             listener,
             state.clone(),
             connections.clone(),
-            Role::Proxy,
+            (Role::Proxy, None),
             proxy_share.clone(),
         ))
     };
@@ -188,11 +215,22 @@ pub async fn run(
         admin,
         state.clone(),
         connections.clone(),
-        Role::Admin,
+        (Role::Admin, None),
         ListenerShare::new(&state, Role::Admin),
     ));
+    // TLS connections are served on this runtime, under the client
+    // listener's connection cap.
+    if let Some((listener, acceptor)) = tls {
+        listeners.spawn(serve(
+            listener,
+            state.clone(),
+            connections.clone(),
+            (Role::Proxy, Some(acceptor)),
+            proxy_share.clone(),
+        ));
+    }
     listeners.close();
-    tracing::info!(proxy = %bound.proxy, admin = %bound.admin, backend = state.store.backend(), "sluice listening");
+    tracing::info!(proxy = %bound.proxy, admin = %bound.admin, tls = ?bound.tls, backend = state.store.backend(), "sluice listening");
     let runtime_file = runtime::path(&state.config);
     let record = Runtime {
         bound,

@@ -20,6 +20,7 @@ pub mod endpoint;
 pub mod error;
 pub mod facts;
 pub mod failpoint;
+pub mod fuzzing;
 pub mod keys;
 pub mod log_sink;
 pub mod metering;

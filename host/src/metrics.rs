@@ -37,6 +37,13 @@ pub struct ShedLabels {
     pub reason: &'static str,
 }
 
+/// Labels naming how an attempt ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Such as `reloaded` or `failed`.
+    pub outcome: &'static str,
+}
+
 /// Labels naming a channel and a failure kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
@@ -92,6 +99,10 @@ pub struct Metrics {
     pub shed: Family<ShedLabels, Counter>,
     /// Plugin folder rescans (events, changes found by the poll, reload calls).
     pub plugin_rescans: Counter,
+    /// TLS certificate reloads, by outcome (`reloaded`, `failed`).
+    pub tls_reloads: Family<OutcomeLabels, Counter>,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: Counter,
     /// Tokens relayed (prompt + completion).
     pub tokens: Family<ChannelLabels, Counter>,
     /// Policy call duration, seconds.
@@ -146,6 +157,8 @@ impl Default for Metrics {
             upstream_retries: Counter::default(),
             shed: Family::default(),
             plugin_rescans: Counter::default(),
+            tls_reloads: Family::default(),
+            tls_handshake_failures: Counter::default(),
             tokens: Family::default(),
             policy_seconds: Family::new_with_constructor(latency_histogram),
             policy_calls: Family::default(),
@@ -196,6 +209,16 @@ impl Default for Metrics {
             "plugin_rescans",
             "Plugin folder rescans",
             m.plugin_rescans.clone(),
+        );
+        registry.register(
+            "tls_certificate_reloads",
+            "TLS certificate reloads, by outcome",
+            m.tls_reloads.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            m.tls_handshake_failures.clone(),
         );
         registry.register("tokens", "Tokens relayed", m.tokens.clone());
         registry.register(

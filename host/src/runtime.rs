@@ -21,6 +21,9 @@ pub struct Bound {
     pub proxy: SocketAddr,
     /// Admin listener.
     pub admin: SocketAddr,
+    /// TLS listener, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SocketAddr>,
 }
 
 /// What the runtime file holds.
@@ -98,6 +101,7 @@ mod tests {
             bound: Bound {
                 proxy: SocketAddr::from(([127, 0, 0, 1], 1)),
                 admin: SocketAddr::from(([127, 0, 0, 1], 2)),
+                tls: None,
             },
             pid: std::process::id(),
             instance: "secret".into(),

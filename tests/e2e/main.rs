@@ -15,4 +15,5 @@ mod plugins;
 mod providers;
 mod relay;
 mod storage;
+mod tls;
 mod versions;

@@ -102,6 +102,8 @@ pub struct Gateway {
     pub proxy: String,
     /// Admin address.
     pub admin: String,
+    /// TLS listener's address, when one is configured.
+    pub tls: Option<String>,
     child: Option<Child>,
     config_path: PathBuf,
 }
@@ -354,7 +356,7 @@ impl Gateway {
     /// Starts the process again on the same directory and config.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill first");
-        let (child, proxy, admin) = spawn(
+        let (child, listening) = spawn(
             self.dir.path(),
             &self.config_path,
             &[],
@@ -363,8 +365,9 @@ impl Gateway {
         )
         .await;
         self.child = Some(child);
-        self.proxy = proxy;
-        self.admin = admin;
+        self.proxy = listening.proxy;
+        self.admin = listening.admin;
+        self.tls = listening.tls;
     }
 
     /// Creates a key through the admin API; returns `(secret, id)`.
@@ -469,7 +472,7 @@ async fn spawn(
     env: &[(String, String)],
     ready_within: Duration,
     open_files: Option<u64>,
-) -> (Child, String, String) {
+) -> (Child, Listening) {
     let ready = dir.join("ready.json");
     let _ = std::fs::remove_file(&ready);
     let log = std::fs::OpenOptions::new()
@@ -509,10 +512,14 @@ async fn spawn(
     loop {
         if let Ok(text) = std::fs::read_to_string(&ready) {
             let v: serde_json::Value = serde_json::from_str(&text).expect("ready json");
+            let address = |name: &str| v[name].as_str().map(String::from);
             return (
                 child,
-                v["proxy"].as_str().unwrap().to_string(),
-                v["admin"].as_str().unwrap().to_string(),
+                Listening {
+                    proxy: address("proxy").expect("proxy address"),
+                    admin: address("admin").expect("admin address"),
+                    tls: address("tls"),
+                },
             );
         }
         if let Some(status) = child.try_wait().expect("wait") {
@@ -694,6 +701,20 @@ impl GatewayBuilder {
         self.set("pricing", &format!("models.{model:?}"), table.into())
     }
 
+    /// A TLS listener on a free port beside the plain one, serving this
+    /// certificate and key.
+    pub fn tls(self, cert_file: &Path, key_file: &Path) -> Self {
+        self.set(
+            "server",
+            "tls",
+            format!(
+                "{{ listen = \"127.0.0.1:0\", cert_file = {:?}, key_file = {:?} }}",
+                cert_file.display().to_string(),
+                key_file.display().to_string()
+            ),
+        )
+    }
+
     /// Sets an environment variable for the process.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
@@ -729,7 +750,7 @@ impl GatewayBuilder {
         );
         let config_path = dir.path().join("sluice.toml");
         std::fs::write(&config_path, config).unwrap();
-        let (child, proxy, admin) = spawn(
+        let (child, listening) = spawn(
             dir.path(),
             &config_path,
             &self.env,
@@ -739,12 +760,20 @@ impl GatewayBuilder {
         .await;
         Gateway {
             dir,
-            proxy,
-            admin,
+            proxy: listening.proxy,
+            admin: listening.admin,
+            tls: listening.tls,
             child: Some(child),
             config_path,
         }
     }
+}
+
+/// The addresses a started gateway listens on.
+struct Listening {
+    proxy: String,
+    admin: String,
+    tls: Option<String>,
 }
 
 /// A buffered HTTP reply.
@@ -936,4 +965,73 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     false
+}
+
+/// A certificate authority for TLS tests, and leaf certificates it signs
+/// for `localhost` and `127.0.0.1`.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate, PEM.
+    pub pem: String,
+}
+
+impl TestCa {
+    /// A new CA.
+    pub fn new() -> Self {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Sluice client-TLS test CA");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        Self {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// Writes a new leaf's certificate and key as `NAME.pem` and `NAME.key`
+    /// in `dir`; their paths and the certificate's DER.
+    pub fn leaf(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("leaf params");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
+        let (cert_file, key_file) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        (cert_file, key_file, cert.der().to_vec())
+    }
+
+    /// A TLS client trusting this CA only, offering `alpn`.
+    pub fn connector(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        let der = <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::from_pem_slice(
+            self.pem.as_bytes(),
+        )
+        .expect("CA PEM");
+        roots.add(der).expect("CA root");
+        let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
 }

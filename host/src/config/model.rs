@@ -85,6 +85,20 @@ pub struct ServerConfig {
     pub runtime: ServerRuntime,
     /// Request-handling threads in the per-core runtime (default: the cores).
     pub workers: usize,
+    /// The TLS listener beside the plain one, if configured.
+    pub tls: Option<TlsConfig>,
+}
+
+/// A TLS listener: its address and its certificate's PEM files (reloaded
+/// when they change).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Listen address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// How the client listener's requests are spread over threads.

@@ -52,6 +52,15 @@ pub(super) struct RawServer {
     pub(super) slow_request: Option<Text>,
     pub(super) runtime: Option<Text>,
     pub(super) workers: Option<usize>,
+    pub(super) tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) listen: Text,
+    pub(super) cert_file: Text,
+    pub(super) key_file: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]

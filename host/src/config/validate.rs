@@ -282,11 +282,34 @@ impl<'a> Validator<'a> {
             workers: raw.workers.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             }),
+            tls: raw.tls.as_ref().map(|t| self.tls(t)).transpose()?,
         };
         if server.workers == 0 {
             return Err(self.error("server.workers", None, "must be at least 1"));
         }
         Ok(server)
+    }
+
+    /// Validates `[server.tls]`: its address, and certificate and key files
+    /// (relative to the config file) that exist; they are parsed at start.
+    fn tls(&self, raw: &RawTls) -> Result<TlsConfig, ConfigError> {
+        let file = |key: &str, value: &Text| {
+            let path = self.path(value.get_ref());
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(self.error(
+                    key,
+                    Some(value),
+                    format!("no such file: {}", path.display()),
+                ))
+            }
+        };
+        Ok(TlsConfig {
+            listen: self.addr("server.tls.listen", Some(&raw.listen), "")?,
+            cert_file: file("server.tls.cert_file", &raw.cert_file)?,
+            key_file: file("server.tls.key_file", &raw.key_file)?,
+        })
     }
 
     /// Validates the `[admin]` table: its own listener (never the client

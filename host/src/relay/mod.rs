@@ -180,7 +180,7 @@ fn fields(peek: Peek<'_>) -> Result<Parsed, ApiError> {
 
 /// The body to send upstream: the original bytes unless the model is renamed,
 /// a stream must ask for usage, or the metering caps the completion.
-fn upstream_body(parsed: &Parsed, upstream_model: &str) -> Result<Bytes, ApiError> {
+pub(crate) fn upstream_body(parsed: &Parsed, upstream_model: &str) -> Result<Bytes, ApiError> {
     let rename = upstream_model != parsed.model;
     let need_usage = parsed.stream && !parsed.include_usage;
     if !rename && !need_usage && parsed.send_cap.is_none() {

@@ -1,5 +1,6 @@
 //! The accept loop and each connection: HTTP/1.1 and h2c on one port
-//! (hyper-util's auto builder), `TCP_NODELAY`, a cap on open connections (a
+//! (hyper-util's auto builder), or the same over TLS (ALPN `h2`, `http/1.1`;
+//! the handshake bounded by the header-read timeout), `TCP_NODELAY`, a cap on open connections (a
 //! clear 503 beyond it), a header-read timeout that also closes idle
 //! keep-alive connections, a write timeout for clients that stop reading,
 //! back-off when the process runs out of file descriptors, and graceful
@@ -14,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -115,12 +117,13 @@ impl ListenerShare {
 }
 
 /// Accepts connections until shutdown, under the listener's cap; each
-/// connection runs on `connections`, on the runtime that polls this.
+/// connection runs on `connections`, on the runtime that polls this, over
+/// TLS when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     connections: Connections,
-    role: Role,
+    (role, tls): (Role, Option<TlsAcceptor>),
     share: Arc<ListenerShare>,
 ) {
     let mut failures = AcceptFailures::default();
@@ -150,7 +153,7 @@ pub async fn serve(
             stream,
             peer,
             state.clone(),
-            role,
+            (role, tls.clone()),
             connections.abort.clone(),
             permit,
         ));
@@ -196,17 +199,46 @@ impl AcceptFailures {
     }
 }
 
-/// Serves one connection: until it closes, or — once shutdown begins — until
-/// its in-flight requests finish (streams end themselves at the grace
-/// period's cut-off) or shutdown drops it. `_open` is its place under the cap.
+/// Serves one connection (after its TLS handshake, when `tls` is given):
+/// until it closes, or — once shutdown begins — until its in-flight requests
+/// finish (streams end themselves at the grace period's cut-off) or shutdown
+/// drops it. `_open` is its place under the cap.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     state: Arc<AppState>,
-    role: Role,
+    (role, tls): (Role, Option<TlsAcceptor>),
     abort: CancellationToken,
     _open: OwnedSemaphorePermit,
 ) {
+    let Some(acceptor) = tls else {
+        return http(stream, peer, &state, role, abort).await;
+    };
+    let handshake =
+        tokio::time::timeout(state.config.server.header_timeout, acceptor.accept(stream));
+    match handshake.await {
+        Ok(Ok(stream)) => http(stream, peer, &state, role, abort).await,
+        Ok(Err(e)) => {
+            state.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            state.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on an established connection.
+async fn http<S>(
+    stream: S,
+    peer: SocketAddr,
+    state: &Arc<AppState>,
+    role: Role,
+    abort: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let server = &state.config.server;
     let io = TokioIo::new(WriteTimeout::new(stream, server.write_timeout));
     let handler = state.clone();

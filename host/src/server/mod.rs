@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod request_id;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 pub mod workers;
 pub mod write_timeout;
 
