@@ -86,6 +86,11 @@ pub fn body_rewrite(data: &[u8]) {
     let Some((&knob, body)) = data.split_last() else {
         return;
     };
+    // JSON that serde cannot hold (a number out of its range) is forwarded
+    // as it came; only what it can read is checked.
+    if serde_json::from_slice::<serde_json::Value>(body).is_err() {
+        return;
+    }
     let Ok(mut parsed) = crate::relay::parse(Bytes::copy_from_slice(body)) else {
         return;
     };

@@ -122,11 +122,22 @@ pub struct Parsed {
 /// never sees a duplicate the gateway read differently.
 ///
 /// # Errors
-/// 400 for malformed JSON, a non-object body, or ill-typed fields.
+/// 400 for malformed JSON (invalid UTF-8 among it, even inside a field the
+/// gateway does not read, since the body may be forwarded as it arrived), a
+/// non-object body, or ill-typed fields.
 pub fn parse(body: Bytes) -> Result<Parsed, ApiError> {
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(ApiError::bad_request(
             "We could not parse the JSON body of your request. The body must be a JSON object.",
+            None,
+        ));
+    }
+    if let Err(e) = std::str::from_utf8(&body) {
+        return Err(ApiError::bad_request(
+            format!(
+                "We could not parse the JSON body of your request: it is not valid UTF-8 (at byte {}).",
+                e.valid_up_to()
+            ),
             None,
         ));
     }
@@ -731,6 +742,16 @@ mod tests {
             parsed("{\"model\": \"m\""),
             Err(ApiError::Client { .. })
         ));
+        // Found by the body_rewrite fuzz target: invalid UTF-8 in a field the
+        // gateway skips used to pass, and be forwarded as it arrived.
+        let latin1 = parse(Bytes::from_static(
+            b"{\"model\": \"m\", \"t\": \"\xd1hi\", \"stream\": true}",
+        ));
+        assert!(
+            matches!(&latin1, Err(ApiError::Client { message, .. }) if message.contains("not valid UTF-8")),
+            "{:?}",
+            latin1.err()
+        );
     }
 
     #[test]

@@ -127,22 +127,15 @@ pub fn data_of(event: &[u8]) -> Vec<u8> {
 /// Reads an event. JSON is parsed only when the event mentions `"usage"` with a
 /// non-null value, so ordinary token chunks cost a byte scan.
 pub fn inspect(event: &[u8]) -> EventInfo {
-    let Some(at) = memfind(event, b"\"usage\"") else {
+    let Some(at) = unescaped(event, b"\"usage\"") else {
         return EventInfo {
             done: memfind(event, b"[DONE]").is_some() && data_of(event).trim_ascii() == b"[DONE]",
             ..EventInfo::default()
         };
     };
-    let value = event[at + 7..]
-        .trim_ascii_start()
-        .strip_prefix(b":")
-        .map(<[u8]>::trim_ascii_start);
-    if let Some(value) = value
-        && value.starts_with(b"null")
-    {
-        let value_end = event.len() - value.len() + 4;
+    if let Some(span) = null_member(event, at) {
         return EventInfo {
-            null_usage: Some(member_span(event, at, value_end)),
+            null_usage: Some(span),
             ..EventInfo::default()
         };
     }
@@ -156,18 +149,61 @@ pub fn inspect(event: &[u8]) -> EventInfo {
     }
 }
 
-/// The span of the object member whose key starts at `key` and whose value ends
-/// at `value_end`, with the comma before it (or, for a first member, after it).
-fn member_span(event: &[u8], key: usize, value_end: usize) -> Range<usize> {
-    let before = event[..key].trim_ascii_end();
+/// The span of the `"usage":null` member whose key starts at `key`, with the
+/// comma before it (or, for a first member, after it), when it can be cut out
+/// without touching anything else: the event has one `data:` line, the member
+/// is on it, and the span stays on it. `None` otherwise (the member is then
+/// left in place).
+fn null_member(event: &[u8], key: usize) -> Option<Range<usize>> {
+    let start = event[..key]
+        .iter()
+        .rposition(|b| matches!(b, b'\n' | b'\r'))
+        .map_or(0, |i| i + 1);
+    let end = event[key..]
+        .iter()
+        .position(|b| matches!(b, b'\n' | b'\r'))
+        .map_or(event.len(), |i| key + i);
+    let data_lines = event
+        .split(|b| matches!(b, b'\n' | b'\r'))
+        .filter(|line| line.starts_with(b"data:"))
+        .count();
+    if !event[start..].starts_with(b"data:") || data_lines != 1 {
+        return None;
+    }
+    let value = blank_start(blank_start(&event[key + 7..end]).strip_prefix(b":")?);
+    if !value.starts_with(b"null") {
+        return None;
+    }
+    let value_end = end - value.len() + 4;
+    let before = blank_end(&event[start..key]);
     if before.ends_with(b",") {
-        return before.len() - 1..value_end;
+        return Some(start + before.len() - 1..value_end);
     }
-    let rest = &event[value_end..];
-    match rest.trim_ascii_start().strip_prefix(b",") {
-        Some(next) => key..event.len() - next.trim_ascii_start().len(),
-        None => key..value_end,
-    }
+    Some(
+        match blank_start(&event[value_end..end]).strip_prefix(b",") {
+            Some(next) => key..end - blank_start(next).len(),
+            None => key..value_end,
+        },
+    )
+}
+
+/// `bytes` without leading spaces and tabs.
+fn blank_start(bytes: &[u8]) -> &[u8] {
+    let n = bytes
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
+    &bytes[n..]
+}
+
+/// `bytes` without trailing spaces and tabs.
+fn blank_end(bytes: &[u8]) -> &[u8] {
+    let n = bytes
+        .iter()
+        .rev()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
+    &bytes[..bytes.len() - n]
 }
 
 /// `event` without the bytes in `span`.
@@ -180,6 +216,19 @@ pub fn without(event: &Bytes, span: Range<usize>) -> Bytes {
 
 fn memfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(haystack, needle)
+}
+
+/// The first `needle` (which starts with a quote) whose quote is not escaped
+/// (preceded by an odd run of backslashes, as inside a key like `"a\"usage"`).
+fn unescaped(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find_iter(haystack, needle).find(|&at| {
+        let backslashes = haystack[..at]
+            .iter()
+            .rev()
+            .take_while(|b| **b == b'\\')
+            .count();
+        backslashes % 2 == 0
+    })
 }
 
 #[cfg(test)]
@@ -197,6 +246,40 @@ mod tests {
         }
         out.extend(framer.finish());
         out
+    }
+
+    #[test]
+    fn an_escaped_quote_is_not_the_usage_key() {
+        // Found by the usage_tap fuzz target: a key ending in `\"usage` was
+        // read as the usage member, and stripping it broke the JSON.
+        let event = b"data: {\"a\\\"usage\":null,\"b\":1}\n\n";
+        assert_eq!(inspect(event), EventInfo::default());
+        let real = b"data: {\"a\\\\\":1,\"usage\":null}\n\n";
+        assert!(inspect(real).null_usage.is_some());
+    }
+
+    #[test]
+    fn usage_null_is_cut_only_from_a_single_data_line() {
+        // Found by the usage_tap fuzz target: a member on a comment line, or
+        // in JSON spread over data lines, was cut across lines.
+        for event in [
+            &b": {\"usage\":null,\n\ndata: {\"a\":1}\n\n"[..],
+            b"data: {\"a\":1,\ndata: \"usage\":null}\n\n",
+            b"data: {\"ch\":3400\r\r,\r\r\"usage\":null}\n\n",
+        ] {
+            assert_eq!(
+                inspect(event).null_usage,
+                None,
+                "{:?}",
+                String::from_utf8_lossy(event)
+            );
+        }
+        let event = Bytes::from_static(b"data: {\"a\":1, \"usage\" : null}\r\n\r\n");
+        let span = inspect(&event).null_usage;
+        assert_eq!(
+            span.map(|span| without(&event, span)),
+            Some(Bytes::from_static(b"data: {\"a\":1}\r\n\r\n"))
+        );
     }
 
     #[test]
