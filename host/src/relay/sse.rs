@@ -157,17 +157,23 @@ pub fn inspect(event: &[u8]) -> EventInfo {
 fn null_member(event: &[u8], key: usize) -> Option<Range<usize>> {
     let start = event[..key]
         .iter()
-        .rposition(|b| matches!(b, b'\n' | b'\r'))
+        .rposition(|b| *b == b'\n')
         .map_or(0, |i| i + 1);
-    let end = event[key..]
+    let mut end = event[key..]
         .iter()
-        .position(|b| matches!(b, b'\n' | b'\r'))
+        .position(|b| *b == b'\n')
         .map_or(event.len(), |i| key + i);
+    if event[..end].ends_with(b"\r") {
+        end -= 1;
+    }
     let data_lines = event
-        .split(|b| matches!(b, b'\n' | b'\r'))
+        .split(|b| *b == b'\n')
         .filter(|line| line.starts_with(b"data:"))
         .count();
-    if !event[start..].starts_with(b"data:") || data_lines != 1 {
+    let line = &event[start..end];
+    // A lone CR is a line break to SSE but not to every reader: leave such
+    // an event alone.
+    if !line.starts_with(b"data:") || data_lines != 1 || line.contains(&b'\r') {
         return None;
     }
     let value = blank_start(blank_start(&event[key + 7..end]).strip_prefix(b":")?);
@@ -266,6 +272,7 @@ mod tests {
             &b": {\"usage\":null,\n\ndata: {\"a\":1}\n\n"[..],
             b"data: {\"a\":1,\ndata: \"usage\":null}\n\n",
             b"data: {\"ch\":3400\r\r,\r\r\"usage\":null}\n\n",
+            b"data: {\"usage\":null\r\r,\"b\":1}\r\n\n",
         ] {
             assert_eq!(
                 inspect(event).null_usage,
