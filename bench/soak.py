@@ -27,6 +27,8 @@ import tempfile
 import threading
 import time
 
+from procs import rss_mb, wait_port
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 SLUICE = str(TARGET / "release" / "sluice")
@@ -37,24 +39,6 @@ ADMIN_TOKEN = "soak-bench-admin-token"
 MINUTES = float(os.environ.get("SOAK_MINUTES", "30"))
 CLIENTS = 16
 SAMPLE_S = 30
-
-
-def rss_mb(pid):
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def wait_port(port):
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection((HOST, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 class Tally:

@@ -57,13 +57,17 @@ async fn healthz(ca: &TestCa, addr: &str) -> anyhow::Result<(u16, Vec<u8>)> {
     Ok((status, presented))
 }
 
-#[tokio::test]
-async fn the_openai_sdk_speaks_tls_with_a_custom_ca_beside_the_plain_listener() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    let (cert, key, der) = ca.leaf(dir.path(), "leaf");
+/// The certificate a gateway serves: its files and its DER.
+struct Served {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    der: Vec<u8>,
+}
+
+/// A gateway with a TLS listener serving a leaf of `ca` written to `dir`;
+/// its TLS address, the certificate, and the fake upstream (kept serving).
+async fn tls_gateway(ca: &TestCa, dir: &std::path::Path) -> (Gateway, String, Served, Mock) {
+    let (cert, key, der) = ca.leaf(dir, "live");
     let upstream = keyed_mock(MockConfig::default()).await;
     let gw = Gateway::builder()
         .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
@@ -71,6 +75,17 @@ async fn the_openai_sdk_speaks_tls_with_a_custom_ca_beside_the_plain_listener() 
         .start()
         .await;
     let tls = gw.tls.clone().expect("a TLS listener");
+    (gw, tls, Served { cert, key, der }, upstream)
+}
+
+#[tokio::test]
+async fn the_openai_sdk_speaks_tls_with_a_custom_ca_beside_the_plain_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let (gw, tls, served, _upstream) = tls_gateway(&ca, dir.path()).await;
+    let der = served.der;
     let (api_key, key_id) = gw.create_key(json!({"name": "tls"})).await;
     let base = format!("https://localhost:{}/v1", tls.rsplit(':').next().unwrap());
     let ca_path = ca_file.display().to_string();
@@ -111,14 +126,8 @@ async fn the_openai_sdk_speaks_tls_with_a_custom_ca_beside_the_plain_listener() 
 async fn a_certificate_swapped_under_load_fails_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Arc::new(TestCa::new());
-    let (cert, key, first) = ca.leaf(dir.path(), "live");
-    let upstream = keyed_mock(MockConfig::default()).await;
-    let gw = Gateway::builder()
-        .channel(ChannelSpec::mock("main", &upstream, &[MODEL]))
-        .tls(&cert, &key)
-        .start()
-        .await;
-    let tls = gw.tls.clone().expect("a TLS listener");
+    let (gw, tls, served, _upstream) = tls_gateway(&ca, dir.path()).await;
+    let (cert, key, first) = (served.cert, served.key, served.der);
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let until = Instant::now() + Duration::from_secs(4);
     let mut load = Vec::new();

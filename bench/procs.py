@@ -1,0 +1,25 @@
+"""Helpers the bench scripts share: a process's resident memory, and waiting
+for a loopback port to accept connections."""
+import pathlib
+import socket
+import time
+
+
+def rss_mb(pid):
+    """The resident set of process `pid`, in MB."""
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_port(port, host="127.0.0.1", timeout=60):
+    """Returns once `host:port` accepts a connection; exits after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
