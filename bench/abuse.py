@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 
-from procs import rss_mb, wait_port
+from procs import rss_mb, stop_all, wait_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
@@ -194,12 +194,7 @@ models = ["gpt-4o-mini"]
         print("targets met" if ok else "TARGET MISSED")
         return 0 if ok else 1
     finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Helpers the bench scripts share: a process's resident memory, and waiting
-for a loopback port to accept connections."""
+"""Helpers the bench scripts share: a process's resident memory, waiting for a
+loopback port to accept connections, and stopping the processes a run started."""
 import pathlib
 import socket
+import subprocess
 import time
 
 
@@ -23,3 +24,13 @@ def wait_port(port, host="127.0.0.1", timeout=60):
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"nothing listens on {port}")
+
+
+def stop_all(procs):
+    """Terminates each process, killing one that has not exited 30 s later."""
+    for p in procs:
+        p.terminate()
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
