@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 
-from procs import rss_mb, stop_all, wait_port
+from procs import rss_mb, stop_all, wait_port, write_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
@@ -117,22 +117,7 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     work = pathlib.Path(tempfile.mkdtemp(prefix="sluice-abuse-"))
-    config = work / "sluice.toml"
-    config.write_text(f"""
-[server]
-listen = "{HOST}:{PROXY}"
-[admin]
-listen = "{HOST}:{ADMIN}"
-token = "env::SLUICE_ADMIN_TOKEN"
-[store]
-path = "{work}/store.redb"
-[plugins]
-cache_dir = "{work}/cache"
-[[channels]]
-id = "mock"
-base_url = "http://{HOST}:{UPSTREAM}/v1"
-models = ["gpt-4o-mini"]
-""")
+    config = write_config(work, (PROXY, ADMIN, UPSTREAM))
     env = dict(os.environ, SLUICE_ADMIN_TOKEN=ADMIN_TOKEN)
     procs = [subprocess.Popen([MOCK, "--listen", f"{HOST}:{UPSTREAM}"], stderr=subprocess.DEVNULL)]
     try:

@@ -34,3 +34,29 @@ def stop_all(procs):
             p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def write_config(work, ports, plugins=None):
+    """Writes `work/sluice.toml`: the gateway on `ports` (proxy, admin,
+    upstream) in front of the fake upstream, with the shipped defaults, a
+    store and a plugin cache in `work`, and `plugins` as its plugin folder
+    if given; returns its path."""
+    proxy, admin, upstream = ports
+    folder = f'dir = "{plugins}"\n' if plugins else ""
+    config = work / "sluice.toml"
+    config.write_text(f"""
+[server]
+listen = "127.0.0.1:{proxy}"
+[admin]
+listen = "127.0.0.1:{admin}"
+token = "env::SLUICE_ADMIN_TOKEN"
+[store]
+path = "{work}/store.redb"
+[plugins]
+{folder}cache_dir = "{work}/cache"
+[[channels]]
+id = "mock"
+base_url = "http://127.0.0.1:{upstream}/v1"
+models = ["gpt-4o-mini"]
+""")
+    return config

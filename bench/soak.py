@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 
-from procs import rss_mb, stop_all, wait_port
+from procs import rss_mb, stop_all, wait_port, write_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
@@ -158,23 +158,7 @@ def main():
     plugins.mkdir()
     shutil.copy(PLUGIN, plugins / "team-header.wasm")
     (plugins / "team-header.toml").write_text('header = "x-team"\nteams = ["blue"]\nrpm_per_team = 100000000\n')
-    config = work / "sluice.toml"
-    config.write_text(f"""
-[server]
-listen = "{HOST}:{PROXY}"
-[admin]
-listen = "{HOST}:{ADMIN}"
-token = "env::SLUICE_ADMIN_TOKEN"
-[store]
-path = "{work}/store.redb"
-[plugins]
-dir = "{plugins}"
-cache_dir = "{work}/cache"
-[[channels]]
-id = "mock"
-base_url = "http://{HOST}:{UPSTREAM}/v1"
-models = ["gpt-4o-mini"]
-""")
+    config = write_config(work, (PROXY, ADMIN, UPSTREAM), plugins)
     env = dict(os.environ, SLUICE_ADMIN_TOKEN=ADMIN_TOKEN)
     procs = [subprocess.Popen([MOCK, "--listen", f"{HOST}:{UPSTREAM}"], stderr=subprocess.DEVNULL)]
     try:
