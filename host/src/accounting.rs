@@ -22,8 +22,9 @@ use crate::error::ApiError;
 use crate::metering::{Tokens, affordable_cap, bill, worst_case};
 use crate::metrics::{ChannelLabels, EndpointLabels, RequestLabels};
 use crate::plugins::exercise::{ChannelInput, Inputs};
+use crate::settling::{Settled, Settling};
 use crate::state::AppState;
-use crate::store::writer::{Entry, Slot};
+use crate::store::writer::Slot;
 use crate::store::{Charge, UsageRecord};
 
 /// Bodies up to this size are counted on the runtime worker (about 200 µs
@@ -242,7 +243,7 @@ impl Accounting {
 
     /// Settles the request with its outcome. Synchronous and cheap on the
     /// caller's side: the charge is applied at once; shaping and queueing run on
-    /// a tracked task.
+    /// the thread's settling queue ([`crate::settling`]).
     pub fn settle(mut self, outcome: Outcome) {
         self.record(outcome);
     }
@@ -335,7 +336,7 @@ impl Accounting {
             .map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX));
         let request_id = ctx.facts.request_id.as_str();
         tracing::info!(
-            target: "sluice::access",
+            target: crate::log_format::ACCESS_TARGET,
             request_id,
             key = %key_prefix,
             endpoint,
@@ -388,11 +389,8 @@ impl Accounting {
             prompt: ctx.prompt.take(),
             completion: outcome.completion,
         };
-        let state = state.clone();
-        let policies = ctx.policies.clone();
-        let slot = self.slot.take();
         // Plugins in shadow mode see what the live policies saw.
-        let shadowed = (!policies.shadows.is_empty()).then(|| Inputs {
+        let shadowed = (!ctx.policies.shadows.is_empty()).then(|| Inputs {
             request: ctx.facts.clone(),
             key: ctx.key.clone(),
             channels: state
@@ -402,19 +400,16 @@ impl Accounting {
                 .collect(),
             record: record.clone(),
         });
-        state.tracker.clone().spawn(async move {
-            if let Some(inputs) = shadowed {
-                crate::plugins::shadow::run(&policies.shadows, &inputs, &state.metrics).await;
-            }
-            let entry = Entry {
-                record: state.policies.shape(&policies, record).await,
+        Settling::queue(
+            state,
+            Settled {
+                policies: ctx.policies.clone(),
+                shadowed,
+                record,
                 charge,
-            };
-            match slot {
-                Some(slot) => state.writer.submit_reserved(slot, entry),
-                None => state.writer.submit(entry).await,
-            }
-        });
+                slot: self.slot.take(),
+            },
+        );
     }
 }
 

@@ -121,6 +121,7 @@ pub async fn build(config: Config) -> Result<Arc<AppState>, StartError> {
         writer,
         metrics,
         tracker: TaskTracker::new(),
+        settling: crate::settling::Settling::default(),
         shutdown: CancellationToken::new(),
         cut_off: CancellationToken::new(),
         started_s: crate::keys::now_ms() / 1000,

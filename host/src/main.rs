@@ -8,10 +8,15 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = sluice::cli::Cli::parse();
-    match sluice::cli::run(cli).await {
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_keep_alive(sluice::server::workers::BLOCKING_KEEP_ALIVE)
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(sluice::cli::run(cli)));
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: {e:#}");

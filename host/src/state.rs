@@ -39,6 +39,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Tracks every spawned task so shutdown can drain them.
     pub tracker: TaskTracker,
+    /// Settled requests' records on their way to the writer, per thread.
+    pub settling: crate::settling::Settling,
     /// Cancelled when shutdown begins: stop accepting, finish in-flight work.
     pub shutdown: CancellationToken,
     /// Cancelled when the shutdown grace period is over: connections still

@@ -40,7 +40,11 @@ pub(super) fn init_logging(
         .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder
+            .event_format(crate::log_format::TextFormat::new(
+                tracing_subscriber::fmt::time::SystemTime,
+            ))
+            .try_init(),
     };
     Ok(guard)
 }

@@ -239,6 +239,45 @@ pub fn run(open: &Opener) -> Result<(), StoreError> {
         store.key_by_id("k1")?.and_then(|k| k.quota_remaining),
         Some(4991)
     );
+    purges_records_appended_out_of_time_order(open)
+}
+
+/// Records reach the store in completion order, which is time order up to
+/// small reorderings: retention purges exactly the records older than the
+/// cutoff, whatever their order, a few at a time.
+fn purges_records_appended_out_of_time_order(open: &Opener) -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::backend("tmp", e))?;
+    let store = open(&dir.path().join("store.db"))?;
+    let times = [10_000, 8_000, 12_000, 9_000, 11_000, 30_000];
+    let records = times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| UsageRecord {
+            time_ms: *t,
+            ..record(i as u64, "k", "m", 0)
+        })
+        .collect();
+    store.append(&Batch {
+        records,
+        charges: vec![],
+    })?;
+    let mut purged = 0;
+    loop {
+        let (n, _) = store.purge_before(11_000, 1)?;
+        assert!(n <= 1);
+        if n == 0 {
+            break;
+        }
+        purged += n;
+    }
+    assert_eq!(purged, 3);
+    let mut left: Vec<u64> = store
+        .query_usage(&UsageQuery::default())?
+        .iter()
+        .map(|r| r.time_ms)
+        .collect();
+    left.sort_unstable();
+    assert_eq!(left, [11_000, 12_000, 30_000]);
     Ok(())
 }
 

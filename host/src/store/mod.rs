@@ -19,8 +19,8 @@ pub use ledger::Charge;
 use ledger::{AuditReport, Audited, Auditor, LedgerEntry};
 
 /// Current schema version of both backends; older stores are migrated at open
-/// (version 2 added the ledger).
-pub const SCHEMA_VERSION: u64 = 2;
+/// (version 2 added the ledger; version 3 dropped redb's time index).
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const KEY_DIGESTS: TableDefinition<&str, &str> = TableDefinition::new("key_digests");
 const USAGE: TableDefinition<u64, &[u8]> = TableDefinition::new("usage");
+/// The time index of schema 2, dropped by version 3: records are appended in
+/// completion order, so retention scans them by sequence number instead.
 const USAGE_BY_TIME: TableDefinition<(u64, u64), ()> = TableDefinition::new("usage_by_time");
 const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_accounts");
@@ -79,10 +81,11 @@ impl RedbStore {
             // The current version, or a new file whose tables are created below.
             _ => {}
         }
+        // 2 → 3: the time index goes (one insert less per record).
+        tx.delete_table(USAGE_BY_TIME).map_err(err)?;
         tx.open_table(KEYS).map_err(err)?;
         tx.open_table(KEY_DIGESTS).map_err(err)?;
         tx.open_table(USAGE).map_err(err)?;
-        tx.open_table(USAGE_BY_TIME).map_err(err)?;
         tx.open_table(LEDGER).map_err(err)?;
         tx.open_table(ACCOUNTS).map_err(err)?;
         tx.open_table(LEDGER_BY_KEY).map_err(err)?;
@@ -219,6 +222,29 @@ fn open_ledgers(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Up to `limit` records older than `cutoff_ms`, oldest first. Records are in
+/// completion order up to small reorderings, so the scan goes on past the
+/// cutoff for [`SCAN_SLACK_MS`] before it stops; one that is skipped is
+/// purged by a later pass.
+fn expired(
+    usage: &impl ReadableTable<u64, &'static [u8]>,
+    cutoff_ms: u64,
+    limit: usize,
+) -> Result<Vec<u64>, StoreError> {
+    let mut doomed = Vec::new();
+    for entry in usage.iter().map_err(err)? {
+        let (key, value) = entry.map_err(err)?;
+        let record: UsageRecord = decode(value.value())?;
+        if record.time_ms >= cutoff_ms.saturating_add(SCAN_SLACK_MS) || doomed.len() == limit {
+            break;
+        }
+        if record.time_ms < cutoff_ms {
+            doomed.push(key.value());
+        }
+    }
+    Ok(doomed)
+}
+
 impl Store for RedbStore {
     fn backend(&self) -> &'static str {
         "redb"
@@ -249,7 +275,6 @@ impl Store for RedbStore {
             {
                 let mut meta = tx.open_table(META).map_err(err)?;
                 let mut usage = tx.open_table(USAGE).map_err(err)?;
-                let mut by_time = tx.open_table(USAGE_BY_TIME).map_err(err)?;
                 let mut seq = meta.get("next_seq").map_err(err)?.map_or(1, |v| v.value());
                 let mut buf = Vec::with_capacity(512);
                 // The sequence number is the key; records are stored with `seq = 0`
@@ -257,7 +282,6 @@ impl Store for RedbStore {
                 for record in &batch.records {
                     encode_compact(record, &mut buf)?;
                     usage.insert(seq, buf.as_slice()).map_err(err)?;
-                    by_time.insert((record.time_ms, seq), ()).map_err(err)?;
                     seq += 1;
                 }
                 meta.insert("next_seq", seq).map_err(err)?;
@@ -389,16 +413,9 @@ impl Store for RedbStore {
         self.with_db(|db| {
             let tx = db.begin_write().map_err(err)?;
             let purged = {
-                let mut by_time = tx.open_table(USAGE_BY_TIME).map_err(err)?;
                 let mut usage = tx.open_table(USAGE).map_err(err)?;
-                let doomed = by_time
-                    .range(..(cutoff_ms, 0))
-                    .map_err(err)?
-                    .take(limit)
-                    .map(|entry| entry.map(|(k, _)| k.value()).map_err(err))
-                    .collect::<Result<Vec<_>, _>>()?;
-                for (time, seq) in &doomed {
-                    by_time.remove((*time, *seq)).map_err(err)?;
+                let doomed = expired(&usage, cutoff_ms, limit)?;
+                for seq in &doomed {
                     usage.remove(*seq).map_err(err)?;
                 }
                 doomed.len()
@@ -532,6 +549,47 @@ mod tests {
                 tx.commit().map_err(super::err)
             },
         )
+    }
+
+    /// Schema 2 kept a time index of the records; opening drops it.
+    #[test]
+    fn drops_the_time_index_of_schema_2() -> Result<(), super::StoreError> {
+        let dir = tempfile::tempdir().map_err(super::err)?;
+        let path = dir.path().join("store.db");
+        drop(super::RedbStore::open(&path)?);
+        {
+            let tx = redb::Database::open(&path)
+                .map_err(super::err)?
+                .begin_write()
+                .map_err(super::err)?;
+            tx.open_table(super::USAGE_BY_TIME)
+                .map_err(super::err)?
+                .insert((1, 1), ())
+                .map_err(super::err)?;
+            tx.open_table(super::META)
+                .map_err(super::err)?
+                .insert("schema_version", 2)
+                .map_err(super::err)?;
+            tx.commit().map_err(super::err)?;
+        }
+        drop(super::RedbStore::open(&path)?);
+        let db = redb::Database::open(&path).map_err(super::err)?;
+        let tx = redb::ReadableDatabase::begin_read(&db).map_err(super::err)?;
+        let tables: Vec<String> = tx
+            .list_tables()
+            .map_err(super::err)?
+            .map(|t| redb::TableHandle::name(&t).to_string())
+            .collect();
+        assert!(tables.contains(&"usage".to_string()), "{tables:?}");
+        assert!(!tables.contains(&"usage_by_time".to_string()), "{tables:?}");
+        let version = tx
+            .open_table(super::META)
+            .map_err(super::err)?
+            .get("schema_version")
+            .map_err(super::err)?
+            .map(|v| v.value());
+        assert_eq!(version, Some(super::SCHEMA_VERSION));
+        Ok(())
     }
 
     /// Records written as JSON (before the compact encoding) and compact ones
