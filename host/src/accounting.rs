@@ -22,9 +22,9 @@ use crate::error::ApiError;
 use crate::metering::{Tokens, affordable_cap, bill, worst_case};
 use crate::metrics::{ChannelLabels, EndpointLabels, RequestLabels};
 use crate::plugins::exercise::{ChannelInput, Inputs};
-use crate::settling::{Settled, Settling};
+use crate::settling::{Lane, Settled};
 use crate::state::AppState;
-use crate::store::writer::Slot;
+use crate::store::writer::{Entry, Slot};
 use crate::store::{Charge, UsageRecord};
 
 /// Bodies up to this size are counted on the runtime worker (about 200 µs
@@ -400,16 +400,40 @@ impl Accounting {
                 .collect(),
             record: record.clone(),
         });
-        Settling::queue(
-            state,
-            Settled {
-                policies: ctx.policies.clone(),
-                shadowed,
-                record,
-                charge,
-                slot: self.slot.take(),
-            },
-        );
+        let settled = Settled {
+            policies: ctx.policies.clone(),
+            shadowed,
+            record,
+            charge,
+            slot: self.slot.take(),
+        };
+        if let Some(lane) = state.settling.push(settled) {
+            state.tracker.spawn(drain(state.clone(), lane));
+        }
+    }
+}
+
+/// Shapes and submits a lane's records, oldest first, until it is empty.
+async fn drain(state: Arc<AppState>, lane: Arc<Lane>) {
+    while let Some(settled) = lane.next() {
+        let Settled {
+            policies,
+            shadowed,
+            record,
+            charge,
+            slot,
+        } = settled;
+        if let Some(inputs) = shadowed {
+            crate::plugins::shadow::run(&policies.shadows, &inputs, &state.metrics).await;
+        }
+        let entry = Entry {
+            record: state.policies.shape(&policies, record).await,
+            charge,
+        };
+        match slot {
+            Some(slot) => state.writer.submit_reserved(slot, entry),
+            None => state.writer.submit(entry).await,
+        }
     }
 }
 
