@@ -2,7 +2,7 @@
 //! (timestamp, level, target, message, `name=value` fields); the access line
 //! (target `sluice::access`, one per request) is written by a fast path that
 //! produces the same bytes without the general formatting machinery: strings
-//! that need no escaping are copied, integers written digit by digit. It
+//! that need no escaping are copied, integers written with `itoa`. It
 //! measured 0.83 µs against 0.36 µs per access line (a release loop of one
 //! million events into a null writer). Anything else, and every line on a
 //! terminal (colours), goes through the default format.
@@ -131,19 +131,13 @@ impl Visit for Fields<'_, '_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         if self.start(field) {
-            self.result = self.writer.write_str(Digits::of(value).as_str());
+            self.result = self.writer.write_str(itoa::Buffer::new().format(value));
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         if self.start(field) {
-            if value < 0 {
-                self.result = self.writer.write_char('-');
-            }
-            self.result = self.result.and_then(|()| {
-                self.writer
-                    .write_str(Digits::of(value.unsigned_abs()).as_str())
-            });
+            self.result = self.writer.write_str(itoa::Buffer::new().format(value));
         }
     }
 
@@ -176,31 +170,6 @@ impl fmt::Write for Sanitized<'_, '_> {
             '\u{80}'..='\u{9f}' => write!(self.0, "\\u{{{:x}}}", u32::from(c)),
             c => self.0.write_char(c),
         })
-    }
-}
-
-/// An unsigned integer's decimal digits, without allocating.
-struct Digits {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl Digits {
-    fn of(mut value: u64) -> Self {
-        let mut buf = [0u8; 20];
-        let mut start = buf.len();
-        loop {
-            start -= 1;
-            buf[start] = b'0' + (value % 10) as u8;
-            value /= 10;
-            if value == 0 {
-                return Self { buf, start };
-            }
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[self.start..]).unwrap_or_default()
     }
 }
 
@@ -310,12 +279,5 @@ mod tests {
             ),
             "{fast}"
         );
-    }
-
-    #[test]
-    fn digits_cover_the_range() {
-        for n in [0, 7, 10, 99, 1_000_000, u64::MAX] {
-            assert_eq!(Digits::of(n).as_str(), n.to_string());
-        }
     }
 }
