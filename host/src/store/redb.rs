@@ -82,7 +82,9 @@ impl RedbStore {
             _ => {}
         }
         // 2 → 3: the time index goes (one insert less per record).
-        tx.delete_table(USAGE_BY_TIME).map_err(err)?;
+        if found.is_some_and(|v| v < 3) {
+            tx.delete_table(USAGE_BY_TIME).map_err(err)?;
+        }
         tx.open_table(KEYS).map_err(err)?;
         tx.open_table(KEY_DIGESTS).map_err(err)?;
         tx.open_table(USAGE).map_err(err)?;
