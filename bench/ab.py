@@ -9,8 +9,9 @@ closed loop. User and system CPU per answered request come from
 /proc/PID/stat (every thread of the process).
 
     bench/ab.py A B [--rounds 3] [--seconds 4] [--stream]
-        A, B: `BINARY[,server.KEY=VALUE][,env:NAME=VALUE]...`
+        A, B: `BINARY[,TABLE.KEY=VALUE][,env:NAME=VALUE]...`
     bench/ab.py target/release/sluice target/release/sluice,server.runtime=shared
+    bench/ab.py target/release/sluice target/release/sluice,upstream.direct_http=false
     bench/ab.py old/sluice target/release/sluice
     bench/ab.py target/release/sluice target/release/sluice,env:SLUICE_LOG_LEVEL=warn
 
@@ -33,19 +34,30 @@ os.environ["PATH"] = f"{bench.ROOT / 'bench' / '.tools' / 'bin'}:{os.environ['PA
 
 
 def variant(spec):
-    """(binary, extra [server] lines, extra environment) from `BINARY,opt,...`."""
+    """(binary, extra config lines per table, extra environment) from `BINARY,opt,...`."""
     binary, *options = spec.split(",")
-    server, env = [], {}
+    tables, env = {}, {}
     for option in options:
         if option.startswith("env:"):
             name, _, value = option[4:].partition("=")
             env[name] = value
-        elif option.startswith("server."):
-            key, _, value = option[7:].partition("=")
-            server.append(f'{key} = "{value}"' if not value.isdigit() else f"{key} = {value}")
+        elif "." in option.partition("=")[0]:
+            key, _, value = option.partition("=")
+            table, _, key = key.partition(".")
+            literal = value if value.isdigit() or value in ("true", "false") else f'"{value}"'
+            tables.setdefault(table, []).append(f"{key} = {literal}")
         else:
             raise SystemExit(f"unknown option {option!r} in {spec!r}")
-    return str(pathlib.Path(binary).resolve()), server, env
+    return str(pathlib.Path(binary).resolve()), tables, env
+
+
+def configured(base, tables):
+    """The base config with each table's extra lines, in it or appended."""
+    for table, lines in tables.items():
+        text = "".join(f"{line}\n" for line in lines)
+        header = f"[{table}]\n"
+        base = base.replace(header, header + text, 1) if header in base else f"{base}\n{header}{text}"
+    return base
 
 
 def cpu_ticks(pids):
@@ -89,9 +101,9 @@ def main():
 
         for _ in range(args.rounds):
             for label, spec in (("A", args.a), ("B", args.b)):
-                binary, server, env = variant(spec)
+                binary, tables, env = variant(spec)
                 config = b.dir / f"ab-{label}.toml"
-                config.write_text(base_config.replace("[server]\n", "[server]\n" + "".join(f"{line}\n" for line in server), 1))
+                config.write_text(configured(base_config, tables))
                 proc = b.spawn([binary, "serve", "--config", str(config)], env=dict(b.env, **env))
                 b.sluice = proc
                 bench.wait_port(bench.PROXY)

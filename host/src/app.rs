@@ -94,6 +94,7 @@ pub async fn build(config: Config) -> Result<Arc<AppState>, StartError> {
     let upstream = upstream::Upstream::new(
         config.upstream.connect_timeout,
         config.upstream.ca_file.as_deref(),
+        config.upstream.direct_http,
     )
     .map_err(StartError::Upstream)?;
     let committed = keys.clone();

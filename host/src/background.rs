@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
+use bytes::Bytes;
 
 use crate::state::AppState;
 
@@ -53,7 +53,7 @@ async fn probe_channels(state: Arc<AppState>) {
         for (name, value) in channel.wire.credentials() {
             request = request.header(name, value.clone());
         }
-        let ok = match request.body(Full::default()) {
+        let ok = match request.body(Bytes::new()) {
             Ok(req) => matches!(
                 tokio::time::timeout(state.config.upstream.connect_timeout, state.upstream.request(req)).await,
                 Ok(Ok(resp)) if resp.status().is_success()

@@ -250,6 +250,9 @@ pub struct UpstreamConfig {
     pub max_attempts: usize,
     /// Extra CA certificate (PEM) trusted for upstreams.
     pub ca_file: Option<PathBuf>,
+    /// Plain-http channels use the gateway's own HTTP/1.1 client, read and
+    /// written by the request's task (off: the pooled hyper client).
+    pub direct_http: bool,
     /// Consecutive failures that put a channel in cooldown.
     pub failures_to_cooldown: u32,
     /// Cooldown length before the channel is probed again.

@@ -128,6 +128,7 @@ pub(super) struct RawUpstream {
     pub(super) max_response_bytes: Option<usize>,
     pub(super) max_attempts: Option<usize>,
     pub(super) ca_file: Option<String>,
+    pub(super) direct_http: Option<bool>,
     pub(super) failures_to_cooldown: Option<u32>,
     pub(super) cooldown: Option<Text>,
     pub(super) probe_interval: Option<Text>,

@@ -497,6 +497,7 @@ impl<'a> Validator<'a> {
             max_response_bytes: u.max_response_bytes.unwrap_or(16 << 20).max(1024),
             max_attempts: u.max_attempts.unwrap_or(3).max(1),
             ca_file: u.ca_file.as_deref().map(|f| self.path(f)),
+            direct_http: u.direct_http.unwrap_or(true),
             failures_to_cooldown: u.failures_to_cooldown.unwrap_or(3).max(1),
             cooldown: self.duration(
                 "upstream.cooldown",

@@ -357,7 +357,7 @@ fn build_request(
     upstream_model: &str,
     body: Bytes,
     headers: &HeaderMap,
-) -> Result<Request<Full<Bytes>>, ApiError> {
+) -> Result<Request<Bytes>, ApiError> {
     let endpoint_path = ctx
         .endpoint
         .upstream_path()
@@ -372,7 +372,7 @@ fn build_request(
                 channel.config.id
             ))
         })?;
-    let mut request = Request::new(Full::new(body));
+    let mut request = Request::new(body);
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = uri;
     let out = request.headers_mut();
@@ -423,7 +423,7 @@ pub enum Relayed {
 /// body still to relay.
 pub struct Committed {
     head: http::response::Parts,
-    body: hyper::body::Incoming,
+    body: upstream::UpstreamBody,
     in_flight: channels::InFlight,
     events: crate::provider::Events,
     settings: stream::StreamSettings,
@@ -598,7 +598,7 @@ async fn respond(
     state: &AppState,
     parsed: &Parsed,
     ctx: &RequestContext,
-    response: Response<hyper::body::Incoming>,
+    response: Response<upstream::UpstreamBody>,
     answer: Answer<'_>,
 ) -> Relayed {
     let Answer { channel, in_flight } = answer;

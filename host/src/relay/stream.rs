@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::channels::InFlight;
 use super::sse::{self, SseFramer};
 use super::transcript::Transcript;
+use super::upstream::UpstreamBody;
 use crate::accounting::{Accounting, Outcome};
 use crate::protocol::Protocol;
 use crate::provider::Events;
@@ -63,7 +63,7 @@ struct Pending {
 /// into the client's protocol, and the hold on its channel.
 pub struct Upstream {
     /// The upstream response body.
-    pub body: Incoming,
+    pub body: UpstreamBody,
     /// The translator of its events into the client's protocol.
     pub events: Events,
     /// The channel's in-flight count, held until the stream ends.
@@ -72,7 +72,7 @@ pub struct Upstream {
 
 /// The relayed SSE stream.
 pub struct RelayStream {
-    upstream: Incoming,
+    upstream: UpstreamBody,
     events: Events,
     framer: SseFramer,
     ready: VecDeque<Bytes>,

@@ -89,7 +89,7 @@ async fn ask_anthropic(
     };
     let mut request = Request::post(channel.wire.uri(COUNT_TOKENS_PATH, upstream_model)?)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body))
+        .body(body)
         .ok()?;
     channel
         .wire

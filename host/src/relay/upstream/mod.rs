@@ -1,14 +1,29 @@
-//! The upstream transport: pooled hyper-util clients over rustls (ALPN h2 and
-//! HTTP/1.1, webpki roots plus an optional custom CA), `TCP_NODELAY`, a connect
-//! timeout, and keep-alive. A per-core worker thread gets a client (and so a
-//! connection pool) of its own, so an upstream connection is only ever driven
-//! by the thread whose requests use it; elsewhere the shared client serves.
+//! The upstream transport. Plain-http channels go through the gateway's own
+//! HTTP/1.1 client ([`direct`]: the request's task reads and writes a pooled
+//! connection itself); https channels through pooled hyper-util clients over
+//! rustls (ALPN h2 and HTTP/1.1, webpki roots plus an optional custom CA).
+//! Both use `TCP_NODELAY`, a connect timeout and keep-alive. A per-core worker
+//! thread gets a hyper client (and so a connection pool) of its own, as it has
+//! its own direct pool, so an upstream connection is only ever driven by the
+//! thread whose requests use it; elsewhere the shared client serves.
+
+mod conn;
+mod direct;
+mod framing;
+mod pool;
+#[cfg(test)]
+mod tests;
 
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::Scheme;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -22,11 +37,52 @@ thread_local! {
     static WORKER_CLIENT: OnceCell<UpstreamClient> = const { OnceCell::new() };
 }
 
+/// Any error an upstream exchange or body can end with.
+pub type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An upstream response body, from whichever client fetched it.
+pub enum UpstreamBody {
+    /// Read off its connection by the direct HTTP/1.1 client.
+    Direct(direct::Body),
+    /// Fed by a hyper client connection.
+    Pooled(hyper::body::Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        match self.get_mut() {
+            Self::Direct(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Pooled(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Direct(body) => body.is_end_stream(),
+            Self::Pooled(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Direct(body) => body.size_hint(),
+            Self::Pooled(body) => body.size_hint(),
+        }
+    }
+}
+
 /// The upstream clients: the shared one, and what building another takes.
 pub struct Upstream {
     shared: UpstreamClient,
     connect_timeout: Duration,
     ca_file: Option<PathBuf>,
+    direct_http: bool,
 }
 
 impl Upstream {
@@ -34,11 +90,16 @@ impl Upstream {
     ///
     /// # Errors
     /// When the custom CA file cannot be read or parsed.
-    pub fn new(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<Self, String> {
+    pub fn new(
+        connect_timeout: Duration,
+        ca_file: Option<&Path>,
+        direct_http: bool,
+    ) -> Result<Self, String> {
         Ok(Self {
             shared: client(connect_timeout, ca_file)?,
             connect_timeout,
             ca_file: ca_file.map(Path::to_path_buf),
+            direct_http,
         })
     }
 
@@ -55,12 +116,23 @@ impl Upstream {
         Ok(())
     }
 
-    /// Sends a request with the calling thread's client, else the shared one.
-    pub fn request(
+    /// Sends a request: a plain-http one with the direct client (unless
+    /// `upstream.direct_http` is off), others with the calling thread's hyper
+    /// client, else the shared one. Resolves once the response head arrived.
+    ///
+    /// # Errors
+    /// When the upstream cannot be reached or its answer cannot be read.
+    pub async fn request(
         &self,
-        request: http::Request<Full<Bytes>>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        WORKER_CLIENT.with(|own| own.get().unwrap_or(&self.shared).request(request))
+        request: Request<Bytes>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if self.direct_http && request.uri().scheme() == Some(&Scheme::HTTP) {
+            let response = direct::send(request, self.connect_timeout).await?;
+            return Ok(response.map(UpstreamBody::Direct));
+        }
+        let request = request.map(Full::new);
+        let pending = WORKER_CLIENT.with(|own| own.get().unwrap_or(&self.shared).request(request));
+        Ok(pending.await?.map(UpstreamBody::Pooled))
     }
 }
 

@@ -1,0 +1,395 @@
+//! The gateway's own HTTP/1.1 client for plain-http channels: the request's
+//! task writes the request and reads the response on a pooled connection
+//! itself (pingora's model), so a request costs no connection task, no
+//! dispatch channel and no spawned task to return the connection.
+//!
+//! The request head and body go out in one write; the response head is
+//! parsed with `httparse`; the body is framed by [`super::framing`] and hands
+//! its connection back to [`super::pool`] once read to its end. A connection
+//! taken from the pool that turns out closed before any byte of the answer
+//! arrived is replaced by a new one and the request sent again, once.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Frame;
+use tokio::io::AsyncWriteExt;
+
+use super::conn::{self, Conn};
+use super::framing::{Chunk, Framing, Malformed, Step};
+use super::pool;
+
+/// Largest response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Most response header fields accepted.
+const MAX_HEADERS: usize = 128;
+
+/// Request bodies up to this size are copied behind the head and sent in one
+/// write; larger ones follow it in a second.
+const COALESCE_BODY: usize = 64 * 1024;
+
+/// Why an upstream exchange failed.
+#[derive(Debug)]
+pub enum Error {
+    /// The request's URI names no host.
+    NoAuthority,
+    /// The connection could not be opened (in time).
+    Connect(std::io::Error),
+    /// Reading or writing the connection failed.
+    Io(std::io::Error),
+    /// The upstream closed the connection before the end of the head.
+    ClosedBeforeHead,
+    /// The upstream closed the connection before the end of the body.
+    Cut,
+    /// The head could not be parsed, or broke a limit.
+    BadHead(&'static str),
+    /// The body broke its framing.
+    BadBody(Malformed),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoAuthority => f.write_str("upstream URI has no host"),
+            Self::Connect(e) => write!(f, "upstream connect failed: {e}"),
+            Self::Io(e) => write!(f, "upstream connection failed: {e}"),
+            Self::ClosedBeforeHead => {
+                f.write_str("upstream closed the connection before answering")
+            }
+            Self::Cut => f.write_str("upstream closed the connection mid-body"),
+            Self::BadHead(why) => write!(f, "malformed upstream response head: {why}"),
+            Self::BadBody(m) => m.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Sends `request` over a pooled or new connection to its authority and
+/// returns the response once its head has arrived.
+///
+/// # Errors
+/// When the upstream cannot be reached or answers with a broken head.
+pub async fn send(
+    request: Request<Bytes>,
+    connect_timeout: Duration,
+) -> Result<Response<Body>, Error> {
+    let (parts, body) = request.into_parts();
+    let authority = parts.uri.authority().cloned().ok_or(Error::NoAuthority)?;
+    let head = request_head(&parts, &authority, body.len());
+    if let Some(conn) = pool::checkout(&authority) {
+        match exchange(conn, &head, &body).await {
+            Err(Failed { error, retry }) if !retry => return Err(error),
+            Err(_) => {}
+            Ok(answer) => return Ok(answer.into_response(authority)),
+        }
+    }
+    let conn = conn::connect(&authority, connect_timeout)
+        .await
+        .map_err(Error::Connect)?;
+    exchange(conn, &head, &body)
+        .await
+        .map(|answer| answer.into_response(authority))
+        .map_err(|failed| failed.error)
+}
+
+/// The request line and header fields, with the `host` and `content-length`
+/// the exchange needs; hop-by-hop framing fields of the caller's are dropped.
+fn request_head(parts: &http::request::Parts, authority: &Authority, body: usize) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256 + body.min(COALESCE_BODY));
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    head.extend_from_slice(authority.as_str().as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        let framing = [
+            header::HOST,
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            header::CONNECTION,
+        ];
+        if !framing.contains(name) {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+    }
+    if body > 0 || !matches!(parts.method, Method::GET | Method::HEAD) {
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(itoa::Buffer::new().format(body).as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// A failed exchange, and whether it failed before the upstream could have
+/// seen or answered the request (so a fresh connection may try again).
+struct Failed {
+    error: Error,
+    retry: bool,
+}
+
+/// A response head and the connection its body is on.
+struct Answer {
+    head: http::response::Parts,
+    conn: Conn,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl Answer {
+    fn into_response(self, authority: Authority) -> Response<Body> {
+        let reuse = (self.keep_alive && self.framing.delimited()).then_some(authority);
+        let mut body = Body {
+            conn: Some(self.conn),
+            framing: self.framing,
+            reuse,
+        };
+        if self.framing == Framing::Length(0) {
+            body.release();
+        }
+        Response::from_parts(self.head, body)
+    }
+}
+
+/// Writes the request and reads the response head.
+async fn exchange(mut conn: Conn, head: &[u8], body: &Bytes) -> Result<Answer, Failed> {
+    let untouched = |error| Failed { error, retry: true };
+    if body.len() <= COALESCE_BODY {
+        let mut out = Vec::with_capacity(head.len() + body.len());
+        out.extend_from_slice(head);
+        out.extend_from_slice(body);
+        conn.io_mut().write_all(&out).await
+    } else {
+        match conn.io_mut().write_all(head).await {
+            Ok(()) => conn.io_mut().write_all(body).await,
+            Err(e) => Err(e),
+        }
+    }
+    .map_err(|e| untouched(Error::Io(e)))?;
+    loop {
+        if let Some((head, framing, keep_alive)) =
+            parse_head(conn.buf_mut()).map_err(|error| Failed {
+                error,
+                retry: false,
+            })?
+        {
+            if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                continue;
+            }
+            return Ok(Answer {
+                head,
+                conn,
+                framing,
+                keep_alive,
+            });
+        }
+        let read = conn.read_more().await;
+        let nothing_yet = conn.buf().is_empty();
+        match read {
+            Ok(0) if nothing_yet => return Err(untouched(Error::ClosedBeforeHead)),
+            Ok(0) => {
+                return Err(Failed {
+                    error: Error::ClosedBeforeHead,
+                    retry: false,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Failed {
+                    error: Error::Io(e),
+                    retry: nothing_yet,
+                });
+            }
+        }
+    }
+}
+
+/// Parses a complete response head off the front of `buf`: its parts, the
+/// body's framing and whether the connection stays open; `None` while the
+/// head is incomplete.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<(http::response::Parts, Framing, bool)>, Error> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(Error::BadHead("head too large"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Error::BadHead("too many fields")),
+        Err(_) => return Err(Error::BadHead("not an HTTP/1 response")),
+    };
+    let status = parsed
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or(Error::BadHead("bad status"))?;
+    let version = if parsed.version == Some(1) {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| Error::BadHead("bad field name"))?;
+        let value =
+            HeaderValue::from_bytes(field.value).map_err(|_| Error::BadHead("bad field value"))?;
+        headers.append(name, value);
+    }
+    let framing = framing(status, &headers)?;
+    let keep_alive =
+        version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
+    let _ = buf.split_to(len);
+    let mut head = Response::new(()).into_parts().0;
+    head.status = status;
+    head.version = version;
+    head.headers = headers;
+    Ok(Some((head, framing, keep_alive)))
+}
+
+/// How the body of a response with this status and these fields ends.
+fn framing(status: StatusCode, headers: &HeaderMap) -> Result<Framing, Error> {
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Length(0));
+    }
+    if let Some(codings) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
+        let last = codings
+            .as_bytes()
+            .rsplit(|b| *b == b',')
+            .next()
+            .unwrap_or_default();
+        return Ok(if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let parsed = std::str::from_utf8(part.trim_ascii())
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(Error::BadHead("bad content-length"))?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err(Error::BadHead("conflicting content-length"));
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// Whether a comma-separated field holds `token` (case-insensitively).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// A response body read straight off its connection, which goes back to the
+/// pool when the body has been read to its end (and is closed when the body
+/// is dropped before that, which cancels the upstream's work).
+pub struct Body {
+    conn: Option<Conn>,
+    framing: Framing,
+    reuse: Option<Authority>,
+}
+
+impl Body {
+    /// The body is complete: its connection goes back to the pool if it can
+    /// carry another request.
+    fn release(&mut self) {
+        if let (Some(conn), Some(authority)) = (self.conn.take(), self.reuse.take())
+            && conn.buf().is_empty()
+        {
+            pool::checkin(authority, conn);
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.framing.decode(conn.buf_mut()) {
+                Err(malformed) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(Error::BadBody(malformed))));
+                }
+                Ok(Step::Data(data)) => {
+                    if this.framing == Framing::Length(0) {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::Done) => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {}
+            }
+            match ready!(conn.poll_read_more(cx)) {
+                Ok(0) if this.framing == Framing::UntilClose => {
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(Error::Cut)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(Error::Io(e))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match (&self.conn, self.framing) {
+            (None, _) => http_body::SizeHint::with_exact(0),
+            (Some(_), Framing::Length(left)) => http_body::SizeHint::with_exact(left),
+            (Some(_), _) => http_body::SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Idle upstream HTTP/1.1 connections, kept per thread and per authority.
+//!
+//! A connection is checked out by the request that uses it and checked back
+//! in by its response body once read to the end, on the same thread (a
+//! per-core worker) or on whichever worker finished it (the shared runtime):
+//! no lock, no task per connection. Before reuse, a connection the upstream
+//! closed or wrote to while idle is dropped; one idle too long is dropped.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+
+use super::conn::Conn;
+
+/// How long an idle connection is kept (the hyper pool's default).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Most idle connections kept per thread and authority.
+const MAX_IDLE: usize = 1024;
+
+/// A connection waiting for its next request.
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+thread_local! {
+    static IDLE: RefCell<HashMap<Authority, Vec<Idle>>> = RefCell::new(HashMap::new());
+}
+
+/// The most recently used idle connection to `authority` on this thread that
+/// is still fit for a request, if any.
+pub fn checkout(authority: &Authority) -> Option<Conn> {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.get_mut(authority)?;
+        while let Some(Idle { conn, since }) = list.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && quiet(&conn) {
+                return Some(conn);
+            }
+        }
+        None
+    })
+}
+
+/// Keeps a connection whose response was read to its end for the next
+/// request to `authority`; drops the ones idle past the timeout.
+pub fn checkin(authority: Authority, conn: Conn) {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.entry(authority).or_default();
+        let expired = list
+            .iter()
+            .take_while(|i| i.since.elapsed() >= IDLE_TIMEOUT)
+            .count();
+        list.drain(..expired);
+        if list.len() < MAX_IDLE {
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    });
+}
+
+/// Whether nothing arrived on an idle connection: no close, no stray bytes.
+/// Asks the reactor's readiness first, so a quiet connection costs no
+/// system call.
+fn quiet(conn: &Conn) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match conn.io().poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => matches!(
+            conn.io().try_read(&mut [0; 1]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        ),
+    }
+}
