@@ -20,7 +20,7 @@ use sluice_meter::Tally;
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::metering::{Tokens, affordable_cap, bill, worst_case};
-use crate::metrics::{ChannelLabels, EndpointLabels, RequestLabels};
+use crate::metrics::RequestKey;
 use crate::plugins::exercise::{ChannelInput, Inputs};
 use crate::settling::{Lane, Settled};
 use crate::state::AppState;
@@ -305,25 +305,17 @@ impl Accounting {
         } else {
             "other"
         };
-        m.requests
-            .get_or_create(&RequestLabels {
-                endpoint: endpoint.into(),
-                model: model_label.into(),
-                channel: ctx.channel_id.clone(),
-                status: outcome.status,
-            })
-            .inc();
+        m.count_request(RequestKey {
+            endpoint,
+            model: model_label,
+            channel: &ctx.channel_id,
+            status: outcome.status,
+        });
         if let Some(ttft) = outcome.ttft {
-            m.ttft
-                .get_or_create(&EndpointLabels { endpoint })
-                .observe(ttft.as_secs_f64());
+            m.observe_ttft(endpoint, ttft.as_secs_f64());
         }
         if total > 0 {
-            m.tokens
-                .get_or_create(&ChannelLabels {
-                    channel: ctx.channel_id.clone(),
-                })
-                .inc_by(total);
+            m.add_tokens(&ctx.channel_id, total);
         }
         let key_prefix = ctx
             .key

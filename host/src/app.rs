@@ -112,7 +112,7 @@ pub async fn build(config: Config) -> Result<Arc<AppState>, StartError> {
     .map_err(StartError::Writer)?;
     let body_budget = crate::server::intake::BodyBudget::new(config.server.max_body_memory);
     let state = Arc::new(AppState {
-        channels: Channels::new(&config.channels, &metrics),
+        channels: Channels::new(&config.channels),
         config,
         store,
         keys,

@@ -72,6 +72,21 @@ pub struct RequestFacts {
     pub headers: Vec<(HeaderName, String)>,
 }
 
+/// An address as text; an IPv4 one without the formatting machinery.
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        text.push_str(itoa::Buffer::new().format(octet));
+    }
+    text
+}
+
 impl RequestFacts {
     /// The facts a request's head gives (among them its endpoint's name and
     /// protocol); the body's come later.
@@ -88,7 +103,7 @@ impl RequestFacts {
             protocol,
             model: String::new(),
             stream: false,
-            client_ip: client_ip.to_string(),
+            client_ip: ip_text(client_ip),
             headers: visible
                 .iter()
                 .filter_map(|name| {
@@ -131,6 +146,18 @@ pub fn credential(headers: &HeaderMap) -> Option<&str> {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn addresses_read_as_the_standard_library_writes_them() {
+        for ip in [
+            IpAddr::from([0, 0, 0, 0]),
+            IpAddr::from([10, 200, 3, 255]),
+            IpAddr::from([255, 255, 255, 255]),
+            IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]),
+        ] {
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
 
     #[test]
     fn keeps_only_policy_headers() {

@@ -393,7 +393,9 @@ impl Policies {
 
     /// Adds a response's tokens to every auth plugin's `tpm:<key id>` counter.
     pub fn charge_tokens(&self, key_id: &str, tokens: u64) {
-        let key = format!("tpm:{key_id}");
+        let mut key = String::with_capacity(4 + key_id.len());
+        key.push_str("tpm:");
+        key.push_str(key_id);
         let delta = i64::try_from(tokens).unwrap_or(i64::MAX);
         for plugin in &self.current.load().auth {
             plugin.shared.counter_add(&key, delta, 60_000);

@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus_client::metrics::gauge::Gauge;
-
 use crate::config::ChannelConfig;
 use crate::metrics::{ChannelLabels, Metrics};
 use crate::plugins::ChannelFacts;
@@ -37,8 +35,6 @@ pub struct Channel {
     pub wire: Wire,
     /// Its provider, tags and models, as routers read them.
     pub facts: Arc<ChannelFacts>,
-    /// This channel's `sluice_channel_in_flight` gauge.
-    in_flight_gauge: Gauge,
 }
 
 /// A snapshot of a channel's health, for policies and the admin API.
@@ -73,7 +69,6 @@ impl Drop for InFlight {
             .health
             .in_flight
             .fetch_sub(1, Ordering::Relaxed);
-        self.channel.in_flight_gauge.dec();
     }
 }
 
@@ -87,14 +82,8 @@ fn ewma(old: u64, sample: u64) -> u64 {
 
 impl Channel {
     /// A channel with fresh health, its URIs and credential headers built once.
-    pub fn new(config: ChannelConfig, metrics: &Metrics) -> Self {
+    pub fn new(config: ChannelConfig) -> Self {
         let wire = Wire::new(&config);
-        let in_flight_gauge = metrics
-            .channel_in_flight
-            .get_or_create(&ChannelLabels {
-                channel: config.id.clone(),
-            })
-            .clone();
         let facts = Arc::new(ChannelFacts {
             provider: config.provider.as_str().to_string(),
             tags: config.tags.clone(),
@@ -105,7 +94,6 @@ impl Channel {
             health: Health::default(),
             wire,
             facts,
-            in_flight_gauge,
         }
     }
 
@@ -124,7 +112,6 @@ impl Channel {
     /// Counts a request in flight until the guard drops.
     pub fn enter(self: &Arc<Self>) -> InFlight {
         self.health.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.in_flight_gauge.inc();
         InFlight {
             channel: self.clone(),
         }
@@ -247,11 +234,11 @@ pub struct Channels {
 
 impl Channels {
     /// Channels from the config, in file order.
-    pub fn new(configs: &[ChannelConfig], metrics: &Metrics) -> Self {
+    pub fn new(configs: &[ChannelConfig]) -> Self {
         Self {
             all: configs
                 .iter()
-                .map(|c| Arc::new(Channel::new(c.clone(), metrics)))
+                .map(|c| Arc::new(Channel::new(c.clone())))
                 .collect(),
         }
     }
@@ -281,12 +268,17 @@ impl Channels {
     /// Publishes health gauges.
     pub fn publish(&self, metrics: &Metrics) {
         for c in &self.all {
+            let labels = ChannelLabels {
+                channel: c.config.id.clone(),
+            };
             metrics
                 .channel_healthy
-                .get_or_create(&ChannelLabels {
-                    channel: c.config.id.clone(),
-                })
+                .get_or_create(&labels)
                 .set(i64::from(c.is_healthy()));
+            metrics
+                .channel_in_flight
+                .get_or_create(&labels)
+                .set(i64::from(c.health.in_flight.load(Ordering::Relaxed)));
         }
     }
 }

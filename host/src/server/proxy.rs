@@ -21,7 +21,7 @@ use crate::context::RequestContext;
 use crate::endpoint::Endpoint;
 use crate::error::ApiError;
 use crate::facts::{RequestFacts, X_REQUEST_ID};
-use crate::metrics::{EndpointLabels, ShedLabels};
+use crate::metrics::ShedLabels;
 use crate::relay::{self, Parsed, Relayed};
 use crate::state::AppState;
 
@@ -52,11 +52,7 @@ where
     };
     state
         .metrics
-        .latency
-        .get_or_create(&EndpointLabels {
-            endpoint: endpoint.name(),
-        })
-        .observe(started.elapsed().as_secs_f64());
+        .observe_latency(endpoint.name(), started.elapsed().as_secs_f64());
     response
 }
 
@@ -313,9 +309,14 @@ fn stamp(headers: &mut HeaderMap, ctx: &RequestContext) {
 /// Appends a duration as milliseconds with three decimals (`12.345`), without
 /// going through float formatting.
 fn push_millis(out: &mut String, d: Duration) {
-    use std::fmt::Write;
     let us = d.as_micros();
-    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+    out.push_str(itoa::Buffer::new().format(us / 1000));
+    out.push('.');
+    let fraction = us % 1000;
+    for digit in [fraction / 100, fraction / 10 % 10, fraction % 10] {
+        let digit = u32::try_from(digit).unwrap_or(0);
+        out.push(char::from_digit(digit, 10).unwrap_or('0'));
+    }
 }
 
 /// `GET /v1/models[/{id}]`: the models this key may use on healthy channels.

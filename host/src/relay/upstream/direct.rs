@@ -243,7 +243,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(http::response::Parts, Frami
     } else {
         Version::HTTP_10
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for the fields the gateway adds to the client's answer.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 8);
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Error::BadHead("bad field name"))?;
@@ -252,9 +253,14 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(http::response::Parts, Frami
         headers.append(name, value);
     }
     let framing = framing(status, &headers)?;
-    let keep_alive =
-        version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
-    let _ = buf.split_to(len);
+    // A head with both framings is read by its transfer coding, and its
+    // connection not trusted with another request (RFC 9112 §6.1).
+    let both_framings = headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH);
+    let keep_alive = version == Version::HTTP_11
+        && !both_framings
+        && !has_token(&headers, header::CONNECTION, "close");
+    bytes::Buf::advance(buf, len);
     let mut head = Response::new(()).into_parts().0;
     head.status = status;
     head.version = version;

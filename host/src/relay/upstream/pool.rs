@@ -7,7 +7,6 @@
 //! closed or wrote to while idle is dropped; one idle too long is dropped.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -27,8 +26,20 @@ struct Idle {
     since: Instant,
 }
 
+/// Idle connections by authority. Channels name a handful of authorities, so
+/// a scan comparing their text beats hashing (an `Authority` hashes
+/// case-insensitively, byte by byte).
+type IdleByAuthority = Vec<(Authority, Vec<Idle>)>;
+
 thread_local! {
-    static IDLE: RefCell<HashMap<Authority, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<IdleByAuthority> = const { RefCell::new(Vec::new()) };
+}
+
+/// The idle list of `authority`, if this thread has one.
+fn list<'a>(idle: &'a mut IdleByAuthority, authority: &Authority) -> Option<&'a mut Vec<Idle>> {
+    idle.iter_mut()
+        .find(|(a, _)| a.as_str() == authority.as_str())
+        .map(|(_, list)| list)
 }
 
 /// The most recently used idle connection to `authority` on this thread that
@@ -36,7 +47,7 @@ thread_local! {
 pub fn checkout(authority: &Authority) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.get_mut(authority)?;
+        let list = list(&mut idle, authority)?;
         while let Some(Idle { conn, since }) = list.pop() {
             if since.elapsed() < IDLE_TIMEOUT && quiet(&conn) {
                 return Some(conn);
@@ -51,7 +62,12 @@ pub fn checkout(authority: &Authority) -> Option<Conn> {
 pub fn checkin(authority: Authority, conn: Conn) {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.entry(authority).or_default();
+        if list(&mut idle, &authority).is_none() {
+            idle.push((authority.clone(), Vec::new()));
+        }
+        let Some(list) = list(&mut idle, &authority) else {
+            return;
+        };
         let expired = list
             .iter()
             .take_while(|i| i.since.elapsed() >= IDLE_TIMEOUT)

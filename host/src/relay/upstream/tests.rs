@@ -116,11 +116,16 @@ async fn chunked_answers_and_interim_heads_are_read_and_the_connection_kept() ->
 async fn answers_that_close_the_connection_are_not_reused() -> TestResult {
     const CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
     const UNTIL_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\n\r\nread to the end";
-    let (address, accepted) = scripted(|_, _| Some((CLOSE, false))).await?;
+    const BOTH_FRAMINGS: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
     let upstream = direct()?;
-    assert_eq!(post(&upstream, &address).await?, "ok");
-    assert_eq!(post(&upstream, &address).await?, "ok");
-    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    for script in [(|_, _| Some((CLOSE, false))) as Script, |_, _| {
+        Some((BOTH_FRAMINGS, false))
+    }] {
+        let (address, accepted) = scripted(script).await?;
+        assert_eq!(post(&upstream, &address).await?, "ok");
+        assert_eq!(post(&upstream, &address).await?, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
     let (address, accepted) = scripted(|_, _| Some((UNTIL_CLOSE, true))).await?;
     assert_eq!(post(&upstream, &address).await?, "read to the end");
     assert_eq!(post(&upstream, &address).await?, "read to the end");

@@ -1,6 +1,12 @@
 //! Prometheus metrics: one registry, every family the gateway reports, and the
-//! text encoder served at `/metrics` on the admin listener.
+//! text encoder served at `/metrics` on the admin listener. The series every
+//! request writes are sharded per thread ([`sharded`]) and reached through
+//! per-thread handles ([`LocalSeries`]), so recording a request takes no lock,
+//! allocates no label and writes no cache line another core writes too.
 
+mod sharded;
+
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -9,6 +15,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use thread_local::ThreadLocal;
+
+pub use sharded::{ShardedCounter, ShardedHistogram};
 
 /// Labels of a finished client request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -19,6 +28,19 @@ pub struct RequestLabels {
     pub model: String,
     /// Channel that served it ("" if none).
     pub channel: String,
+    /// HTTP status.
+    pub status: u16,
+}
+
+/// The labels of a finished request, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestKey<'a> {
+    /// Endpoint name.
+    pub endpoint: &'static str,
+    /// Model asked for (a configured one, or `other`).
+    pub model: &'a str,
+    /// Channel that served it ("" if none).
+    pub channel: &'a str,
     /// HTTP status.
     pub status: u16,
 }
@@ -78,19 +100,58 @@ pub struct ShadowLabels {
     pub outcome: &'static str,
 }
 
-fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+fn latency_histogram() -> ShardedHistogram {
+    ShardedHistogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// One thread's handle on a `sluice_requests_total` series.
+struct RequestSeries {
+    status: u16,
+    endpoint: &'static str,
+    channel: String,
+    model: String,
+    counter: ShardedCounter,
+}
+
+/// One thread's handles on the per-request series, each created once per
+/// label set and thread. Label values are bounded (configured channels and
+/// models, endpoints, statuses), and a scan of short lists comparing the
+/// cheapest field first beats hashing the labels.
+#[derive(Default)]
+struct LocalSeries {
+    requests: Vec<RequestSeries>,
+    latency: Vec<(&'static str, ShardedHistogram)>,
+    ttft: Vec<(&'static str, ShardedHistogram)>,
+    tokens: Vec<(String, ShardedCounter)>,
+}
+
+/// The first item of `list` that `matches`, or a new one `make` adds.
+fn find_or_add<T>(
+    list: &mut Vec<T>,
+    matches: impl Fn(&T) -> bool,
+    make: impl FnOnce() -> T,
+) -> &mut T {
+    let at = match list.iter().position(matches) {
+        Some(at) => at,
+        None => {
+            list.push(make());
+            list.len() - 1
+        }
+    };
+    &mut list[at]
 }
 
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
+    /// Per-thread handles on the per-request series.
+    local: ThreadLocal<RefCell<LocalSeries>>,
     /// Finished client requests.
-    pub requests: Family<RequestLabels, Counter>,
+    requests: Family<RequestLabels, ShardedCounter>,
     /// Time to response headers, seconds.
-    pub latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    latency: Family<EndpointLabels, ShardedHistogram, fn() -> ShardedHistogram>,
     /// Time to first token for streams, seconds.
-    pub ttft: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    ttft: Family<EndpointLabels, ShardedHistogram, fn() -> ShardedHistogram>,
     /// Failed upstream attempts.
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     /// Attempts beyond the first.
@@ -104,17 +165,17 @@ pub struct Metrics {
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: Counter,
     /// Tokens relayed (prompt + completion).
-    pub tokens: Family<ChannelLabels, Counter>,
+    tokens: Family<ChannelLabels, ShardedCounter>,
     /// Policy call duration, seconds.
-    pub policy_seconds: Family<PluginLabels, Histogram, fn() -> Histogram>,
+    pub policy_seconds: Family<PluginLabels, ShardedHistogram, fn() -> ShardedHistogram>,
     /// Policy calls.
-    pub policy_calls: Family<PluginLabels, Counter>,
+    pub policy_calls: Family<PluginLabels, ShardedCounter>,
     /// Policy failures (trap, deadline, memory, bad output).
     pub policy_failures: Family<PluginLabels, Counter>,
     /// Decisions of plugins in shadow mode (logged and counted, never enforced).
     pub policy_shadow_decisions: Family<ShadowLabels, Counter>,
     /// Key lookups answered by the cache.
-    pub key_cache_hits: Counter,
+    pub key_cache_hits: ShardedCounter,
     /// Key lookups that went to the store.
     pub key_cache_misses: Counter,
     /// Entries waiting in the writer queue.
@@ -150,6 +211,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("sluice");
         let m = Self {
+            local: ThreadLocal::new(),
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             ttft: Family::new_with_constructor(latency_histogram),
@@ -164,7 +226,7 @@ impl Default for Metrics {
             policy_calls: Family::default(),
             policy_failures: Family::default(),
             policy_shadow_decisions: Family::default(),
-            key_cache_hits: Counter::default(),
+            key_cache_hits: ShardedCounter::default(),
             key_cache_misses: Counter::default(),
             writer_queue_depth: Gauge::default(),
             writer_flush_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
@@ -314,14 +376,108 @@ impl Default for Metrics {
 #[derive(Clone)]
 pub struct PluginSeries {
     /// `sluice_policy_calls_total` for the plugin.
-    pub calls: Counter,
+    pub calls: ShardedCounter,
     /// `sluice_policy_call_seconds` for the plugin.
-    pub seconds: Histogram,
+    pub seconds: ShardedHistogram,
     /// `sluice_policy_failures_total` for the plugin.
     pub failures: Counter,
 }
 
 impl Metrics {
+    /// This thread's handles on the per-request series.
+    fn local<R>(&self, use_it: impl FnOnce(&mut LocalSeries) -> R) -> R {
+        use_it(&mut self.local.get_or_default().borrow_mut())
+    }
+
+    /// Counts a finished request (`sluice_requests_total`).
+    pub fn count_request(&self, labels: RequestKey<'_>) {
+        self.local(|local| {
+            let series = find_or_add(
+                &mut local.requests,
+                |s| {
+                    s.status == labels.status
+                        && s.endpoint == labels.endpoint
+                        && s.channel == labels.channel
+                        && s.model == labels.model
+                },
+                || RequestSeries {
+                    status: labels.status,
+                    endpoint: labels.endpoint,
+                    channel: labels.channel.to_owned(),
+                    model: labels.model.to_owned(),
+                    counter: self
+                        .requests
+                        .get_or_create(&RequestLabels {
+                            endpoint: labels.endpoint.to_owned(),
+                            model: labels.model.to_owned(),
+                            channel: labels.channel.to_owned(),
+                            status: labels.status,
+                        })
+                        .clone(),
+                },
+            );
+            series.counter.inc();
+        });
+    }
+
+    /// Records a request's time to response headers.
+    pub fn observe_latency(&self, endpoint: &'static str, seconds: f64) {
+        self.local(|local| {
+            let (_, histogram) = find_or_add(
+                &mut local.latency,
+                |(e, _)| *e == endpoint,
+                || {
+                    (
+                        endpoint,
+                        self.latency
+                            .get_or_create(&EndpointLabels { endpoint })
+                            .clone(),
+                    )
+                },
+            );
+            histogram.observe(seconds);
+        });
+    }
+
+    /// Records a stream's time to its first token.
+    pub fn observe_ttft(&self, endpoint: &'static str, seconds: f64) {
+        self.local(|local| {
+            let (_, histogram) = find_or_add(
+                &mut local.ttft,
+                |(e, _)| *e == endpoint,
+                || {
+                    (
+                        endpoint,
+                        self.ttft
+                            .get_or_create(&EndpointLabels { endpoint })
+                            .clone(),
+                    )
+                },
+            );
+            histogram.observe(seconds);
+        });
+    }
+
+    /// Adds tokens a channel relayed.
+    pub fn add_tokens(&self, channel: &str, tokens: u64) {
+        self.local(|local| {
+            let (_, counter) = find_or_add(
+                &mut local.tokens,
+                |(c, _)| c == channel,
+                || {
+                    let labels = ChannelLabels {
+                        channel: channel.to_owned(),
+                    };
+                    (
+                        channel.to_owned(),
+                        self.tokens.get_or_create(&labels).clone(),
+                    )
+                },
+            );
+            counter.inc_by(tokens);
+        });
+    }
+
     /// The series of the plugin with these labels (created when missing).
     pub fn plugin_series(&self, labels: &PluginLabels) -> PluginSeries {
         PluginSeries {
@@ -354,7 +510,44 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
-    use super::Metrics;
+    use super::{Metrics, RequestKey};
+
+    #[test]
+    fn per_thread_handles_count_each_label_set_once_across_threads() {
+        let metrics = Metrics::default();
+        let key = |model, channel, status| RequestKey {
+            endpoint: "chat",
+            model,
+            channel,
+            status,
+        };
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| {
+                    for _ in 0..10 {
+                        metrics.count_request(key("m1", "a", 200));
+                        metrics.count_request(key("m1", "a", 502));
+                        metrics.count_request(key("m2", "a", 200));
+                        metrics.count_request(key("m1", "b", 200));
+                        metrics.add_tokens("a", 7);
+                        metrics.observe_latency("chat", 0.001);
+                    }
+                });
+            }
+        });
+        let text = metrics.encode();
+        for line in [
+            r#"sluice_requests_total{endpoint="chat",model="m1",channel="a",status="200"} 30"#,
+            r#"sluice_requests_total{endpoint="chat",model="m1",channel="a",status="502"} 30"#,
+            r#"sluice_requests_total{endpoint="chat",model="m2",channel="a",status="200"} 30"#,
+            r#"sluice_requests_total{endpoint="chat",model="m1",channel="b",status="200"} 30"#,
+            r#"sluice_tokens_total{channel="a"} 210"#,
+            r#"sluice_request_latency_seconds_count{endpoint="chat"} 30"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert_eq!(text.matches("sluice_requests_total{").count(), 4);
+    }
 
     #[test]
     fn dropped_log_lines_follow_the_writer_total() {
