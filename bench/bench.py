@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import pathlib
+import resource
 import shutil
 import statistics
 import subprocess
@@ -59,6 +60,12 @@ def wait_port(port, timeout=30):
 def cpu_seconds(pid):
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children_cpu_seconds():
+    """User + system CPU of the finished child processes (the load generator runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rss_mb(pid):
@@ -217,20 +224,30 @@ cache_dir = "plugin-cache"
     def closed_loop(self, title, stream):
         results = {name: [] for name in ("direct", "nginx", "sluice")}
         cpu_per_request = {"nginx": [], "sluice": []}
+        # What the same requests cost the upstream and the load generator
+        # behind each target: on two shared cores, throughput is two cores
+        # over the sum of the three.
+        peers = {name: [] for name in results}
+        upstream = self.procs[0].pid  # the fast mock, started first
         for _ in range(ROUNDS):
             for name, url, headers, model in self.targets("fast"):
                 pids = self.proxy_pids(name)
                 before = sum(cpu_seconds(p) for p in pids)
+                upstream_before, generator_before = cpu_seconds(upstream), children_cpu_seconds()
                 report = self.oha(url, headers, body(model, stream), "-z", DURATION, "-c", "64")
                 ok = report["statusCodeDistribution"].get("200", 0)
                 results[name].append(report["summary"]["requestsPerSec"])
                 if pids and ok:
                     cpu_per_request[name].append((sum(cpu_seconds(p) for p in pids) - before) / ok * 1e6)
+                if ok:
+                    peers[name].append(((cpu_seconds(upstream) - upstream_before) / ok * 1e6, (children_cpu_seconds() - generator_before) / ok * 1e6))
                 assert set(report["statusCodeDistribution"]) <= {"200"}, (name, report["statusCodeDistribution"])
         med = {k: statistics.median(v) for k, v in results.items()}
         self.row(title, med, "req/s", higher_is_better=True)
         sluice_cpu, nginx_cpu = (statistics.median(cpu_per_request[k]) for k in ("sluice", "nginx"))
         self.notes.append(f"{title}: CPU time per request: Sluice {sluice_cpu:.0f} µs, nginx {nginx_cpu:.0f} µs ({sluice_cpu / nginx_cpu:.2f}×; proxy processes only, median of rounds)")
+        split = ", ".join(f"{name} {statistics.median(u for u, _ in rows):.1f} + {statistics.median(g for _, g in rows):.1f} µs" for name, rows in peers.items())
+        self.notes.append(f"{title}: the upstream's + the load generator's CPU per request behind each target: {split}")
 
     def cpu_per_request(self, model, stream):
         """Sluice's CPU per answered request over one closed-loop run at the fast upstream."""

@@ -82,9 +82,9 @@ pub async fn send(
 ) -> Result<Response<Body>, Error> {
     let (parts, body) = request.into_parts();
     let authority = parts.uri.authority().cloned().ok_or(Error::NoAuthority)?;
-    let head = request_head(&parts, &authority, body.len());
+    let message = Message::new(&parts, &authority, body);
     if let Some(conn) = pool::checkout(&authority) {
-        match exchange(conn, &head, &body).await {
+        match exchange(conn, &message).await {
             Err(Failed { error, retry }) if !retry => return Err(error),
             Err(_) => {}
             Ok(answer) => return Ok(answer.into_response(authority)),
@@ -93,16 +93,50 @@ pub async fn send(
     let conn = conn::connect(&authority, connect_timeout)
         .await
         .map_err(Error::Connect)?;
-    exchange(conn, &head, &body)
+    exchange(conn, &message)
         .await
         .map(|answer| answer.into_response(authority))
         .map_err(|failed| failed.error)
 }
 
+/// A request as it goes on the wire: its head, with the body behind it when
+/// small enough to go in the same write, else the body apart.
+struct Message {
+    head: Vec<u8>,
+    large_body: Option<Bytes>,
+}
+
+impl Message {
+    fn new(parts: &http::request::Parts, authority: &Authority, body: Bytes) -> Self {
+        let coalesce = body.len() <= COALESCE_BODY;
+        let room = if coalesce { body.len() } else { 0 };
+        let mut head = request_head(parts, authority, body.len(), room);
+        if coalesce {
+            head.extend_from_slice(&body);
+        }
+        Self {
+            head,
+            large_body: (!coalesce).then_some(body),
+        }
+    }
+}
+
 /// The request line and header fields, with the `host` and `content-length`
-/// the exchange needs; hop-by-hop framing fields of the caller's are dropped.
-fn request_head(parts: &http::request::Parts, authority: &Authority, body: usize) -> Vec<u8> {
-    let mut head = Vec::with_capacity(256 + body.min(COALESCE_BODY));
+/// the exchange needs (and room for `room` more bytes); the caller's own
+/// framing fields are dropped.
+fn request_head(
+    parts: &http::request::Parts,
+    authority: &Authority,
+    body: usize,
+    room: usize,
+) -> Vec<u8> {
+    const FRAMING: [HeaderName; 4] = [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONNECTION,
+    ];
+    let mut head = Vec::with_capacity(256 + room);
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -111,13 +145,7 @@ fn request_head(parts: &http::request::Parts, authority: &Authority, body: usize
     head.extend_from_slice(authority.as_str().as_bytes());
     head.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
-        let framing = [
-            header::HOST,
-            header::CONTENT_LENGTH,
-            header::TRANSFER_ENCODING,
-            header::CONNECTION,
-        ];
-        if !framing.contains(name) {
+        if !FRAMING.contains(name) {
             head.extend_from_slice(name.as_str().as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(value.as_bytes());
@@ -164,20 +192,18 @@ impl Answer {
 }
 
 /// Writes the request and reads the response head.
-async fn exchange(mut conn: Conn, head: &[u8], body: &Bytes) -> Result<Answer, Failed> {
-    let untouched = |error| Failed { error, retry: true };
-    if body.len() <= COALESCE_BODY {
-        let mut out = Vec::with_capacity(head.len() + body.len());
-        out.extend_from_slice(head);
-        out.extend_from_slice(body);
-        conn.io_mut().write_all(&out).await
-    } else {
-        match conn.io_mut().write_all(head).await {
-            Ok(()) => conn.io_mut().write_all(body).await,
-            Err(e) => Err(e),
-        }
+async fn exchange(mut conn: Conn, message: &Message) -> Result<Answer, Failed> {
+    let mut written = conn.io_mut().write_all(&message.head).await;
+    if let (Ok(()), Some(body)) = (&written, &message.large_body) {
+        written = conn.io_mut().write_all(body).await;
     }
-    .map_err(|e| untouched(Error::Io(e)))?;
+    written.map_err(|e| Failed {
+        error: Error::Io(e),
+        retry: true,
+    })?;
+    // Whether the upstream sent any byte: after one, the request is never
+    // sent again.
+    let mut heard = false;
     loop {
         if let Some((head, framing, keep_alive)) =
             parse_head(conn.buf_mut()).map_err(|error| Failed {
@@ -195,21 +221,18 @@ async fn exchange(mut conn: Conn, head: &[u8], body: &Bytes) -> Result<Answer, F
                 keep_alive,
             });
         }
-        let read = conn.read_more().await;
-        let nothing_yet = conn.buf().is_empty();
-        match read {
-            Ok(0) if nothing_yet => return Err(untouched(Error::ClosedBeforeHead)),
+        match conn.read_more().await {
             Ok(0) => {
                 return Err(Failed {
                     error: Error::ClosedBeforeHead,
-                    retry: false,
+                    retry: !heard,
                 });
             }
-            Ok(_) => {}
+            Ok(_) => heard = true,
             Err(e) => {
                 return Err(Failed {
                     error: Error::Io(e),
-                    retry: nothing_yet,
+                    retry: !heard,
                 });
             }
         }
