@@ -18,8 +18,10 @@ PHASES = [
     ("metering (prompt count, reservation, transcript)", r"sluice_meter::|bpe::|bpe_openai::|daachorse::|sluice::metering::|count_prompt|Accounting::reserve|sluice::relay::transcript::"),
     ("stream tap (SSE framing, usage)", r"sluice::relay::stream::|sluice::relay::sse::"),
     ("parse request, build upstream request", r"sluice::relay::parse|sluice::relay::read_body|sluice::relay::build_request|routes::request_info"),
-    ("upstream I/O (hyper client)", r"hyper_util::client|hyper::client|role::Client|futures_util::future::future::Map"),
-    ("gateway logic (routing, relay, metrics)", r"sluice::"),
+    ("upstream I/O (direct or hyper client)", r"sluice::relay::upstream::|hyper_util::client|hyper::client|role::Client|futures_util::future::future::Map"),
+    # Not the frames every worker sample sits under (its runtime, the
+    # connection task), or nothing would reach the phases below.
+    ("gateway logic (routing, relay, metrics)", r"sluice::(?!server::(?:listener|workers)|app::|cli::)"),
     ("client I/O (hyper server)", r"hyper::server|hyper::proto|hyper_util::server"),
     ("runtime, scheduler, other", r""),
 ]

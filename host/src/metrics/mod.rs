@@ -104,6 +104,9 @@ fn latency_histogram() -> ShardedHistogram {
     ShardedHistogram::new(exponential_buckets(0.000_05, 2.0, 20))
 }
 
+/// A histogram family by endpoint.
+type EndpointHistograms = Family<EndpointLabels, ShardedHistogram, fn() -> ShardedHistogram>;
+
 /// One thread's handle on a `sluice_requests_total` series.
 struct RequestSeries {
     status: u16,
@@ -149,9 +152,9 @@ pub struct Metrics {
     /// Finished client requests.
     requests: Family<RequestLabels, ShardedCounter>,
     /// Time to response headers, seconds.
-    latency: Family<EndpointLabels, ShardedHistogram, fn() -> ShardedHistogram>,
+    latency: EndpointHistograms,
     /// Time to first token for streams, seconds.
-    ttft: Family<EndpointLabels, ShardedHistogram, fn() -> ShardedHistogram>,
+    ttft: EndpointHistograms,
     /// Failed upstream attempts.
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     /// Attempts beyond the first.
@@ -422,36 +425,30 @@ impl Metrics {
 
     /// Records a request's time to response headers.
     pub fn observe_latency(&self, endpoint: &'static str, seconds: f64) {
-        self.local(|local| {
-            let (_, histogram) = find_or_add(
-                &mut local.latency,
-                |(e, _)| *e == endpoint,
-                || {
-                    (
-                        endpoint,
-                        self.latency
-                            .get_or_create(&EndpointLabels { endpoint })
-                            .clone(),
-                    )
-                },
-            );
-            histogram.observe(seconds);
-        });
+        self.observe_endpoint(|local| &mut local.latency, &self.latency, endpoint, seconds);
     }
 
     /// Records a stream's time to its first token.
     pub fn observe_ttft(&self, endpoint: &'static str, seconds: f64) {
+        self.observe_endpoint(|local| &mut local.ttft, &self.ttft, endpoint, seconds);
+    }
+
+    /// Records `seconds` in the endpoint's histogram of `family`, through
+    /// this thread's handles on it.
+    fn observe_endpoint(
+        &self,
+        handles: impl FnOnce(&mut LocalSeries) -> &mut Vec<(&'static str, ShardedHistogram)>,
+        family: &EndpointHistograms,
+        endpoint: &'static str,
+        seconds: f64,
+    ) {
         self.local(|local| {
             let (_, histogram) = find_or_add(
-                &mut local.ttft,
+                handles(local),
                 |(e, _)| *e == endpoint,
                 || {
-                    (
-                        endpoint,
-                        self.ttft
-                            .get_or_create(&EndpointLabels { endpoint })
-                            .clone(),
-                    )
+                    let labels = EndpointLabels { endpoint };
+                    (endpoint, family.get_or_create(&labels).clone())
                 },
             );
             histogram.observe(seconds);
