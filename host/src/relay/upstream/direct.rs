@@ -32,7 +32,7 @@ const MAX_HEADERS: usize = 128;
 
 /// Request bodies up to this size are copied behind the head and sent in one
 /// write; larger ones follow it in a second.
-const COALESCE_BODY: usize = 64 * 1024;
+pub(super) const COALESCE_BODY: usize = 64 * 1024;
 
 /// Why an upstream exchange failed.
 #[derive(Debug)]

@@ -101,6 +101,30 @@ async fn one_connection_carries_request_after_request() -> TestResult {
 }
 
 #[tokio::test]
+async fn a_body_too_large_to_share_the_head_write_follows_it_whole() -> TestResult {
+    let (address, accepted) = scripted(|_, _| Some((HELLO, false))).await?;
+    let upstream = direct()?;
+    for size in [
+        super::direct::COALESCE_BODY,
+        super::direct::COALESCE_BODY + 1,
+        300_000,
+    ] {
+        let request = http::Request::post(format!("http://{address}/v1/embeddings"))
+            .body(Bytes::from(vec![b'x'; size]))?;
+        let body = upstream
+            .request(request)
+            .await?
+            .into_body()
+            .collect()
+            .await?;
+        // The upstream answers only once it has read `content-length` bytes.
+        assert_eq!(body.to_bytes(), "hello", "{size} bytes");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[tokio::test]
 async fn chunked_answers_and_interim_heads_are_read_and_the_connection_kept() -> TestResult {
     const CHUNKED: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello,\r\n6\r\n world\r\n0\r\n\r\n";
     let (address, accepted) = scripted(|_, _| Some((CHUNKED, false))).await?;
