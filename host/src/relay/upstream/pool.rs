@@ -4,7 +4,8 @@
 //! in by its response body once read to the end, on the same thread (a
 //! per-core worker) or on whichever worker finished it (the shared runtime):
 //! no lock, no task per connection. Before reuse, a connection the upstream
-//! closed or wrote to while idle is dropped; one idle too long is dropped.
+//! closed or wrote to while idle is dropped; one idle too long is dropped at
+//! the thread's next check-in, whatever its authority.
 
 use std::cell::RefCell;
 use std::task::{Context, Poll, Waker};
@@ -14,8 +15,13 @@ use http::uri::Authority;
 
 use super::conn::Conn;
 
-/// How long an idle connection is kept (the hyper pool's default).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long an idle connection is kept (the hyper pool's default; a tenth
+/// of a second in unit tests, so that they see it expire).
+pub(super) const IDLE_TIMEOUT: Duration = if cfg!(test) {
+    Duration::from_millis(100)
+} else {
+    Duration::from_secs(90)
+};
 
 /// Most idle connections kept per thread and authority.
 const MAX_IDLE: usize = 1024;
@@ -58,28 +64,36 @@ pub fn checkout(authority: &Authority) -> Option<Conn> {
 }
 
 /// Keeps a connection whose response was read to its end for the next
-/// request to `authority`; drops the ones idle past the timeout.
+/// request to `authority`. Drops this thread's connections idle past the
+/// timeout, to any authority (one a reload took out of the config included).
 pub fn checkin(authority: Authority, conn: Conn) {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
+        let now = Instant::now();
+        // Each list is in check-in order, so the expired ones lead it.
+        for (_, list) in idle.iter_mut() {
+            let expired = list
+                .iter()
+                .take_while(|i| now.duration_since(i.since) >= IDLE_TIMEOUT)
+                .count();
+            list.drain(..expired);
+        }
+        idle.retain(|(a, list)| !list.is_empty() || a.as_str() == authority.as_str());
         if list(&mut idle, &authority).is_none() {
             idle.push((authority.clone(), Vec::new()));
         }
-        let Some(list) = list(&mut idle, &authority) else {
-            return;
-        };
-        let expired = list
-            .iter()
-            .take_while(|i| i.since.elapsed() >= IDLE_TIMEOUT)
-            .count();
-        list.drain(..expired);
-        if list.len() < MAX_IDLE {
-            list.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+        if let Some(list) = list(&mut idle, &authority)
+            && list.len() < MAX_IDLE
+        {
+            list.push(Idle { conn, since: now });
         }
     });
+}
+
+/// How many idle connections this thread keeps, to any authority.
+#[cfg(test)]
+pub fn idle_here() -> usize {
+    IDLE.with(|idle| idle.borrow().iter().map(|(_, list)| list.len()).sum())
 }
 
 /// Whether nothing arrived on an idle connection: no close, no stray bytes.

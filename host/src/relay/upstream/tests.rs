@@ -178,6 +178,23 @@ async fn a_pooled_connection_closed_under_a_request_is_replaced_once() -> TestRe
 }
 
 #[tokio::test]
+async fn idle_connections_expire_whatever_their_authority() -> TestResult {
+    let (first, first_accepted) = scripted(|_, _| Some((HELLO, false))).await?;
+    let (second, _) = scripted(|_, _| Some((HELLO, false))).await?;
+    let upstream = direct()?;
+    assert_eq!(post(&upstream, &first).await?, "hello");
+    assert_eq!(super::pool::idle_here(), 1);
+    tokio::time::sleep(super::pool::IDLE_TIMEOUT + Duration::from_millis(20)).await;
+    // A check-in for another authority drops the first one's expired connection.
+    assert_eq!(post(&upstream, &second).await?, "hello");
+    assert_eq!(super::pool::idle_here(), 1);
+    assert_eq!(post(&upstream, &first).await?, "hello");
+    assert_eq!(first_accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(super::pool::idle_here(), 2);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_new_connection_that_closes_unanswered_is_an_error_not_a_retry() -> TestResult {
     let (address, accepted) = scripted(|_, _| None).await?;
     let upstream = direct()?;
