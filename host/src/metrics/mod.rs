@@ -107,25 +107,16 @@ fn latency_histogram() -> ShardedHistogram {
 /// A histogram family by endpoint.
 type EndpointHistograms = Family<EndpointLabels, ShardedHistogram, fn() -> ShardedHistogram>;
 
-/// One thread's handle on a `sluice_requests_total` series.
-struct RequestSeries {
-    status: u16,
-    endpoint: &'static str,
-    channel: String,
-    model: String,
-    counter: ShardedCounter,
-}
-
 /// One thread's handles on the per-request series, each created once per
 /// label set and thread. Label values are bounded (configured channels and
 /// models, endpoints, statuses), and a scan of short lists comparing the
 /// cheapest field first beats hashing the labels.
 #[derive(Default)]
 struct LocalSeries {
-    requests: Vec<RequestSeries>,
+    requests: Vec<(RequestLabels, ShardedCounter)>,
     latency: Vec<(&'static str, ShardedHistogram)>,
     ttft: Vec<(&'static str, ShardedHistogram)>,
-    tokens: Vec<(String, ShardedCounter)>,
+    tokens: Vec<(ChannelLabels, ShardedCounter)>,
 }
 
 /// The first item of `list` that `matches`, or a new one `make` adds.
@@ -393,33 +384,28 @@ impl Metrics {
     }
 
     /// Counts a finished request (`sluice_requests_total`).
-    pub fn count_request(&self, labels: RequestKey<'_>) {
+    pub fn count_request(&self, key: RequestKey<'_>) {
         self.local(|local| {
-            let series = find_or_add(
+            let (_, counter) = find_or_add(
                 &mut local.requests,
-                |s| {
-                    s.status == labels.status
-                        && s.endpoint == labels.endpoint
-                        && s.channel == labels.channel
-                        && s.model == labels.model
+                |(labels, _)| {
+                    labels.status == key.status
+                        && labels.endpoint == key.endpoint
+                        && labels.channel == key.channel
+                        && labels.model == key.model
                 },
-                || RequestSeries {
-                    status: labels.status,
-                    endpoint: labels.endpoint,
-                    channel: labels.channel.to_owned(),
-                    model: labels.model.to_owned(),
-                    counter: self
-                        .requests
-                        .get_or_create(&RequestLabels {
-                            endpoint: labels.endpoint.to_owned(),
-                            model: labels.model.to_owned(),
-                            channel: labels.channel.to_owned(),
-                            status: labels.status,
-                        })
-                        .clone(),
+                || {
+                    let labels = RequestLabels {
+                        endpoint: key.endpoint.to_owned(),
+                        model: key.model.to_owned(),
+                        channel: key.channel.to_owned(),
+                        status: key.status,
+                    };
+                    let counter = self.requests.get_or_create(&labels).clone();
+                    (labels, counter)
                 },
             );
-            series.counter.inc();
+            counter.inc();
         });
     }
 
@@ -460,15 +446,13 @@ impl Metrics {
         self.local(|local| {
             let (_, counter) = find_or_add(
                 &mut local.tokens,
-                |(c, _)| c == channel,
+                |(labels, _)| labels.channel == channel,
                 || {
                     let labels = ChannelLabels {
                         channel: channel.to_owned(),
                     };
-                    (
-                        channel.to_owned(),
-                        self.tokens.get_or_create(&labels).clone(),
-                    )
+                    let counter = self.tokens.get_or_create(&labels).clone();
+                    (labels, counter)
                 },
             );
             counter.inc_by(tokens);
