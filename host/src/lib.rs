@@ -21,6 +21,7 @@ pub mod error;
 pub mod facts;
 pub mod failpoint;
 pub mod fuzzing;
+pub mod http1;
 pub mod keys;
 pub mod log_format;
 pub mod log_sink;

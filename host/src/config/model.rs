@@ -85,6 +85,9 @@ pub struct ServerConfig {
     pub runtime: ServerRuntime,
     /// Request-handling threads in the per-core runtime (default: the cores).
     pub workers: usize,
+    /// Plain HTTP/1 connections are served by the gateway's own server, in
+    /// the connection's task (off: hyper's server, as TLS and h2c are).
+    pub direct_http: bool,
     /// The TLS listener beside the plain one, if configured.
     pub tls: Option<TlsConfig>,
 }

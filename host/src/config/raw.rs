@@ -52,6 +52,7 @@ pub(super) struct RawServer {
     pub(super) slow_request: Option<Text>,
     pub(super) runtime: Option<Text>,
     pub(super) workers: Option<usize>,
+    pub(super) direct_http: Option<bool>,
     pub(super) tls: Option<RawTls>,
 }
 

@@ -282,6 +282,7 @@ impl<'a> Validator<'a> {
             workers: raw.workers.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             }),
+            direct_http: raw.direct_http.unwrap_or(true),
             tls: raw.tls.as_ref().map(|t| self.tls(t)).transpose()?,
         };
         if server.workers == 0 {

@@ -1,5 +1,7 @@
-//! The accept loop and each connection: HTTP/1.1 and h2c on one port
-//! (hyper-util's auto builder), or the same over TLS (ALPN `h2`, `http/1.1`;
+//! The accept loop and each connection: HTTP/1.1 and h2c on one port (plain
+//! HTTP/1 on the gateway's own server, [`super::h1`]; h2c, and everything
+//! when `server.direct_http` is off, on hyper-util's auto builder), or the
+//! same over TLS (hyper's) (ALPN `h2`, `http/1.1`;
 //! the handshake bounded by the header-read timeout), `TCP_NODELAY`, a cap on open connections (a
 //! clear 503 beyond it), a header-read timeout that also closes idle
 //! keep-alive connections, a write timeout for clients that stop reading,
@@ -10,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -20,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Role;
+use super::h1::{self, Speaks};
 use super::write_timeout::WriteTimeout;
 use crate::metrics::ShedLabels;
 use crate::state::AppState;
@@ -212,7 +216,7 @@ async fn connection(
     _open: OwnedSemaphorePermit,
 ) {
     let Some(acceptor) = tls else {
-        return http(stream, peer, &state, role, abort).await;
+        return plain(stream, peer, &state, role, abort).await;
     };
     let handshake =
         tokio::time::timeout(state.config.server.header_timeout, acceptor.accept(stream));
@@ -225,6 +229,48 @@ async fn connection(
         Err(_) => {
             state.metrics.tls_handshake_failures.inc();
             tracing::debug!(%peer, "TLS handshake timed out");
+        }
+    }
+}
+
+/// Serves a plain connection: HTTP/1 on the gateway's own server, HTTP/2
+/// (or everything, with `server.direct_http` off) on hyper's.
+async fn plain(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    state: &Arc<AppState>,
+    role: Role,
+    abort: CancellationToken,
+) {
+    let server = &state.config.server;
+    if !server.direct_http {
+        return http(stream, peer, state, role, abort).await;
+    }
+    let mut read = BytesMut::with_capacity(8 << 10);
+    let speaks = tokio::select! {
+        speaks = h1::sniff(&mut stream, &mut read, server.header_timeout) => speaks,
+        () = state.shutdown.cancelled() => None,
+    };
+    match speaks {
+        None => {}
+        Some(Speaks::Http2) => {
+            let rewound = h1::Rewind::new(read.freeze(), stream);
+            http(rewound, peer, state, role, abort).await;
+        }
+        Some(Speaks::Http1) => {
+            let limits = h1::Limits {
+                header_timeout: server.header_timeout,
+                write_timeout: server.write_timeout,
+            };
+            let serving = h1::serve(stream, read, limits, &state.shutdown, |req| {
+                super::respond(state.clone(), role, peer, req)
+            });
+            tokio::select! {
+                () = serving => {}
+                () = abort.cancelled() => {
+                    tracing::warn!(%peer, "connection still busy after the cut-off; dropping it");
+                }
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod body;
 pub mod caller;
 pub mod client_ip;
 pub mod count_tokens;
+pub mod h1;
 pub mod intake;
 pub mod listener;
 pub mod proxy;

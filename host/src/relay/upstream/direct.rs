@@ -21,8 +21,9 @@ use http_body::Frame;
 use tokio::io::AsyncWriteExt;
 
 use super::conn::{self, Conn};
-use super::framing::{Chunk, Framing, Malformed, Step};
 use super::pool;
+use crate::http1::framing::{Chunk, Framing, Malformed, Step};
+use crate::http1::has_token;
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -64,7 +65,7 @@ impl std::fmt::Display for Error {
             }
             Self::Cut => f.write_str("upstream closed the connection mid-body"),
             Self::BadHead(why) => write!(f, "malformed upstream response head: {why}"),
-            Self::BadBody(m) => m.fmt(f),
+            Self::BadBody(m) => write!(f, "malformed upstream body: {}", m.0),
         }
     }
 }
@@ -221,7 +222,7 @@ async fn exchange(mut conn: Conn, message: &Message) -> Result<Answer, Failed> {
                 keep_alive,
             });
         }
-        match conn.read_more().await {
+        match conn.fill().await {
             Ok(0) => {
                 return Err(Failed {
                     error: Error::ClosedBeforeHead,
@@ -331,16 +332,6 @@ fn framing(status: StatusCode, headers: &HeaderMap) -> Result<Framing, Error> {
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
-/// Whether a comma-separated field holds `token` (case-insensitively).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
-}
-
 /// A response body read straight off its connection, which goes back to the
 /// pool when the body has been read to its end (and is closed when the body
 /// is dropped before that, which cancels the upstream's work).
@@ -392,7 +383,7 @@ impl http_body::Body for Body {
                 }
                 Ok(Step::NeedMore) => {}
             }
-            match ready!(conn.poll_read_more(cx)) {
+            match ready!(conn.poll_fill(cx)) {
                 Ok(0) if this.framing == Framing::UntilClose => {
                     this.conn = None;
                     return Poll::Ready(None);

@@ -9,7 +9,6 @@
 
 mod conn;
 mod direct;
-mod framing;
 mod pool;
 #[cfg(test)]
 mod tests;

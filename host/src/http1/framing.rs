@@ -1,4 +1,4 @@
-//! How an HTTP/1.1 response body ends (RFC 9112 §6.3), and the decoder that
+//! How an HTTP/1.1 message body ends (RFC 9112 §6.3), and the decoder that
 //! takes its data out of the bytes read: a known length, chunked transfer
 //! coding, or the connection's close. Pure over a `BytesMut`, so every edge is
 //! unit-tested without a socket.
@@ -22,26 +22,27 @@ pub enum Step {
     Done,
 }
 
-/// A body the upstream framed wrongly.
+/// A body its sender framed wrongly.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Malformed(pub &'static str);
 
 impl std::fmt::Display for Malformed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "malformed upstream body: {}", self.0)
+        write!(f, "malformed body: {}", self.0)
     }
 }
 
 impl std::error::Error for Malformed {}
 
-/// A response body's framing and the decoder's place in it.
+/// A body's framing and the decoder's place in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
     /// `content-length`: this many bytes are still to come.
     Length(u64),
     /// Chunked transfer coding.
     Chunked(Chunk),
-    /// No length: the body ends when the upstream closes the connection.
+    /// No length (responses only): the body ends when the sender closes the
+    /// connection.
     UntilClose,
 }
 

@@ -1,0 +1,76 @@
+//! HTTP/1.1 wire pieces both sides share: how a body ends and the decoder
+//! that takes it off the bytes read ([`framing`]), and reading
+//! comma-separated fields, and a socket with the bytes read from it
+//! ([`Buffered`]). The gateway's own server ([`crate::server::h1`])
+//! and upstream client ([`crate::relay::upstream`]) are built on them.
+
+pub mod framing;
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use http::{HeaderMap, HeaderName};
+use tokio::io::AsyncRead;
+
+/// Spare room the read buffer keeps for each read.
+const READ_ROOM: usize = 8 * 1024;
+
+/// A socket (or its read half) and the bytes read from it that no message
+/// has taken yet.
+#[derive(Debug)]
+pub struct Buffered<S> {
+    io: S,
+    buf: BytesMut,
+}
+
+impl<S: AsyncRead + Unpin> Buffered<S> {
+    /// `io`, with `buf` already read from it.
+    pub fn new(io: S, buf: BytesMut) -> Self {
+        Self { io, buf }
+    }
+
+    /// The socket.
+    pub fn io(&self) -> &S {
+        &self.io
+    }
+
+    /// The socket, to write to.
+    pub fn io_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
+    /// Bytes read and not taken yet.
+    pub fn buf(&self) -> &BytesMut {
+        &self.buf
+    }
+
+    /// Bytes read and not taken yet, to take from.
+    pub fn buf_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Reads what is available into the buffer; `Ok(0)` at the end of input.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_ROOM / 2 {
+            self.buf.reserve(READ_ROOM);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Waits for bytes and reads them into the buffer; `Ok(0)` at the end
+    /// of input.
+    pub async fn fill(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// Whether a comma-separated field holds `token` (case-insensitively).
+pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
