@@ -1,6 +1,7 @@
 //! HTTP/1.1 wire pieces both sides share: how a body ends and the decoder
 //! that takes it off the bytes read ([`framing`]), and reading
-//! comma-separated fields, and a socket with the bytes read from it
+//! comma-separated fields, header fields taken as slices of the head they
+//! arrived in ([`locate_fields`], [`field_map`]), and a socket with the bytes read from it
 //! ([`Buffered`]). The gateway's own server ([`crate::server::h1`])
 //! and upstream client ([`crate::relay::upstream`]) are built on them.
 
@@ -9,8 +10,8 @@ pub mod framing;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
-use http::{HeaderMap, HeaderName};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::AsyncRead;
 
 /// Spare room the read buffer keeps for each read.
@@ -63,6 +64,50 @@ impl<S: AsyncRead + Unpin> Buffered<S> {
     pub async fn fill(&mut self) -> std::io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
+}
+
+/// A field's name, and where its value lies in the head.
+pub type Located = (HeaderName, std::ops::Range<usize>);
+
+/// The names of the fields httparse found in `head`, and where their values
+/// lie in it (so the values can become slices of the head once it is split
+/// off the read buffer, rather than copies).
+///
+/// # Errors
+/// When a name is not a valid field name.
+pub fn locate_fields(
+    head: &[u8],
+    fields: &[httparse::Header<'_>],
+) -> Result<Vec<Located>, &'static str> {
+    let base = head.as_ptr() as usize;
+    fields
+        .iter()
+        .map(|field| {
+            let name =
+                HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "bad field name")?;
+            let start = field.value.as_ptr() as usize - base;
+            Ok((name, start..start + field.value.len()))
+        })
+        .collect()
+}
+
+/// The fields [`locate_fields`] found, their values slices of `head`, with
+/// room for `extra` more.
+///
+/// # Errors
+/// When a value holds bytes a field value may not.
+pub fn field_map(
+    head: &Bytes,
+    located: Vec<Located>,
+    extra: usize,
+) -> Result<HeaderMap, &'static str> {
+    let mut headers = HeaderMap::with_capacity(located.len() + extra);
+    for (name, range) in located {
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(range)).map_err(|_| "bad field value")?;
+        headers.append(name, value);
+    }
+    Ok(headers)
 }
 
 /// Whether a comma-separated field holds `token` (case-insensitively).

@@ -10,6 +10,7 @@ pub mod channels;
 pub mod coalesce;
 pub mod sse;
 pub mod stream;
+mod top_level;
 pub mod transcript;
 pub mod upstream;
 
@@ -695,14 +696,8 @@ async fn respond(
 
 /// The usage a whole response body reports, in its protocol's shape.
 fn usage_of(protocol: Protocol, body: &[u8]) -> Option<crate::metering::Tokens> {
-    #[derive(serde::Deserialize)]
-    struct OpenAiBody {
-        usage: Option<crate::metering::Tokens>,
-    }
     match protocol {
-        Protocol::OpenAi => serde_json::from_slice::<OpenAiBody>(body)
-            .ok()
-            .and_then(|b| b.usage),
+        Protocol::OpenAi => top_level::field::<Option<_>>(body, "usage").flatten(),
         Protocol::Anthropic => {
             let body: serde_json::Value = serde_json::from_slice(body).ok()?;
             crate::provider::anthropic::tokens(&body["usage"])

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Frame;
@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 use super::conn::{self, Conn};
 use super::pool;
 use crate::http1::framing::{Chunk, Framing, Malformed, Step};
-use crate::http1::has_token;
+use crate::http1::{field_map, has_token, locate_fields};
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -267,15 +267,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(http::response::Parts, Frami
     } else {
         Version::HTTP_10
     };
+    let located = locate_fields(buf, parsed.headers).map_err(Error::BadHead)?;
+    let raw = buf.split_to(len).freeze();
     // Room for the fields the gateway adds to the client's answer.
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 8);
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| Error::BadHead("bad field name"))?;
-        let value =
-            HeaderValue::from_bytes(field.value).map_err(|_| Error::BadHead("bad field value"))?;
-        headers.append(name, value);
-    }
+    let headers = field_map(&raw, located, 8).map_err(Error::BadHead)?;
     let framing = framing(status, &headers)?;
     // A head with both framings is read by its transfer coding, and its
     // connection not trusted with another request (RFC 9112 §6.1).
@@ -284,7 +279,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(http::response::Parts, Frami
     let keep_alive = version == Version::HTTP_11
         && !both_framings
         && !has_token(&headers, header::CONNECTION, "close");
-    bytes::Buf::advance(buf, len);
     let mut head = Response::new(()).into_parts().0;
     head.status = status;
     head.version = version;

@@ -5,12 +5,12 @@
 //! unit-tested without a socket.
 
 use bytes::{Buf, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Uri, Version};
 
 use crate::error::ApiError;
 use crate::http1::framing::{Chunk, Framing};
-use crate::http1::has_token;
+use crate::http1::{field_map, has_token, locate_fields};
 
 /// Most bytes a request head may take (hyper's server allowed the same
 /// through the read buffer's cap).
@@ -64,22 +64,10 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
     };
     // Names are made while the bytes are borrowed; values become slices of
     // the head once it is split off.
-    let base = buf.as_ptr() as usize;
-    let mut named = Vec::with_capacity(parsed.headers.len());
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| malformed("bad field name"))?;
-        let start = field.value.as_ptr() as usize - base;
-        named.push((name, start..start + field.value.len()));
-    }
+    let located = locate_fields(buf, parsed.headers).map_err(malformed)?;
     let head = buf.split_to(len).freeze();
     // Room for the fields the gateway adds on its way upstream.
-    let mut headers = HeaderMap::with_capacity(named.len() + 4);
-    for (name, range) in named {
-        let value = HeaderValue::from_maybe_shared(head.slice(range))
-            .map_err(|_| malformed("bad field value"))?;
-        headers.append(name, value);
-    }
+    let headers = field_map(&head, located, 4).map_err(malformed)?;
     let framing = framing(version, &headers)?;
     let keep_alive = match version {
         Version::HTTP_11 => !has_token(&headers, header::CONNECTION, "close"),
