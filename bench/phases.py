@@ -21,8 +21,8 @@ PHASES = [
     ("upstream I/O (direct or hyper client)", r"sluice::relay::upstream::|hyper_util::client|hyper::client|role::Client|futures_util::future::future::Map"),
     # Not the frames every worker sample sits under (its runtime, the
     # connection task), or nothing would reach the phases below.
-    ("gateway logic (routing, relay, metrics)", r"sluice::(?!server::(?:listener|workers)|app::|cli::)"),
-    ("client I/O (hyper server)", r"hyper::server|hyper::proto|hyper_util::server"),
+    ("gateway logic (routing, relay, metrics)", r"sluice::(?!server::(?:listener|workers|h1)|app::|cli::|http1::)"),
+    ("client I/O (the gateway's HTTP/1 server, or hyper's)", r"sluice::server::(?:h1|listener)::|sluice::http1::|hyper::server|hyper::proto|hyper_util::server"),
     ("runtime, scheduler, other", r""),
 ]
 

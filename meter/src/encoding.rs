@@ -57,7 +57,7 @@ impl Encoding {
 
     /// Tokens in `text`.
     pub fn count(self, text: &str) -> usize {
-        self.tokenizer().count(text)
+        crate::pieces::count(self, text)
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod completion;
 mod encoding;
+mod pieces;
 mod prompt;
 mod tally;
 

@@ -83,12 +83,19 @@ struct Reading {
     inbound: Inbound,
     framing: Framing,
     back: Returned,
+    /// The client waits for `100 Continue`, sent when the body is first
+    /// read (so a request refused on its head never gets it).
+    continue_owed: bool,
 }
+
+/// The interim answer to `expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 impl RequestBody {
     /// The body framed by `framing` at the front of `inbound`; an empty one
-    /// hands the read side back at once.
-    pub fn new(inbound: Inbound, framing: Framing, back: &Returned) -> Self {
+    /// hands the read side back at once. `expect_continue`: the client
+    /// waits for `100 Continue` before sending it.
+    pub fn new(inbound: Inbound, framing: Framing, back: &Returned, expect_continue: bool) -> Self {
         if framing == Framing::Length(0) {
             back.put(inbound);
             return Self { reading: None };
@@ -98,6 +105,7 @@ impl RequestBody {
                 inbound,
                 framing,
                 back: back.clone(),
+                continue_owed: expect_continue,
             }),
         }
     }
@@ -131,6 +139,18 @@ impl http_body::Body for RequestBody {
             let Some(reading) = this.reading.as_mut() else {
                 return Poll::Ready(None);
             };
+            if std::mem::take(&mut reading.continue_owed) {
+                // Nothing of this request's answer is written yet, so the
+                // socket's buffer has room; a short write is a broken body.
+                let sent = reading.inbound.io().as_ref().try_write(CONTINUE);
+                if !matches!(sent, Ok(n) if n == CONTINUE.len()) {
+                    this.reading = None;
+                    return Poll::Ready(Some(Err(broken(
+                        io::ErrorKind::WriteZero,
+                        "could not send 100 Continue",
+                    ))));
+                }
+            }
             match reading.framing.decode(reading.inbound.buf_mut()) {
                 Err(malformed) => {
                     this.reading = None;

@@ -4,7 +4,7 @@
 //! response ([`write`]) — no dispatcher between socket and request, no
 //! channel for the body, no task per connection beside the request's own.
 //! What hyper's server did here it does too: keep-alive and pipelining,
-//! `100 Continue`, chunked bodies both ways, the header-read timeout that
+//! `100 Continue` (when the request first reads its body), chunked bodies both ways, the header-read timeout that
 //! also closes idle connections (one timer per connection, moved lazily),
 //! a client's close noticed while its answer is awaited (which cancels the
 //! request), and graceful shutdown (the answer in flight says
@@ -34,7 +34,6 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use super::body::{ResponseBody, boxed};
 use super::write_timeout::WriteTimeout;
 use crate::error::ApiError;
-use crate::http1::framing::Framing;
 pub use body::RequestBody;
 use body::{Inbound, Returned};
 use head::Head;
@@ -43,9 +42,6 @@ use write::{Reply, Unsent};
 
 /// HTTP/2's connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// The interim answer to `expect: 100-continue`.
-const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// What a client's first bytes say it speaks.
 #[derive(Debug, PartialEq, Eq)]
@@ -137,16 +133,13 @@ pub async fn serve<H, F>(
             keep_alive,
             expect_continue,
         } = head;
-        if expect_continue && framing != Framing::Length(0) && io.write_all(CONTINUE).await.is_err()
-        {
-            return;
-        }
         let reply = Reply {
             keep_alive,
             head_only: parts.method == Method::HEAD,
             http10: parts.version == Version::HTTP_10,
         };
-        let request = Request::from_parts(parts, RequestBody::new(inbound, framing, &back));
+        let body = RequestBody::new(inbound, framing, &back, expect_continue);
+        let request = Request::from_parts(parts, body);
         let Some(response) = back.unless_closed(handle(request)).await else {
             return;
         };

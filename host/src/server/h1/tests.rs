@@ -137,6 +137,26 @@ async fn expect_continue_is_answered_before_the_body_is_sent() {
 }
 
 #[tokio::test]
+async fn a_request_refused_on_its_head_gets_no_100_continue() {
+    let refuse = |_req: Request<RequestBody>| async {
+        let mut response = Response::new(boxed(Full::new(Bytes::from_static(b"too large"))));
+        *response.status_mut() = http::StatusCode::PAYLOAD_TOO_LARGE;
+        response
+    };
+    let (mut client, _task) = connected(CancellationToken::new(), refuse).await;
+    client
+        .write_all(b"POST /e HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 99999\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut client).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+        "{answer}"
+    );
+    assert!(!answer.contains("100 Continue"));
+}
+
+#[tokio::test]
 async fn a_malformed_head_gets_the_api_error_and_the_connection_closes() {
     let (mut client, task) = connected(CancellationToken::new(), echo).await;
     client
