@@ -1,8 +1,8 @@
 //! The accept loop and each connection: HTTP/1.1 and h2c on one port (plain
 //! HTTP/1 on the gateway's own server, [`super::h1`]; h2c, and everything
-//! when `server.direct_http` is off, on hyper-util's auto builder), or the
-//! same over TLS (hyper's) (ALPN `h2`, `http/1.1`;
-//! the handshake bounded by the header-read timeout), `TCP_NODELAY`, a cap on open connections (a
+//! when `server.direct_http` is off, on hyper-util's auto builder), or both
+//! over TLS on hyper's (ALPN `h2`, `http/1.1`; the handshake bounded by the
+//! header-read timeout), `TCP_NODELAY`, a cap on open connections (a
 //! clear 503 beyond it), a header-read timeout that also closes idle
 //! keep-alive connections, a write timeout for clients that stop reading,
 //! back-off when the process runs out of file descriptors, and graceful

@@ -1,16 +1,16 @@
 //! The gateway's own HTTP/1.1 server for plain connections: the
-//! connection's task reads each request head, runs the request (its body
-//! read off the socket by the request itself, [`body`]) and writes the
-//! response ([`write`]) — no dispatcher between socket and request, no
-//! channel for the body, no task per connection beside the request's own.
+//! connection's task reads each request head ([`head`]), runs the request
+//! (whose body the request itself reads off the socket, [`body`]) and writes
+//! the response ([`write`]) — no dispatcher between socket and request, no
+//! channel carrying the body, no task beside the connection's own.
 //! What hyper's server did here it does too: keep-alive and pipelining,
-//! `100 Continue` (when the request first reads its body), chunked bodies both ways, the header-read timeout that
-//! also closes idle connections (one timer per connection, moved lazily),
-//! a client's close noticed while its answer is awaited (which cancels the
-//! request), and graceful shutdown (the answer in flight says
-//! `connection: close`). Malformed heads get the API's JSON error.
-//! A client that opens with HTTP/2's preface is told apart by [`sniff`] and
-//! served by hyper ([`Rewind`]).
+//! `100 Continue` (when the request first reads its body), chunked bodies
+//! both ways, the header-read timeout that also closes idle connections
+//! (one timer per connection, moved lazily), a client's close noticed while
+//! its answer is awaited (which cancels the request), and graceful shutdown
+//! (the answer in flight says `connection: close`). Malformed heads get the
+//! API's JSON error. A client that opens with HTTP/2's preface is told apart
+//! by [`sniff`] and served by hyper ([`Rewind`]).
 
 pub mod body;
 pub mod head;

@@ -1,5 +1,6 @@
 //! The edge on real sockets: the header-read and keep-alive idle timeout,
-//! the write timeout for a client that stops reading, and the connection cap.
+//! the write timeout for a client that stops reading, the connection cap,
+//! and both runtimes and both HTTP/1 servers under concurrent connections.
 
 use std::time::{Duration, Instant};
 
@@ -137,10 +138,11 @@ async fn connections_beyond_the_cap_are_refused_clearly() {
 }
 
 #[tokio::test]
-async fn both_runtimes_serve_many_connections_and_record_every_answer() {
+async fn both_runtimes_and_both_servers_serve_many_connections_and_record_every_answer() {
     for server in [
         "runtime = \"per-core\"\nworkers = 3",
         "runtime = \"shared\"",
+        "direct_http = false",
     ] {
         let gw = Running::start(Tables {
             server,
