@@ -7,8 +7,10 @@
 
 pub mod framing;
 
+use framing::{Framing, Malformed, Step};
+
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -64,6 +66,43 @@ impl<S: AsyncRead + Unpin> Buffered<S> {
     pub async fn fill(&mut self) -> std::io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
+
+    /// The next piece of a body framed by `framing` (which keeps the
+    /// decoder's place), reading more as it needs.
+    pub fn poll_body(&mut self, framing: &mut Framing, cx: &mut Context<'_>) -> Poll<BodyRead> {
+        loop {
+            match framing.decode(&mut self.buf) {
+                Err(malformed) => return Poll::Ready(BodyRead::Malformed(malformed)),
+                Ok(Step::Data(data)) => {
+                    let last = *framing == Framing::Length(0);
+                    return Poll::Ready(BodyRead::Data(data, last));
+                }
+                Ok(Step::Done) => return Poll::Ready(BodyRead::End),
+                Ok(Step::NeedMore) => {}
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) if *framing == Framing::UntilClose => return Poll::Ready(BodyRead::End),
+                Ok(0) => return Poll::Ready(BodyRead::Cut),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(BodyRead::Io(e)),
+            }
+        }
+    }
+}
+
+/// What the next step of reading a framed body gave.
+#[derive(Debug)]
+pub enum BodyRead {
+    /// Data, and whether it is the body's last (its length is used up).
+    Data(Bytes, bool),
+    /// The body ended (a close-delimited one: the sender closed).
+    End,
+    /// The sender broke the framing.
+    Malformed(Malformed),
+    /// The connection closed before the body's end.
+    Cut,
+    /// Reading failed.
+    Io(std::io::Error),
 }
 
 /// A field's name, and where its value lies in the head.

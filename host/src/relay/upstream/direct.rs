@@ -22,7 +22,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::conn::{self, Conn};
 use super::pool;
-use crate::http1::framing::{Chunk, Framing, Malformed, Step};
+use crate::http1::BodyRead;
+use crate::http1::framing::{Chunk, Framing, Malformed};
 use crate::http1::{field_map, has_token, locate_fields};
 
 /// Largest response head accepted.
@@ -356,43 +357,27 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = self.get_mut();
-        loop {
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match this.framing.decode(conn.buf_mut()) {
-                Err(malformed) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(Error::BadBody(malformed))));
-                }
-                Ok(Step::Data(data)) => {
-                    if this.framing == Framing::Length(0) {
-                        this.release();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Ok(Step::Done) => {
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let read = ready!(conn.poll_body(&mut this.framing, cx));
+        let error = match read {
+            BodyRead::Data(data, last) => {
+                if last {
                     this.release();
-                    return Poll::Ready(None);
                 }
-                Ok(Step::NeedMore) => {}
+                return Poll::Ready(Some(Ok(Frame::data(data))));
             }
-            match ready!(conn.poll_fill(cx)) {
-                Ok(0) if this.framing == Framing::UntilClose => {
-                    this.conn = None;
-                    return Poll::Ready(None);
-                }
-                Ok(0) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(Error::Cut)));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(Error::Io(e))));
-                }
+            BodyRead::End => {
+                this.release();
+                return Poll::Ready(None);
             }
-        }
+            BodyRead::Malformed(malformed) => Error::BadBody(malformed),
+            BodyRead::Cut => Error::Cut,
+            BodyRead::Io(e) => Error::Io(e),
+        };
+        this.conn = None;
+        Poll::Ready(Some(Err(error)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -13,8 +13,8 @@ use http_body::{Frame, SizeHint};
 use tokio::net::tcp::OwnedReadHalf;
 
 use super::head::MAX_HEAD;
-use crate::http1::Buffered;
-use crate::http1::framing::{Framing, Step};
+use crate::http1::framing::Framing;
+use crate::http1::{BodyRead, Buffered};
 
 /// A client connection's read side: the socket's read half and what was
 /// read but not taken.
@@ -135,54 +135,42 @@ impl http_body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
-        loop {
-            let Some(reading) = this.reading.as_mut() else {
-                return Poll::Ready(None);
-            };
-            if std::mem::take(&mut reading.continue_owed) {
-                // Nothing of this request's answer is written yet, so the
-                // socket's buffer has room; a short write is a broken body.
-                let sent = reading.inbound.io().as_ref().try_write(CONTINUE);
-                if !matches!(sent, Ok(n) if n == CONTINUE.len()) {
-                    this.reading = None;
-                    return Poll::Ready(Some(Err(broken(
-                        io::ErrorKind::WriteZero,
-                        "could not send 100 Continue",
-                    ))));
-                }
-            }
-            match reading.framing.decode(reading.inbound.buf_mut()) {
-                Err(malformed) => {
-                    this.reading = None;
-                    return Poll::Ready(Some(Err(broken(io::ErrorKind::InvalidData, malformed))));
-                }
-                Ok(Step::Data(data)) => {
-                    if reading.framing == Framing::Length(0) {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Ok(Step::Done) => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                Ok(Step::NeedMore) => {}
-            }
-            match ready!(reading.inbound.poll_fill(cx)) {
-                Ok(0) => {
-                    this.reading = None;
-                    return Poll::Ready(Some(Err(broken(
-                        io::ErrorKind::UnexpectedEof,
-                        "the client closed the connection mid-body",
-                    ))));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    this.reading = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
+        let Some(reading) = this.reading.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if std::mem::take(&mut reading.continue_owed) {
+            // Nothing of this request's answer is written yet, so the
+            // socket's buffer has room; a short write is a broken body.
+            let sent = reading.inbound.io().as_ref().try_write(CONTINUE);
+            if !matches!(sent, Ok(n) if n == CONTINUE.len()) {
+                this.reading = None;
+                return Poll::Ready(Some(Err(broken(
+                    io::ErrorKind::WriteZero,
+                    "could not send 100 Continue",
+                ))));
             }
         }
+        let read = ready!(reading.inbound.poll_body(&mut reading.framing, cx));
+        let error = match read {
+            BodyRead::Data(data, last) => {
+                if last {
+                    this.finish();
+                }
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            BodyRead::End => {
+                this.finish();
+                return Poll::Ready(None);
+            }
+            BodyRead::Malformed(malformed) => broken(io::ErrorKind::InvalidData, malformed),
+            BodyRead::Cut => broken(
+                io::ErrorKind::UnexpectedEof,
+                "the client closed the connection mid-body",
+            ),
+            BodyRead::Io(e) => e,
+        };
+        this.reading = None;
+        Poll::Ready(Some(Err(error)))
     }
 
     fn is_end_stream(&self) -> bool {

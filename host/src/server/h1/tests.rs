@@ -65,6 +65,12 @@ async fn until_closed(client: &mut TcpStream) -> String {
     String::from_utf8(all).unwrap()
 }
 
+/// Sends `request`, then reads everything until the server closes.
+async fn answer_then_close(client: &mut TcpStream, request: &[u8]) -> String {
+    client.write_all(request).await.unwrap();
+    until_closed(client).await
+}
+
 /// Reads until `needle` has arrived; all read so far.
 async fn until(client: &mut TcpStream, needle: &str) -> String {
     let mut all = Vec::new();
@@ -144,11 +150,11 @@ async fn a_request_refused_on_its_head_gets_no_100_continue() {
         response
     };
     let (mut client, _task) = connected(CancellationToken::new(), refuse).await;
-    client
-        .write_all(b"POST /e HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 99999\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = until_closed(&mut client).await;
+    let answer = answer_then_close(
+        &mut client,
+        b"POST /e HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 99999\r\n\r\n",
+    )
+    .await;
     assert!(
         answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
         "{answer}"
@@ -159,11 +165,11 @@ async fn a_request_refused_on_its_head_gets_no_100_continue() {
 #[tokio::test]
 async fn a_malformed_head_gets_the_api_error_and_the_connection_closes() {
     let (mut client, task) = connected(CancellationToken::new(), echo).await;
-    client
-        .write_all(b"POST /x HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = until_closed(&mut client).await;
+    let answer = answer_then_close(
+        &mut client,
+        b"POST /x HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+    )
+    .await;
     assert!(
         answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
         "{answer}"
@@ -187,11 +193,11 @@ async fn a_body_left_unread_closes_the_connection_after_the_answer() {
         Response::new(boxed(Full::new(Bytes::from_static(b"no"))))
     };
     let (mut client, task) = connected(CancellationToken::new(), ignore_body).await;
-    client
-        .write_all(b"POST /x HTTP/1.1\r\ncontent-length: 100\r\n\r\npartial")
-        .await
-        .unwrap();
-    let answer = until_closed(&mut client).await;
+    let answer = answer_then_close(
+        &mut client,
+        b"POST /x HTTP/1.1\r\ncontent-length: 100\r\n\r\npartial",
+    )
+    .await;
     assert!(
         answer.contains("connection: close\r\n") && answer.ends_with("\r\n\r\nno"),
         "{answer}"
