@@ -23,6 +23,9 @@ PHASES = [
     # connection task), or nothing would reach the phases below.
     ("gateway logic (routing, relay, metrics)", r"sluice::(?!server::(?:listener|workers|h1)|app::|cli::|http1::)"),
     ("client I/O (the gateway's HTTP/1 server, or hyper's)", r"sluice::server::(?:h1|listener)::|sluice::http1::|hyper::server|hyper::proto|hyper_util::server"),
+    # glibc's socket wrappers have no frame pointers, so the kernel's
+    # samples under them lose the user frames that would name the side.
+    ("socket send / recv, client or upstream (stack ends in glibc)", r"^(?:__send|__libc_send|__libc_recv|__recv|__writev|__libc_writev|__libc_read|__libc_write)$"),
     ("runtime, scheduler, other", r""),
 ]
 
