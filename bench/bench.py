@@ -156,6 +156,8 @@ cache_dir = "plugin-cache"
         self.notes.append(f"idle RSS after the load runs (10 s after the last): {after:.0f} MB, {after / self.idle_before:.2f}× the idle RSS before them ({self.idle_before:.0f} MB, after one request)")
 
     def stop(self):
+        """Stops every process, then removes the run's folder (stores of several GB
+        after a full run) unless BENCH_KEEP_DIR is set, e.g. to read a failed run's logs."""
         for p in self.procs:
             p.terminate()
         for p in self.procs:
@@ -163,6 +165,10 @@ cache_dir = "plugin-cache"
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if os.environ.get("BENCH_KEEP_DIR"):
+            print(f"bench files kept in {self.dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def targets(self, mock):
         model = f"{mock}-model"

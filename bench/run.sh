@@ -7,6 +7,8 @@
 # bench/results/<time>.md.
 #   bench/run.sh            full run (about 15 minutes after the build)
 #   bench/run.sh --quick    shorter runs, for a smoke test
+# Each run works in a temporary folder (stores, configs, logs) removed at its
+# end; BENCH_KEEP_DIR=1 keeps it, e.g. to read a failed run's logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
