@@ -287,11 +287,11 @@ fn stamp(headers: &mut HeaderMap, ctx: &RequestContext) {
     let mut text = String::with_capacity(16);
     push_millis(&mut text, ctx.started.elapsed());
     text.push_str("ms");
-    if let Some(v) = owned_value(text) {
+    if let Ok(v) = HeaderValue::from_str(&text) {
         headers.insert(X_RESPONSE_TIME, v);
     }
     if !ctx.timing.is_empty() {
-        let mut text = String::with_capacity(24 * ctx.timing.len());
+        text.clear();
         for (i, (name, d)) in ctx.timing.iter().enumerate() {
             if i > 0 {
                 text.push_str(", ");
@@ -300,15 +300,10 @@ fn stamp(headers: &mut HeaderMap, ctx: &RequestContext) {
             text.push_str(";dur=");
             push_millis(&mut text, *d);
         }
-        if let Some(v) = owned_value(text) {
+        if let Ok(v) = HeaderValue::from_str(&text) {
             headers.insert(SERVER_TIMING, v);
         }
     }
-}
-
-/// A header value that takes `text`'s buffer rather than copying it.
-fn owned_value(text: String) -> Option<HeaderValue> {
-    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
 /// Appends a duration as milliseconds with three decimals (`12.345`), without
