@@ -1,9 +1,10 @@
 //! HTTP/1.1 wire pieces both sides share: how a body ends and the decoder
-//! that takes it off the bytes read ([`framing`]), and reading
-//! comma-separated fields, header fields taken as slices of the head they
-//! arrived in ([`locate_fields`], [`field_map`]), and a socket with the bytes read from it
-//! ([`Buffered`]). The gateway's own server ([`crate::server::h1`])
-//! and upstream client ([`crate::relay::upstream`]) are built on them.
+//! that takes it off the bytes read ([`framing`]), reading comma-separated
+//! fields, header fields taken as slices of the head they arrived in
+//! ([`locate_fields`], [`field_map`]), and a socket with the bytes read from
+//! it ([`Buffered`]), which also reads framed bodies. The gateway's own
+//! server ([`crate::server::h1`]) and upstream client
+//! ([`crate::relay::upstream`]) are built on them.
 
 pub mod framing;
 

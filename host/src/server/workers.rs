@@ -79,11 +79,13 @@ const TIMER_ANCHOR: Duration = Duration::from_secs(1);
 /// tokio wakes its driver (a write to the runtime's eventfd, and an extra
 /// turn of the event loop) whenever a timer is armed earlier than the
 /// driver's next planned wake. Under load a worker's connections are mostly
-/// waiting on their upstream, so the wheel can hold only long timeouts (the
-/// 120 s first byte), and each request arming its 30 s header timeout then
-/// counted as earlier: a system call for one request in six. With an entry a
-/// second away, no request timeout is ever earlier, at the cost of one wake a
-/// second.
+/// waiting on their upstream, so the wheel can hold only long timeouts, and
+/// a request arming one of its own then counted as earlier: with hyper's
+/// server (TLS, h2c, `server.direct_http = false`) its 30 s header timeout,
+/// a system call for one request in six; with the gateway's own server,
+/// whose header timer is per connection, still the relay's first-byte
+/// timeout. With an entry a second away, no request timeout is ever
+/// earlier, at the cost of one wake a second.
 async fn keep_next_timer_near() {
     let mut tick = tokio::time::interval(TIMER_ANCHOR);
     loop {
