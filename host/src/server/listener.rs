@@ -265,12 +265,7 @@ async fn plain(
             let serving = h1::serve(stream, read, limits, &state.shutdown, |req| {
                 super::respond(state.clone(), role, peer, req)
             });
-            tokio::select! {
-                () = serving => {}
-                () = abort.cancelled() => {
-                    tracing::warn!(%peer, "connection still busy after the cut-off; dropping it");
-                }
-            }
+            until_cut_off(serving, peer, &abort).await;
         }
     }
 }
@@ -316,8 +311,18 @@ async fn http<S>(
         }
         () = state.shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
     }
+    until_cut_off(conn, peer, &abort).await;
+}
+
+/// Runs a connection's `serving` until it ends, or drops it (with a warning)
+/// when shutdown's cut-off comes first.
+async fn until_cut_off<F: std::future::Future>(
+    serving: F,
+    peer: SocketAddr,
+    abort: &CancellationToken,
+) {
     tokio::select! {
-        _ = conn => {}
+        _ = serving => {}
         () = abort.cancelled() => {
             tracing::warn!(%peer, "connection still busy after the cut-off; dropping it");
         }
