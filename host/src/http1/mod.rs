@@ -150,6 +150,30 @@ pub fn field_map(
     Ok(headers)
 }
 
+/// The length `content-length` declares, if any: one or more values (a list,
+/// or the field repeated) that must all be the same run of digits
+/// (RFC 9110 §8.6).
+///
+/// # Errors
+/// A value that is not a decimal number, or values that disagree.
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    let mut length = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            let parsed = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
+                .flatten()
+                .ok_or("bad content-length")?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err("conflicting content-length");
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length)
+}
+
 /// Whether a comma-separated field holds `token` (case-insensitively).
 pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|value| {
@@ -158,4 +182,29 @@ pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
             .split(|b| *b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn length(values: &[&str]) -> Result<Option<u64>, &'static str> {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(http::header::CONTENT_LENGTH, v.parse().unwrap());
+        }
+        content_length(&headers)
+    }
+
+    #[test]
+    fn content_length_is_digits_and_one_value() {
+        assert_eq!(length(&[]), Ok(None));
+        assert_eq!(length(&["7"]), Ok(Some(7)));
+        assert_eq!(length(&["7, 7", " 7 "]), Ok(Some(7)));
+        assert_eq!(length(&["7", "8"]), Err("conflicting content-length"));
+        for bad in ["+1", "-1", "", "1 2", "0x10", "99999999999999999999999"] {
+            assert_eq!(length(&[bad]), Err("bad content-length"), "{bad:?}");
+        }
+    }
 }

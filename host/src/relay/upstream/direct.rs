@@ -24,7 +24,7 @@ use super::conn::{self, Conn};
 use super::pool;
 use crate::http1::BodyRead;
 use crate::http1::framing::{Chunk, Framing, Malformed};
-use crate::http1::{field_map, has_token, locate_fields};
+use crate::http1::{content_length, field_map, has_token, locate_fields};
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -311,19 +311,7 @@ fn framing(status: StatusCode, headers: &HeaderMap) -> Result<Framing, Error> {
             Framing::UntilClose
         });
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let parsed = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(Error::BadHead("bad content-length"))?;
-            if length.is_some_and(|l| l != parsed) {
-                return Err(Error::BadHead("conflicting content-length"));
-            }
-            length = Some(parsed);
-        }
-    }
+    let length = content_length(headers).map_err(Error::BadHead)?;
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 

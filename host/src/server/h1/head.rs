@@ -10,7 +10,7 @@ use http::{Method, StatusCode, Uri, Version};
 
 use crate::error::ApiError;
 use crate::http1::framing::{Chunk, Framing};
-use crate::http1::{field_map, has_token, locate_fields};
+use crate::http1::{content_length, field_map, has_token, locate_fields};
 
 /// Most bytes a request head may take (hyper's server allowed the same
 /// through the read buffer's cap).
@@ -120,20 +120,7 @@ fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, ApiError> {
             }),
         };
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            let parsed = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
-                .flatten()
-                .ok_or_else(|| malformed("bad content-length"))?;
-            if length.is_some_and(|l| l != parsed) {
-                return Err(malformed("conflicting content-length values"));
-            }
-            length = Some(parsed);
-        }
-    }
+    let length = content_length(headers).map_err(malformed)?;
     Ok(Framing::Length(length.unwrap_or(0)))
 }
 
