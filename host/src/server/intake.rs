@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -104,23 +104,12 @@ fn too_large(limit: usize) -> ApiError {
     }
 }
 
-/// The `content-length` a request declares, if any.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// Refuses a declared length over the limit before any byte is read.
 ///
 /// # Errors
 /// 413 when the request declares more than `limits.max_bytes`.
 pub fn check_declared(headers: &HeaderMap, limits: &BodyLimits) -> Result<(), ApiError> {
-    match declared_length(headers) {
+    match crate::http1::content_length(headers).ok().flatten() {
         Some(n) if n > limits.max_bytes as u64 => Err(too_large(limits.max_bytes)),
         _ => Ok(()),
     }
