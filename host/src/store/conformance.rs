@@ -41,7 +41,8 @@ pub fn record(i: u64, key: &str, model: &str, cost: i64) -> UsageRecord {
     }
 }
 
-fn append(store: &dyn Store, records: Vec<UsageRecord>) -> Result<(), StoreError> {
+/// Appends `records` with a charge of each one's cost to its key.
+pub fn append(store: &dyn Store, records: Vec<UsageRecord>) -> Result<(), StoreError> {
     let charges = records
         .iter()
         .map(|r| Charge {

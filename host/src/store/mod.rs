@@ -4,6 +4,7 @@
 pub mod committer;
 pub mod ledger;
 pub mod redb;
+mod rows;
 pub mod sqlite;
 pub mod writer;
 
@@ -19,8 +20,10 @@ pub use ledger::Charge;
 use ledger::{AuditReport, Audited, Auditor, LedgerEntry};
 
 /// Current schema version of both backends; older stores are migrated at open
-/// (version 2 added the ledger; version 3 dropped redb's time index).
-pub const SCHEMA_VERSION: u64 = 3;
+/// (version 2 added the ledger; version 3 dropped redb's time index; version 4
+/// writes redb's records and ledger entries a batch to a row, which earlier
+/// versions cannot read).
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]

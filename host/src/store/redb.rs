@@ -9,6 +9,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::ledger::{
     Audited, LedgerAccount, LedgerEntry, LedgerKind, Posting, charges_by_key, open_account,
 };
+use super::rows::{decode, decode_row, encode_chunk};
 use super::{
     Batch, KeyPatch, KeyRecord, SCHEMA_VERSION, Store, StoreError, UsageQuery, UsageRecord,
 };
@@ -113,29 +114,6 @@ fn encode(value: &impl serde::Serialize) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(err)
 }
 
-/// The first byte of a value in the compact encoding (postcard). A JSON value
-/// starts with `{`, so values of both encodings live side by side: stores
-/// written before the compact encoding read as they are.
-const COMPACT: u8 = 0xC1;
-
-/// Encodes a usage record or ledger entry, the values written once per
-/// request: postcard is about 3× smaller than JSON and several times faster
-/// to write and read. Only for types without `deserialize_any` (no flatten,
-/// untagged enums or custom deserializers).
-fn encode_compact(value: &impl serde::Serialize, buf: &mut Vec<u8>) -> Result<(), StoreError> {
-    buf.clear();
-    buf.push(COMPACT);
-    postcard::to_io(value, &mut *buf).map_err(err)?;
-    Ok(())
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    match bytes.split_first() {
-        Some((&COMPACT, compact)) => postcard::from_bytes(compact).map_err(err),
-        _ => serde_json::from_slice(bytes).map_err(err),
-    }
-}
-
 /// The ledger tables of one write transaction.
 struct Ledger<'tx> {
     meta: redb::Table<'tx, &'static str, u64>,
@@ -174,28 +152,30 @@ impl<'tx> Ledger<'tx> {
             .unwrap_or_default())
     }
 
-    /// Stores a key, its account and the entries posted to them.
+    /// Stores a key, its account and the entries posted to them, the
+    /// entries as one row listed once under the key.
     fn save(
         &mut self,
         key: &KeyRecord,
         account: &LedgerAccount,
         entries: impl IntoIterator<Item = LedgerEntry>,
     ) -> Result<(), StoreError> {
-        let mut seq = self
+        let first = self
             .meta
             .get("next_ledger_seq")
             .map_err(err)?
             .map_or(1, |v| v.value());
-        let mut buf = Vec::with_capacity(128);
-        for entry in entries {
-            encode_compact(&entry, &mut buf)?;
-            self.entries.insert(seq, buf.as_slice()).map_err(err)?;
+        let entries: Vec<LedgerEntry> = entries.into_iter().collect();
+        if !entries.is_empty() {
+            let mut buf = Vec::with_capacity(64 * entries.len());
+            encode_chunk((first..).zip(&entries), &mut buf)?;
+            self.entries.insert(first, buf.as_slice()).map_err(err)?;
             self.by_key
-                .insert((key.id.as_str(), seq), ())
+                .insert((key.id.as_str(), first), ())
                 .map_err(err)?;
-            seq += 1;
+            let next = first + u64::try_from(entries.len()).map_err(err)?;
+            self.meta.insert("next_ledger_seq", next).map_err(err)?;
         }
-        self.meta.insert("next_ledger_seq", seq).map_err(err)?;
         self.keys
             .insert(key.id.as_str(), encode(key)?.as_slice())
             .map_err(err)?;
@@ -224,27 +204,49 @@ fn open_ledgers(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Up to `limit` records older than `cutoff_ms`, oldest first. Records are in
-/// completion order up to small reorderings, so the scan goes on past the
-/// cutoff for [`SCAN_SLACK_MS`] before it stops; one that is skipped is
-/// purged by a later pass.
-fn expired(
-    usage: &impl ReadableTable<u64, &'static [u8]>,
+/// Up to `limit` records older than `cutoff_ms`, oldest first, purged from
+/// the usage table: rows left empty are removed, the others rewritten with
+/// the records they keep. Records are in completion order up to small
+/// reorderings, so the scan goes on past the cutoff for [`SCAN_SLACK_MS`]
+/// before it stops; one that is skipped is purged by a later pass. Returns
+/// how many records went.
+fn purge_usage(
+    usage: &mut redb::Table<'_, u64, &'static [u8]>,
     cutoff_ms: u64,
     limit: usize,
-) -> Result<Vec<u64>, StoreError> {
-    let mut doomed = Vec::new();
-    for entry in usage.iter().map_err(err)? {
-        let (key, value) = entry.map_err(err)?;
-        let record: UsageRecord = decode(value.value())?;
-        if record.time_ms >= cutoff_ms.saturating_add(SCAN_SLACK_MS) || doomed.len() == limit {
-            break;
+) -> Result<usize, StoreError> {
+    let mut touched: Vec<(u64, Vec<UsageRecord>)> = Vec::new();
+    let mut purged = 0;
+    'rows: for row in usage.iter().map_err(err)? {
+        let (key, value) = row.map_err(err)?;
+        let records: Vec<UsageRecord> = decode_row(key.value(), value.value())?;
+        let mut kept = Vec::new();
+        let mut stop = false;
+        for record in records {
+            stop = stop
+                || record.time_ms >= cutoff_ms.saturating_add(SCAN_SLACK_MS)
+                || purged == limit;
+            if !stop && record.time_ms < cutoff_ms {
+                purged += 1;
+            } else {
+                kept.push(record);
+            }
         }
-        if record.time_ms < cutoff_ms {
-            doomed.push(key.value());
+        touched.push((key.value(), kept));
+        if stop {
+            break 'rows;
         }
     }
-    Ok(doomed)
+    let mut buf = Vec::new();
+    for (key, kept) in touched {
+        if kept.is_empty() {
+            usage.remove(key).map_err(err)?;
+        } else {
+            encode_chunk(kept.iter().map(|r| (r.seq, r)), &mut buf)?;
+            usage.insert(key, buf.as_slice()).map_err(err)?;
+        }
+    }
+    Ok(purged)
 }
 
 impl Store for RedbStore {
@@ -277,16 +279,14 @@ impl Store for RedbStore {
             {
                 let mut meta = tx.open_table(META).map_err(err)?;
                 let mut usage = tx.open_table(USAGE).map_err(err)?;
-                let mut seq = meta.get("next_seq").map_err(err)?.map_or(1, |v| v.value());
-                let mut buf = Vec::with_capacity(512);
-                // The sequence number is the key; records are stored with `seq = 0`
-                // and get it back from the key when read.
-                for record in &batch.records {
-                    encode_compact(record, &mut buf)?;
-                    usage.insert(seq, buf.as_slice()).map_err(err)?;
-                    seq += 1;
+                let first = meta.get("next_seq").map_err(err)?.map_or(1, |v| v.value());
+                if !batch.records.is_empty() {
+                    let mut buf = Vec::with_capacity(192 * batch.records.len());
+                    encode_chunk((first..).zip(&batch.records), &mut buf)?;
+                    usage.insert(first, buf.as_slice()).map_err(err)?;
+                    let next = first + u64::try_from(batch.records.len()).map_err(err)?;
+                    meta.insert("next_seq", next).map_err(err)?;
                 }
-                meta.insert("next_seq", seq).map_err(err)?;
             }
             tx.commit().map_err(err)
         })
@@ -396,15 +396,16 @@ impl Store for RedbStore {
             let usage = tx.open_table(USAGE).map_err(err)?;
             let upper = q.before_seq.unwrap_or(u64::MAX);
             let floor = q.since_ms.map(|t| t.saturating_sub(SCAN_SLACK_MS));
-            for entry in usage.range(..upper).map_err(err)?.rev() {
-                let (key, value) = entry.map_err(err)?;
-                let mut record: UsageRecord = decode(value.value())?;
-                record.seq = key.value();
-                if floor.is_some_and(|f| record.time_ms < f) {
-                    break;
-                }
-                if q.matches(&record) && !visit(record) {
-                    break;
+            for row in usage.range(..upper).map_err(err)?.rev() {
+                let (key, value) = row.map_err(err)?;
+                let records: Vec<UsageRecord> = decode_row(key.value(), value.value())?;
+                for record in records.into_iter().rev().filter(|r| r.seq < upper) {
+                    if floor.is_some_and(|f| record.time_ms < f) {
+                        return Ok(());
+                    }
+                    if q.matches(&record) && !visit(record) {
+                        return Ok(());
+                    }
                 }
             }
             Ok(())
@@ -416,11 +417,7 @@ impl Store for RedbStore {
             let tx = db.begin_write().map_err(err)?;
             let purged = {
                 let mut usage = tx.open_table(USAGE).map_err(err)?;
-                let doomed = expired(&usage, cutoff_ms, limit)?;
-                for seq in &doomed {
-                    usage.remove(*seq).map_err(err)?;
-                }
-                doomed.len()
+                purge_usage(&mut usage, cutoff_ms, limit)?
             };
             let folded = fold_ledger(&tx, cutoff_ms, limit)?;
             tx.commit().map_err(err)?;
@@ -434,16 +431,21 @@ impl Store for RedbStore {
             let by_key = tx.open_table(LEDGER_BY_KEY).map_err(err)?;
             let entries = tx.open_table(LEDGER).map_err(err)?;
             let mut found = Vec::new();
-            for key in by_key
+            for listed in by_key
                 .range((key_id, 0)..=(key_id, u64::MAX))
                 .map_err(err)?
                 .rev()
-                .take(limit)
             {
-                let seq = key.map_err(err)?.0.value().1;
-                if let Some(v) = entries.get(seq).map_err(err)? {
-                    let entry: LedgerEntry = decode(v.value())?;
-                    found.push(LedgerEntry { seq, ..entry });
+                let row = listed.map_err(err)?.0.value().1;
+                let Some(value) = entries.get(row).map_err(err)? else {
+                    continue;
+                };
+                let posted: Vec<LedgerEntry> = decode_row(row, value.value())?;
+                for entry in posted.into_iter().rev().filter(|e| e.key_id == key_id) {
+                    if found.len() == limit {
+                        return Ok(found);
+                    }
+                    found.push(entry);
                 }
             }
             Ok(found)
@@ -462,19 +464,20 @@ impl Store for RedbStore {
                 let (k, v) = entry.map_err(err)?;
                 visit(Audited::Account(k.value().to_string(), decode(v.value())?));
             }
-            for entry in tx.open_table(LEDGER).map_err(err)?.iter().map_err(err)? {
-                let (k, v) = entry.map_err(err)?;
-                let mut ledger_entry: LedgerEntry = decode(v.value())?;
-                ledger_entry.seq = k.value();
-                visit(Audited::Entry(ledger_entry));
+            for row in tx.open_table(LEDGER).map_err(err)?.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                for entry in decode_row(k.value(), v.value())? {
+                    visit(Audited::Entry(entry));
+                }
             }
-            for entry in tx.open_table(USAGE).map_err(err)?.iter().map_err(err)? {
-                let (_, v) = entry.map_err(err)?;
-                let record: UsageRecord = decode(v.value())?;
-                visit(Audited::Record {
-                    request_id: record.request_id,
-                    cost: record.cost,
-                });
+            for row in tx.open_table(USAGE).map_err(err)?.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                for record in decode_row::<UsageRecord>(k.value(), v.value())? {
+                    visit(Audited::Record {
+                        request_id: record.request_id,
+                        cost: record.cost,
+                    });
+                }
             }
             Ok(())
         })
@@ -489,37 +492,59 @@ impl Store for RedbStore {
 }
 
 /// Folds up to `limit` ledger entries older than `cutoff_ms` (the oldest
-/// first) into their keys' carried balances.
+/// first) into their keys' carried balances, and removes them: rows left
+/// empty go, with their listing under the key; the others are rewritten
+/// with the entries they keep.
 fn fold_ledger(
     tx: &redb::WriteTransaction,
     cutoff_ms: u64,
     limit: usize,
 ) -> Result<usize, StoreError> {
     let mut ledger = Ledger::open(tx)?;
-    let mut doomed = Vec::new();
-    for entry in ledger.entries.iter().map_err(err)?.take(limit) {
-        let (k, v) = entry.map_err(err)?;
-        let entry: LedgerEntry = decode(v.value())?;
-        if entry.time_ms >= cutoff_ms {
+    let mut touched: Vec<(u64, Vec<LedgerEntry>, Vec<LedgerEntry>)> = Vec::new();
+    let mut folded = 0;
+    for row in ledger.entries.iter().map_err(err)? {
+        let (k, v) = row.map_err(err)?;
+        let (mut doomed, mut kept) = (Vec::new(), Vec::new());
+        for entry in decode_row::<LedgerEntry>(k.value(), v.value())? {
+            if kept.is_empty() && folded < limit && entry.time_ms < cutoff_ms {
+                folded += 1;
+                doomed.push(entry);
+            } else {
+                kept.push(entry);
+            }
+        }
+        let done = !kept.is_empty();
+        touched.push((k.value(), doomed, kept));
+        if done {
             break;
         }
-        doomed.push((k.value(), entry));
     }
-    for (seq, entry) in &doomed {
-        let mut account = ledger.account(&entry.key_id)?;
-        account.carried += entry.delta;
-        account.carried_entries += 1;
-        ledger
-            .accounts
-            .insert(entry.key_id.as_str(), encode(&account)?.as_slice())
-            .map_err(err)?;
-        ledger.entries.remove(*seq).map_err(err)?;
-        ledger
-            .by_key
-            .remove((entry.key_id.as_str(), *seq))
-            .map_err(err)?;
+    let mut buf = Vec::new();
+    for (row, doomed, kept) in touched {
+        for entry in &doomed {
+            let mut account = ledger.account(&entry.key_id)?;
+            account.carried += entry.delta;
+            account.carried_entries += 1;
+            ledger
+                .accounts
+                .insert(entry.key_id.as_str(), encode(&account)?.as_slice())
+                .map_err(err)?;
+            if !kept.iter().any(|e| e.key_id == entry.key_id) {
+                ledger
+                    .by_key
+                    .remove((entry.key_id.as_str(), row))
+                    .map_err(err)?;
+            }
+        }
+        if kept.is_empty() {
+            ledger.entries.remove(row).map_err(err)?;
+        } else {
+            encode_chunk(kept.iter().map(|e| (e.seq, e)), &mut buf)?;
+            ledger.entries.insert(row, buf.as_slice()).map_err(err)?;
+        }
     }
-    Ok(doomed.len())
+    Ok(folded)
 }
 
 #[cfg(test)]
@@ -594,40 +619,122 @@ mod tests {
         Ok(())
     }
 
-    /// Records written as JSON (before the compact encoding) and compact ones
-    /// read the same.
-    #[test]
-    fn reads_json_and_compact_values_alike() -> Result<(), super::StoreError> {
-        let mut labels = std::collections::BTreeMap::new();
-        labels.insert("team".to_string(), "a\"b".to_string());
-        let record = super::UsageRecord {
-            request_id: "req-1".into(),
-            time_ms: 1_700_000_000_000,
-            key_id: "k".into(),
-            error_kind: Some("upstream".into()),
-            prompt_tokens: 12,
-            cost: -3,
-            ttft_ms: Some(7),
-            labels,
-            completion: Some("héllo".into()),
-            ..super::UsageRecord::default()
-        };
-        let json = serde_json::to_vec(&record).map_err(super::err)?;
-        let mut compact = Vec::new();
-        super::encode_compact(&record, &mut compact)?;
-        assert!(
-            compact.len() * 2 < json.len(),
-            "{} vs {}",
-            compact.len(),
-            json.len()
-        );
-        for bytes in [json, compact] {
-            let back: super::UsageRecord = super::decode(&bytes)?;
-            assert_eq!(
-                serde_json::to_value(&back).ok(),
-                serde_json::to_value(&record).ok()
-            );
+    /// Rewrites every row of a store as schema 3 wrote it: one value per
+    /// row, as JSON, keyed by its sequence number, each ledger entry listed
+    /// under its key.
+    fn unchunk(path: &std::path::Path) -> Result<(), super::StoreError> {
+        use super::{LEDGER, LEDGER_BY_KEY, META, USAGE, err};
+        use redb::ReadableTable;
+        let tx = redb::Database::open(path)
+            .map_err(err)?
+            .begin_write()
+            .map_err(err)?;
+        {
+            let mut usage = tx.open_table(USAGE).map_err(err)?;
+            let rows: Vec<(u64, Vec<u8>)> = usage
+                .iter()
+                .map_err(err)?
+                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())))
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+            for (row, bytes) in rows {
+                usage.remove(row).map_err(err)?;
+                for record in super::decode_row::<super::UsageRecord>(row, &bytes)? {
+                    let json = serde_json::to_vec(&super::UsageRecord {
+                        seq: 0,
+                        ..record.clone()
+                    })
+                    .map_err(err)?;
+                    usage.insert(record.seq, json.as_slice()).map_err(err)?;
+                }
+            }
+            let mut ledger = tx.open_table(LEDGER).map_err(err)?;
+            let mut by_key = tx.open_table(LEDGER_BY_KEY).map_err(err)?;
+            let rows: Vec<(u64, Vec<u8>)> = ledger
+                .iter()
+                .map_err(err)?
+                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())))
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+            for (row, bytes) in rows {
+                ledger.remove(row).map_err(err)?;
+                let entries = super::decode_row::<super::LedgerEntry>(row, &bytes)?;
+                for entry in &entries {
+                    by_key.remove((entry.key_id.as_str(), row)).map_err(err)?;
+                }
+                for entry in entries {
+                    by_key
+                        .insert((entry.key_id.as_str(), entry.seq), ())
+                        .map_err(err)?;
+                    let json = serde_json::to_vec(&super::LedgerEntry {
+                        seq: 0,
+                        ..entry.clone()
+                    })
+                    .map_err(err)?;
+                    ledger.insert(entry.seq, json.as_slice()).map_err(err)?;
+                }
+            }
+            tx.open_table(META)
+                .map_err(err)?
+                .insert("schema_version", 3)
+                .map_err(err)?;
         }
+        tx.commit().map_err(err)
+    }
+
+    /// A store of schema 3 (a value per row) opens, reads and purges as it
+    /// was, with the rows of a batch appended after it side by side.
+    #[test]
+    fn reads_rows_of_one_value_beside_chunks() -> Result<(), super::StoreError> {
+        use super::super::conformance::{append, key, record};
+        use super::super::{Store, UsageQuery};
+        let dir = tempfile::tempdir().map_err(super::err)?;
+        let path = dir.path().join("store.db");
+        {
+            let store = super::RedbStore::open(&path)?;
+            store.create_key(&key("k1", Some(1000)))?;
+            append(&store, (1..=3).map(|i| record(i, "k1", "m", 10)).collect())?;
+        }
+        unchunk(&path)?;
+        let store = super::RedbStore::open(&path)?;
+        append(&store, (4..=5).map(|i| record(i, "k1", "m", 10)).collect())?;
+        let listed: Vec<(u64, String)> = store
+            .query_usage(&UsageQuery::default())?
+            .into_iter()
+            .map(|r| (r.seq, r.request_id))
+            .collect();
+        let expected: Vec<(u64, String)> = (1..=5).rev().map(|i| (i, format!("req-{i}"))).collect();
+        assert_eq!(listed, expected);
+        let page = store.query_usage(&UsageQuery {
+            before_seq: Some(5),
+            limit: Some(2),
+            ..UsageQuery::default()
+        })?;
+        assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [4, 3]);
+        let ledger = store.ledger("k1", 10)?;
+        assert_eq!(ledger.len(), 6, "a grant and five charges");
+        assert!(ledger.windows(2).all(|w| w[0].seq > w[1].seq), "{ledger:?}");
+        assert_eq!(ledger[0].request_id, "req-5");
+        assert_eq!(store.ledger("k1", 4)?.len(), 4);
+        let report = store.audit()?;
+        assert_eq!(report.mismatches, Vec::<String>::new());
+        assert_eq!(report.entries, 6);
+        let (mut purged, mut folded) = (0, 0);
+        loop {
+            let (records, entries) = store.purge_before(u64::MAX, 2)?;
+            assert!(records <= 2 && entries <= 2);
+            if records + entries == 0 {
+                break;
+            }
+            (purged, folded) = (purged + records, folded + entries);
+        }
+        assert_eq!((purged, folded), (5, 6));
+        assert!(store.ledger("k1", 10)?.is_empty());
+        assert_eq!(store.audit()?.mismatches, Vec::<String>::new());
+        assert_eq!(
+            store.key_by_id("k1")?.and_then(|k| k.quota_remaining),
+            Some(950)
+        );
         Ok(())
     }
 }
