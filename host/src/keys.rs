@@ -26,8 +26,36 @@ const DISPLAY_LEN: usize = KEY_PREFIX.len() + 6;
 
 /// Hex SHA-256 of a secret.
 pub fn digest(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
+    HexDigest::of(secret).as_str().to_owned()
 }
+
+/// Hex SHA-256 of a secret, on the stack: a lookup hashes every request's
+/// secret and needs the text only to find it, not to keep it.
+struct HexDigest([u8; 64]);
+
+impl HexDigest {
+    fn of(secret: &str) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0; 64];
+        for (pair, byte) in text
+            .chunks_exact_mut(2)
+            .zip(Sha256::digest(secret.as_bytes()))
+        {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
+        }
+        Self(text)
+    }
+
+    fn as_str(&self) -> &str {
+        // Hex digits only, so always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// Maps keyed by digests: SHA-256 outputs no client can steer, so a fast
+/// seeded hash in place of SipHash.
+type DigestHasher = foldhash::fast::RandomState;
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
@@ -243,8 +271,8 @@ impl Networks {
 /// The key lookup cache and live quota ledger.
 pub struct KeyCache {
     store: Arc<dyn Store>,
-    found: moka::sync::Cache<String, Arc<LiveKey>>,
-    known: ArcSwap<HashMap<String, String>>,
+    found: moka::sync::Cache<String, Arc<LiveKey>, DigestHasher>,
+    known: ArcSwap<HashMap<String, String, DigestHasher>>,
     balances: Mutex<HashMap<String, Arc<Balance>>>,
     metrics: Arc<Metrics>,
 }
@@ -264,8 +292,8 @@ impl KeyCache {
             found: moka::sync::Cache::builder()
                 .time_to_live(ttl)
                 .max_capacity(capacity)
-                .build(),
-            known: ArcSwap::from_pointee(HashMap::new()),
+                .build_with_hasher(DigestHasher::default()),
+            known: ArcSwap::from_pointee(HashMap::default()),
             balances: Mutex::new(HashMap::new()),
             store,
             metrics,
@@ -294,26 +322,27 @@ impl KeyCache {
     /// # Errors
     /// When the store fails.
     pub async fn lookup(&self, secret: &str) -> Result<Option<Arc<LiveKey>>, StoreError> {
-        let digest = digest(secret);
-        let Some(id) = self.known.load().get(&digest).cloned() else {
+        let hex = HexDigest::of(secret);
+        let digest = hex.as_str();
+        if !self.known.load().contains_key(digest) {
             return Ok(None);
-        };
-        if let Some(hit) = self.found.get(&digest) {
+        }
+        if let Some(hit) = self.found.get(digest) {
             self.metrics.key_cache_hits.inc();
             return Ok(Some(hit));
         }
         self.metrics.key_cache_misses.inc();
         let store = self.store.clone();
-        let wanted = digest.clone();
+        let wanted = digest.to_owned();
         let record = tokio::task::spawn_blocking(move || store.key_by_digest(&wanted))
             .await
             .map_err(|e| StoreError::backend("task", e))??;
         let Some(record) = record else {
             return Ok(None);
         };
-        let balance = self.balance(&id, record.quota_remaining);
+        let balance = self.balance(&record.id, record.quota_remaining);
         let live = Arc::new(LiveKey::new(record, balance));
-        self.found.insert(digest, live.clone());
+        self.found.insert(digest.to_owned(), live.clone());
         Ok(Some(live))
     }
 
@@ -366,6 +395,15 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_digest_is_sha256_in_lowercase_hex() {
+        assert_eq!(
+            digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(digest("sk-sl-x"), hex::encode(Sha256::digest(b"sk-sl-x")));
+    }
 
     #[test]
     fn networks_match_cidrs_bare_addresses_and_mapped_ipv4() {
