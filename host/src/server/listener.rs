@@ -57,6 +57,17 @@ pub struct Connections {
     pub abort: CancellationToken,
 }
 
+/// What ends one accept loop's connections: shutdown's start (finish what is
+/// in flight) and its cut-off (drop what is left). Each loop holds children
+/// of the gateway's tokens: a connection checks them at every wake-up, and a
+/// token's check takes its lock, which every worker's connections would
+/// otherwise share.
+#[derive(Clone)]
+struct Stops {
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+}
+
 /// Raises the soft limit on open files to the hard limit, so the connection
 /// cap, not the OS, decides when connections are refused; logs both.
 pub fn raise_open_files_limit() {
@@ -131,9 +142,13 @@ pub async fn serve(
     share: Arc<ListenerShare>,
 ) {
     let mut failures = AcceptFailures::default();
+    let stops = Stops {
+        shutdown: state.shutdown.child_token(),
+        abort: connections.abort.child_token(),
+    };
     loop {
         let (stream, peer) = tokio::select! {
-            () = state.shutdown.cancelled() => break,
+            () = stops.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => {
                     failures.reset();
@@ -158,7 +173,7 @@ pub async fn serve(
             peer,
             state.clone(),
             (role, tls.clone()),
-            connections.abort.clone(),
+            stops.clone(),
             permit,
         ));
     }
@@ -212,16 +227,16 @@ async fn connection(
     peer: SocketAddr,
     state: Arc<AppState>,
     (role, tls): (Role, Option<TlsAcceptor>),
-    abort: CancellationToken,
+    stops: Stops,
     _open: OwnedSemaphorePermit,
 ) {
     let Some(acceptor) = tls else {
-        return plain(stream, peer, &state, role, abort).await;
+        return plain(stream, peer, &state, role, stops).await;
     };
     let handshake =
         tokio::time::timeout(state.config.server.header_timeout, acceptor.accept(stream));
     match handshake.await {
-        Ok(Ok(stream)) => http(stream, peer, &state, role, abort).await,
+        Ok(Ok(stream)) => http(stream, peer, &state, role, stops).await,
         Ok(Err(e)) => {
             state.metrics.tls_handshake_failures.inc();
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -240,32 +255,32 @@ async fn plain(
     peer: SocketAddr,
     state: &Arc<AppState>,
     role: Role,
-    abort: CancellationToken,
+    stops: Stops,
 ) {
     let server = &state.config.server;
     if !server.direct_http {
-        return http(stream, peer, state, role, abort).await;
+        return http(stream, peer, state, role, stops).await;
     }
     let mut read = BytesMut::with_capacity(8 << 10);
     let speaks = tokio::select! {
         speaks = h1::sniff(&mut stream, &mut read, server.header_timeout) => speaks,
-        () = state.shutdown.cancelled() => None,
+        () = stops.shutdown.cancelled() => None,
     };
     match speaks {
         None => {}
         Some(Speaks::Http2) => {
             let rewound = h1::Rewind::new(read.freeze(), stream);
-            http(rewound, peer, state, role, abort).await;
+            http(rewound, peer, state, role, stops).await;
         }
         Some(Speaks::Http1) => {
             let limits = h1::Limits {
                 header_timeout: server.header_timeout,
                 write_timeout: server.write_timeout,
             };
-            let serving = h1::serve(stream, read, limits, &state.shutdown, |req| {
+            let serving = h1::serve(stream, read, limits, &stops.shutdown, |req| {
                 super::respond(state.clone(), role, peer, req)
             });
-            until_cut_off(serving, peer, &abort).await;
+            until_cut_off(serving, peer, &stops.abort).await;
         }
     }
 }
@@ -276,7 +291,7 @@ async fn http<S>(
     peer: SocketAddr,
     state: &Arc<AppState>,
     role: Role,
-    abort: CancellationToken,
+    stops: Stops,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -309,9 +324,9 @@ async fn http<S>(
             }
             return;
         }
-        () = state.shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+        () = stops.shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
     }
-    until_cut_off(conn, peer, &abort).await;
+    until_cut_off(conn, peer, &stops.abort).await;
 }
 
 /// Runs a connection's `serving` until it ends, or drops it (with a warning)
