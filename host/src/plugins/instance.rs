@@ -4,7 +4,7 @@
 //! Both generations of the interface are called here: 1.0 plugins receive
 //! records, 1.1 and 1.2 plugins handles to views the host lends for the call.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Semaphore;
 use wasmtime::Store;
@@ -18,6 +18,7 @@ use super::bindings::{auth, authorizer, editor, planner, router, shaper};
 use super::call_clock::DeadlineExceeded;
 use super::engine::PolicyEngine;
 use super::host_state::{HostState, PluginShared};
+use super::idle::IdlePool;
 use super::{Offer, Pick, PluginError, PolicyKind, World};
 use crate::facts::RequestFacts;
 use crate::keys::LiveKey;
@@ -117,7 +118,7 @@ pub struct Plugin {
     engine: wasmtime::Engine,
     settings: super::engine::InstanceSettings,
     lanes: Arc<Semaphore>,
-    idle: Mutex<Vec<Warm>>,
+    idle: IdlePool<Warm>,
 }
 
 impl Plugin {
@@ -175,7 +176,7 @@ impl Plugin {
             engine: engine.engine().clone(),
             settings: engine.settings,
             lanes: engine.lanes().clone(),
-            idle: Mutex::new(Vec::new()),
+            idle: IdlePool::new(engine.settings.max_idle),
         };
         let first = plugin.instantiate().await?;
         plugin.checkin(first);
@@ -215,8 +216,7 @@ impl Plugin {
     }
 
     async fn checkout(&self) -> Result<Warm, PluginError> {
-        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let mut warm = match pooled {
+        let mut warm = match self.idle.take() {
             Some(warm) => warm,
             None => self.instantiate().await?,
         };
@@ -234,11 +234,7 @@ impl Plugin {
         if warm.uses >= self.settings.max_uses {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.settings.max_idle
-        {
-            idle.push(warm);
-        }
+        self.idle.give(warm);
     }
 
     /// Returns a called instance to the pool, or reports how its call of

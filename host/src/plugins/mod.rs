@@ -14,6 +14,7 @@ pub mod call_clock;
 pub mod engine;
 pub mod exercise;
 pub mod host_state;
+mod idle;
 pub mod instance;
 pub mod loader;
 pub mod shadow;

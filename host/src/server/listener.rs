@@ -286,13 +286,8 @@ async fn plain(
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on an established connection.
-async fn http<S>(
-    stream: S,
-    peer: SocketAddr,
-    state: &Arc<AppState>,
-    role: Role,
-    stops: Stops,
-) where
+async fn http<S>(stream: S, peer: SocketAddr, state: &Arc<AppState>, role: Role, stops: Stops)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let server = &state.config.server;
