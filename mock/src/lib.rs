@@ -192,9 +192,11 @@ pub struct MockStats {
     pub leaked_credentials: AtomicU64,
     /// Requests that asked for `stream_options.include_usage`.
     pub usage_requested: AtomicU64,
-    /// The headers of the last request, lower-case names in arrival order.
+    /// The headers of the last request, kept as they arrived (values
+    /// shared with the request, not copied: a bench's upstream should not
+    /// cost more per header a proxy sends than a real one does).
     #[serde(skip)]
-    pub last_headers: Mutex<Vec<(String, String)>>,
+    pub last_headers: Mutex<http::HeaderMap>,
     /// The body of the last completion request, as it arrived.
     #[serde(skip)]
     pub last_body: Mutex<Bytes>,
@@ -206,9 +208,9 @@ impl MockStats {
         self.last_headers
             .lock()
             .map(|h| {
-                h.iter()
-                    .filter(|(n, _)| n == name)
-                    .map(|(_, v)| v.clone())
+                h.get_all(name)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                     .collect()
             })
             .unwrap_or_default()
@@ -513,16 +515,7 @@ async fn handle(
     }
     stats.requests.fetch_add(1, Ordering::Relaxed);
     if let Ok(mut last) = stats.last_headers.lock() {
-        *last = req
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        last.clone_from(req.headers());
     }
     let cfg = effective(&req, &base);
     let Some((wire, path)) = route(&path, req.uri().query()) else {
