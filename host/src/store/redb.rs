@@ -619,26 +619,35 @@ mod tests {
         Ok(())
     }
 
+    /// Removes every row of `table`, returning them.
+    fn take_rows(
+        table: &mut redb::Table<'_, u64, &'static [u8]>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, super::StoreError> {
+        use redb::ReadableTable;
+        let rows: Vec<(u64, Vec<u8>)> = table
+            .iter()
+            .map_err(super::err)?
+            .map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())))
+            .collect::<Result<_, _>>()
+            .map_err(super::err)?;
+        for (row, _) in &rows {
+            table.remove(*row).map_err(super::err)?;
+        }
+        Ok(rows)
+    }
+
     /// Rewrites every row of a store as schema 3 wrote it: one value per
     /// row, as JSON, keyed by its sequence number, each ledger entry listed
     /// under its key.
     fn unchunk(path: &std::path::Path) -> Result<(), super::StoreError> {
         use super::{LEDGER, LEDGER_BY_KEY, META, USAGE, err};
-        use redb::ReadableTable;
         let tx = redb::Database::open(path)
             .map_err(err)?
             .begin_write()
             .map_err(err)?;
         {
             let mut usage = tx.open_table(USAGE).map_err(err)?;
-            let rows: Vec<(u64, Vec<u8>)> = usage
-                .iter()
-                .map_err(err)?
-                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())))
-                .collect::<Result<_, _>>()
-                .map_err(err)?;
-            for (row, bytes) in rows {
-                usage.remove(row).map_err(err)?;
+            for (row, bytes) in take_rows(&mut usage)? {
                 for record in super::decode_row::<super::UsageRecord>(row, &bytes)? {
                     let json = serde_json::to_vec(&super::UsageRecord {
                         seq: 0,
@@ -650,14 +659,7 @@ mod tests {
             }
             let mut ledger = tx.open_table(LEDGER).map_err(err)?;
             let mut by_key = tx.open_table(LEDGER_BY_KEY).map_err(err)?;
-            let rows: Vec<(u64, Vec<u8>)> = ledger
-                .iter()
-                .map_err(err)?
-                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())))
-                .collect::<Result<_, _>>()
-                .map_err(err)?;
-            for (row, bytes) in rows {
-                ledger.remove(row).map_err(err)?;
+            for (row, bytes) in take_rows(&mut ledger)? {
                 let entries = super::decode_row::<super::LedgerEntry>(row, &bytes)?;
                 for entry in &entries {
                     by_key.remove((entry.key_id.as_str(), row)).map_err(err)?;
