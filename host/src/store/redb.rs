@@ -9,7 +9,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::ledger::{
     Audited, LedgerAccount, LedgerEntry, LedgerKind, Posting, charges_by_key, open_account,
 };
-use super::rows::{decode, decode_row, encode_chunk};
+use super::rows::{Sequenced, decode, decode_row, encode_chunk};
 use super::{
     Batch, KeyPatch, KeyRecord, SCHEMA_VERSION, Store, StoreError, UsageQuery, UsageRecord,
 };
@@ -220,6 +220,7 @@ fn purge_usage(
     'rows: for row in usage.iter().map_err(err)? {
         let (key, value) = row.map_err(err)?;
         let records: Vec<UsageRecord> = decode_row(key.value(), value.value())?;
+        let count = records.len();
         let mut kept = Vec::new();
         let mut stop = false;
         for record in records {
@@ -232,21 +233,37 @@ fn purge_usage(
                 kept.push(record);
             }
         }
-        touched.push((key.value(), kept));
+        if kept.len() < count {
+            touched.push((key.value(), kept));
+        }
         if stop {
             break 'rows;
         }
     }
     let mut buf = Vec::new();
-    for (key, kept) in touched {
-        if kept.is_empty() {
-            usage.remove(key).map_err(err)?;
-        } else {
-            encode_chunk(kept.iter().map(|r| (r.seq, r)), &mut buf)?;
-            usage.insert(key, buf.as_slice()).map_err(err)?;
-        }
+    for (row, kept) in touched {
+        put_back(usage, row, &kept, &mut buf)?;
     }
     Ok(purged)
+}
+
+/// Puts back a row that lost some of its values: removed when none are
+/// left, else rewritten, under its key, with the values it keeps. Rows that
+/// lost nothing are left as they are (a purge scans a minute of rows past
+/// its cutoff).
+fn put_back<T: Sequenced>(
+    table: &mut redb::Table<'_, u64, &'static [u8]>,
+    row: u64,
+    kept: &[T],
+    buf: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    if kept.is_empty() {
+        table.remove(row).map_err(err)?;
+    } else {
+        encode_chunk(kept.iter().map(|v| (v.seq(), v)), buf)?;
+        table.insert(row, buf.as_slice()).map_err(err)?;
+    }
+    Ok(())
 }
 
 impl Store for RedbStore {
@@ -515,7 +532,9 @@ fn fold_ledger(
             }
         }
         let done = !kept.is_empty();
-        touched.push((k.value(), doomed, kept));
+        if !doomed.is_empty() {
+            touched.push((k.value(), doomed, kept));
+        }
         if done {
             break;
         }
@@ -537,12 +556,7 @@ fn fold_ledger(
                     .map_err(err)?;
             }
         }
-        if kept.is_empty() {
-            ledger.entries.remove(row).map_err(err)?;
-        } else {
-            encode_chunk(kept.iter().map(|e| (e.seq, e)), &mut buf)?;
-            ledger.entries.insert(row, buf.as_slice()).map_err(err)?;
-        }
+        put_back(&mut ledger.entries, row, &kept, &mut buf)?;
     }
     Ok(folded)
 }

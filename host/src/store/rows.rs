@@ -29,17 +29,27 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 
 /// A value the store numbers: a usage record or a ledger entry.
 pub trait Sequenced: Serialize + DeserializeOwned {
+    /// Its sequence number (once read back).
+    fn seq(&self) -> u64;
     /// Its sequence number, set when it is read back.
     fn seq_mut(&mut self) -> &mut u64;
 }
 
 impl Sequenced for UsageRecord {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
     fn seq_mut(&mut self) -> &mut u64 {
         &mut self.seq
     }
 }
 
 impl Sequenced for LedgerEntry {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
     fn seq_mut(&mut self) -> &mut u64 {
         &mut self.seq
     }
