@@ -30,7 +30,8 @@ const LEDGER_BY_KEY: TableDefinition<(&str, u64), ()> = TableDefinition::new("le
 /// scan stops once it is this far past its lower bound.
 const SCAN_SLACK_MS: u64 = 60_000;
 
-fn err(e: impl std::fmt::Display) -> StoreError {
+/// A redb backend error.
+pub(super) fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::backend("redb", e)
 }
 
