@@ -9,7 +9,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::ledger::{
     Audited, LedgerAccount, LedgerEntry, LedgerKind, Posting, charges_by_key, open_account,
 };
-use super::rows::{Sequenced, decode, decode_row, encode_chunk};
+use super::rows::{Sequenced, decode, decode_row, encode_chunk, err};
 use super::{
     Batch, KeyPatch, KeyRecord, SCHEMA_VERSION, Store, StoreError, UsageQuery, UsageRecord,
 };
@@ -29,11 +29,6 @@ const LEDGER_BY_KEY: TableDefinition<(&str, u64), ()> = TableDefinition::new("le
 /// Records are appended in completion order up to small reorderings; a time-bounded
 /// scan stops once it is this far past its lower bound.
 const SCAN_SLACK_MS: u64 = 60_000;
-
-/// A redb backend error.
-pub(super) fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::backend("redb", e)
-}
 
 /// redb's page cache. Its default (1 GiB) lets the gateway's RSS grow with the
 /// usage table; appends and key reads need only the hot pages, so a small cache

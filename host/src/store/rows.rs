@@ -13,7 +13,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::ledger::LedgerEntry;
-use super::redb::err;
 use super::{StoreError, UsageRecord};
 
 /// The first byte of a row holding one compact (postcard) value, as written
@@ -23,6 +22,11 @@ const COMPACT: u8 = 0xC1;
 /// The first byte of a chunk: then, per value, its length (u32, little
 /// endian) and its sequence number and value in postcard.
 const CHUNK: u8 = 0xC2;
+
+/// A redb backend error (the rows' and the backend's).
+pub fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::backend("redb", e)
+}
 
 /// A value the store numbers: a usage record or a ledger entry.
 pub trait Sequenced: Serialize + DeserializeOwned {
